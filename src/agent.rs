@@ -1,0 +1,202 @@
+//! Builds the parts, starts their threads, and takes them down in order on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::{Config, SecretSource};
+use crate::events;
+use crate::http::server::HttpServer;
+use crate::http::Ctx;
+use crate::monitor::Monitor;
+use crate::protocol::TaskStatus;
+use crate::store::Store;
+use crate::tasks::registry::{Limits, Registry};
+use crate::tasks::runner;
+use crate::tasks::timer::Timer;
+
+/// Runs the agent until SIGTERM or SIGINT; returns when every task has ended.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let cfg = Arc::new(cfg);
+    // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
+
+    let (monitor, monitor_thread) =
+        Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let (timer, timer_thread) =
+        Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    let (events_tx, events_rx) = events::channel();
+    let store = Store::new(&cfg.data_dir);
+    let reg = Arc::new(Registry::new(
+        Limits::from_config(&cfg),
+        store.clone(),
+        timer.clone(),
+        events_tx,
+        monitor,
+    ));
+    recover(&reg, &store);
+
+    // Until the WebSocket broadcaster exists, nobody listens: drain the channel.
+    let drain = std::thread::Builder::new()
+        .name("broadcaster".into())
+        .stack_size(128 * 1024)
+        .spawn(move || while events_rx.recv().is_ok() {})
+        .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
+
+    let ctx = Arc::new(Ctx {
+        cfg: Arc::clone(&cfg),
+        reg: Arc::clone(&reg),
+        started: Instant::now(),
+    });
+    let http = HttpServer::start(Arc::clone(&ctx))?;
+    log_summary(&cfg, http.port, reg.next_id());
+
+    // The main thread waits for a signal, then drains.
+    let first = signals.forever().next();
+    log::info!(
+        "received {}; draining: no new tasks, running ones get up to {} ms",
+        signal_text(first),
+        cfg.shutdown_timeout.as_millis()
+    );
+    reg.stop_accepting();
+    let handle = signals.handle();
+    let second = std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || signals.forever().next().is_some())
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    drain_tasks(&reg, &cfg, second);
+    handle.close();
+
+    http.stop();
+    timer.stop();
+    let _ = timer_thread.join();
+    monitor_thread.stop();
+    drop(ctx);
+    drop(reg);
+    let _ = drain.join();
+    log::info!("stopped");
+    Ok(())
+}
+
+fn signal_text(sig: Option<i32>) -> &'static str {
+    match sig {
+        Some(SIGTERM) => "SIGTERM",
+        Some(SIGINT) => "SIGINT",
+        _ => "a signal",
+    }
+}
+
+/// Lets running tasks finish for up to `SHUTDOWN_TIMEOUT` (or until a second signal), then
+/// stops their groups: SIGTERM, SIGKILL after `KILL_GRACE`.
+fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, second: std::thread::JoinHandle<bool>) {
+    let deadline = Instant::now() + cfg.shutdown_timeout;
+    while Instant::now() < deadline && !second.is_finished() {
+        if reg.wait_idle((Instant::now() + Duration::from_millis(100)).min(deadline)) {
+            return;
+        }
+    }
+    let running = reg.running_tasks();
+    if running.is_empty() {
+        return;
+    }
+    log::warn!("stopping {} task(s) still running", running.len());
+    let why = "the agent shut down while the task was running".to_string();
+    for task in &running {
+        if task.request_stop(false, Some(why.clone())).is_ok() {
+            reg.timer.kill_after_grace(task);
+        }
+    }
+    if !reg.wait_idle(Instant::now() + cfg.kill_grace + Duration::from_secs(2)) {
+        for task in &running {
+            task.signal_group(Signal::KILL);
+        }
+        reg.wait_idle(Instant::now() + Duration::from_secs(2));
+    }
+}
+
+/// Loads history; a task recorded as running belonged to an agent that died: its group is
+/// killed if it survived (same pid and start time), and it is recorded `failed`.
+fn recover(reg: &Arc<Registry>, store: &Store) {
+    let mut records = store.load_all();
+    for rec in records
+        .iter_mut()
+        .filter(|r| r.status == TaskStatus::Running)
+    {
+        if let (Some(pid), Some(start)) = (rec.pid, rec.pid_start_time) {
+            if runner::process_start_time(pid) == Some(start) {
+                if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+                    log::warn!(
+                        "task {}: killed process group {pid} left running by an earlier agent",
+                        rec.id
+                    );
+                }
+            }
+        }
+        let now = crate::protocol::now_ms();
+        rec.status = TaskStatus::Failed;
+        rec.error = Some("the agent stopped while the task was running".into());
+        rec.end = Some(crate::protocol::TaskEnd {
+            exit_code: None,
+            signal: None,
+            completed_at: now,
+            duration: now.saturating_sub(rec.started_at),
+        });
+        if let Err(e) = store.save(rec, true) {
+            log::warn!("task {}: cannot write its record: {e}", rec.id);
+        }
+    }
+    let count = records.len();
+    reg.load_history(records);
+    if count > 0 {
+        log::info!(
+            "loaded {count} task(s) from history; next task id {}",
+            reg.next_id()
+        );
+    }
+}
+
+fn log_summary(cfg: &Config, port: u16, next_id: u64) {
+    log::info!(
+        "codara-agent {} listening on http://{}:{port} (HTTP API and WebSocket)",
+        env!("CARGO_PKG_VERSION"),
+        cfg.bind_address
+    );
+    log::info!(
+        "limits: {} concurrent tasks, CPU {}%, memory {}%, timeout {}, kill grace {} ms, history {}",
+        cfg.max_concurrent_tasks,
+        cfg.max_cpu_percent,
+        cfg.max_memory_percent,
+        cfg.task_timeout.map_or("none".to_string(), |d| format!("{} ms", d.as_millis())),
+        cfg.kill_grace.as_millis(),
+        cfg.task_history
+    );
+    log::info!(
+        "data dir {}; next task id {next_id}",
+        cfg.data_dir.display()
+    );
+    match &cfg.secret_source {
+        SecretSource::Environment => log::info!("cluster secret: from CLUSTER_SECRET"),
+        SecretSource::File {
+            path,
+            generated: true,
+        } => {
+            log::info!(
+                "cluster secret: generated and stored in {} (mode 0600)",
+                path.display()
+            )
+        }
+        SecretSource::File {
+            path,
+            generated: false,
+        } => log::info!("cluster secret: read from {}", path.display()),
+    }
+    if let Some(f) = &cfg.env_file {
+        log::info!("settings read from {}", f.display());
+    }
+}

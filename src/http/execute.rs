@@ -1,0 +1,188 @@
+//! Turning a `POST /execute` body into a [`TaskSpec`], with a clear 400 for anything off.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::http::error::ApiError;
+use crate::tasks::task::TaskSpec;
+
+/// Largest per-task `timeout`: 30 days in ms.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// Parses a JSON object body. An empty body is `{}` (as Express's JSON parser gives).
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("Request body must be a JSON object")),
+        Err(e) => Err(bad(format!("Invalid JSON body: {e}"))),
+    }
+}
+
+/// A string without NUL bytes (they cannot be passed to a process).
+fn text<'a>(v: &'a Value, what: &str) -> Result<&'a str, ApiError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| bad(format!("{what} must be a string")))?;
+    if s.contains('\0') {
+        return Err(bad(format!("{what} must not contain NUL bytes")));
+    }
+    Ok(s)
+}
+
+/// The `POST /execute` body as a task. `default_cwd` is the agent's working directory.
+pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<TaskSpec, ApiError> {
+    let command = match body.get("command") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(bad("Command is required")),
+    };
+    if command.contains('\0') {
+        return Err(bad("command must not contain NUL bytes"));
+    }
+    let args = match body.get("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| text(v, &format!("args[{i}]")).map(str::to_string))
+            .collect::<Result<_, _>>()
+            .map_err(|e| match e {
+                ApiError::BadRequest(m) if m.ends_with("must be a string") => {
+                    bad("args must be an array of strings")
+                }
+                other => other,
+            })?,
+        Some(_) => return Err(bad("args must be an array of strings")),
+    };
+    let cwd = match body.get("cwd") {
+        None | Some(Value::Null) => default_cwd.to_string(),
+        Some(v) => {
+            let s = text(v, "cwd")?;
+            if s.is_empty() {
+                return Err(bad("cwd must not be empty"));
+            }
+            s.to_string()
+        }
+    };
+    let env = parse_env(body.get("env"))?;
+    let timeout_ms = match body.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(ms) if ms <= MAX_TIMEOUT_MS => Some(ms),
+            _ => {
+                return Err(bad(format!(
+                    "timeout must be a whole number of milliseconds from 0 to {MAX_TIMEOUT_MS} (0 = no limit)"
+                )))
+            }
+        },
+    };
+    Ok(TaskSpec {
+        command,
+        args,
+        cwd,
+        env,
+        timeout_ms,
+        job: None,
+    })
+}
+
+/// `env`: an object of strings; names non-empty, without `=` or NUL.
+pub fn parse_env(v: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(bad("env must be an object of string values")),
+    };
+    let mut env = BTreeMap::new();
+    for (k, v) in obj {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(bad(format!(
+                "env name {k:?} is not valid (empty, or contains '=' or NUL)"
+            )));
+        }
+        let Value::String(s) = v else {
+            return Err(bad("env must be an object of string values"));
+        };
+        if s.contains('\0') {
+            return Err(bad(format!("env value of {k} must not contain NUL bytes")));
+        }
+        env.insert(k.clone(), s.clone());
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: Value) -> Result<TaskSpec, ApiError> {
+        parse_execute(v.as_object().unwrap(), "/here")
+    }
+
+    #[test]
+    fn minimal_and_full() {
+        let s = spec(json!({"command": "echo"})).unwrap();
+        assert_eq!(
+            (s.command.as_str(), s.cwd.as_str(), s.args.len()),
+            ("echo", "/here", 0)
+        );
+        let s = spec(json!({"command": "echo", "args": ["a"], "cwd": "/tmp", "env": {"A": "1"}, "timeout": 5})).unwrap();
+        assert_eq!(s.args, vec!["a"]);
+        assert_eq!(s.env["A"], "1");
+        assert_eq!(s.timeout_ms, Some(5));
+    }
+
+    #[test]
+    fn command_is_required() {
+        for v in [
+            json!({}),
+            json!({"command": ""}),
+            json!({"command": 5}),
+            json!({"command": null}),
+        ] {
+            assert_eq!(
+                spec(v),
+                Err(ApiError::BadRequest("Command is required".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types() {
+        for v in [
+            json!({"command": "x", "args": "a"}),
+            json!({"command": "x", "args": [1]}),
+            json!({"command": "x", "env": []}),
+            json!({"command": "x", "env": {"A": 1}}),
+            json!({"command": "x", "env": {"A=B": "1"}}),
+            json!({"command": "x", "cwd": 3}),
+            json!({"command": "x", "timeout": -1}),
+            json!({"command": "x", "timeout": "5"}),
+            json!({"command": "x\u{0}"}),
+            json!({"command": "x", "args": ["a\u{0}"]}),
+        ] {
+            assert!(
+                matches!(spec(v.clone()), Err(ApiError::BadRequest(_))),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(parse_object(b"").unwrap().is_empty());
+        assert!(parse_object(b"[1]").is_err());
+        assert!(parse_object(b"{").is_err());
+        assert!(parse_object(b"\xff\xfe").is_err());
+        let deep = "[".repeat(100_000);
+        assert!(parse_object(deep.as_bytes()).is_err());
+    }
+}

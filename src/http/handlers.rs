@@ -1,0 +1,198 @@
+//! One function per endpoint of CONTRACT.md §2. Each takes the request's parts and returns a
+//! [`Reply`] or an [`ApiError`]; sockets stay in `http::server`.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::execute;
+use crate::http::output::OutputStream;
+use crate::http::query;
+use crate::http::Ctx;
+use crate::protocol::{Health, TaskStatus};
+use crate::tasks::log::Stream;
+use crate::tasks::registry::Rejection;
+use crate::tasks::runner;
+use crate::tasks::task::Task;
+
+/// Largest request body read (CONTRACT.md §2: over it is 413).
+pub const MAX_BODY: u64 = 1 << 20;
+
+pub enum Body {
+    Json(Vec<u8>),
+    /// A body of unknown length, sent chunked and flushed chunk by chunk.
+    Stream(Box<dyn Read + Send>),
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Body,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
+        let body = serde_json::to_vec(v).expect("replies serialise: plain JSON values");
+        Reply {
+            status,
+            content_type: "application/json",
+            body: Body::Json(body),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn error(e: &ApiError) -> Reply {
+        let mut r = Reply::json(e.status(), &e.body());
+        r.headers = e.headers();
+        r
+    }
+}
+
+pub type Query = [(String, String)];
+
+pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let snap = ctx.reg.monitor.snapshot();
+    Ok(Reply::json(
+        200,
+        &Health {
+            status: "healthy",
+            hostname: &ctx.reg.monitor.host.hostname,
+            uptime: snap.uptime,
+            version: env!("CARGO_PKG_VERSION"),
+            agent_uptime: ctx.started.elapsed().as_secs(),
+        },
+    ))
+}
+
+pub fn stats(ctx: &Ctx) -> Result<Reply, ApiError> {
+    Ok(Reply::json(200, &ctx.stats()))
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes.
+pub fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
+    if rq.body_too_large() || rq.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
+        return Err(ApiError::TooLarge { limit: MAX_BODY });
+    }
+    let mut body = Vec::new();
+    rq.as_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::BadRequest(format!("Could not read the request body: {e}")))?;
+    if body.len() as u64 > MAX_BODY {
+        return Err(ApiError::TooLarge { limit: MAX_BODY });
+    }
+    Ok(body)
+}
+
+pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
+    let obj = execute::parse_object(body)?;
+    let spec = execute::parse_execute(&obj, &ctx.reg.limits.default_cwd)?;
+    let task = admit(ctx, spec)?;
+    runner::start(&ctx.reg, &task);
+    if query::flag(q, "wait") {
+        task.wait_ended(None);
+        return Ok(Reply::json(200, &task.to_json(true)));
+    }
+    Ok(Reply::json(
+        200,
+        &json!({ "taskId": task.id, "status": "started" }),
+    ))
+}
+
+/// Admits a task, logging a refusal.
+pub fn admit(ctx: &Ctx, spec: crate::tasks::task::TaskSpec) -> Result<Arc<Task>, ApiError> {
+    ctx.reg.admit(spec).map_err(|r| {
+        match &r {
+            Rejection::ShuttingDown => log::info!("refused a task: the agent is shutting down"),
+            Rejection::MaxTasks { running, max } => {
+                log::info!("refused a task: max concurrent tasks reached ({running}/{max})")
+            }
+            Rejection::Cpu { usage, limit } => {
+                log::info!("refused a task: CPU usage {usage:.1}% is over MAX_CPU_PERCENT={limit}")
+            }
+            Rejection::Memory { usage, limit } => {
+                log::info!(
+                    "refused a task: memory usage {usage:.1}% is over MAX_MEMORY_PERCENT={limit}"
+                )
+            }
+        }
+        ApiError::Rejected(r)
+    })
+}
+
+fn find(ctx: &Ctx, id: u64) -> Result<Arc<Task>, ApiError> {
+    ctx.reg.get(id).ok_or(ApiError::NotFound("Task not found"))
+}
+
+pub fn task(ctx: &Ctx, id: u64) -> Result<Reply, ApiError> {
+    Ok(Reply::json(200, &find(ctx, id)?.to_json(true)))
+}
+
+pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    let status = match query::get(q, "status") {
+        None | Some("") => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(
+                "status must be one of running, completed, failed, cancelled".into(),
+            )
+        })?),
+    };
+    let limit = match query::get(q, "limit") {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<usize>()
+                .map_err(|_| ApiError::BadRequest("limit must be a non-negative integer".into()))?,
+        ),
+    };
+    let list: Vec<serde_json::Value> = ctx
+        .reg
+        .list(status, limit)
+        .iter()
+        .map(|t| t.to_json(false))
+        .collect();
+    Ok(Reply::json(
+        200,
+        &json!({ "tasks": list, "running": ctx.reg.running(), "capacity": ctx.reg.limits.max_tasks }),
+    ))
+}
+
+pub fn cancel(ctx: &Ctx, id: u64, from: &str) -> Result<Reply, ApiError> {
+    let task = find(ctx, id)?;
+    task.request_stop(true, None)
+        .map_err(|_| ApiError::BadRequest("Task cannot be cancelled".into()))?;
+    ctx.reg.timer.kill_after_grace(&task);
+    log::info!("task {id}: cancelled by {from}; SIGTERM sent to its process group");
+    Ok(Reply::json(200, &json!({ "message": "Task cancelled" })))
+}
+
+pub fn output(ctx: &Ctx, id: u64, q: &Query) -> Result<Reply, ApiError> {
+    let task = find(ctx, id)?;
+    let only = match query::get(q, "stream") {
+        None | Some("" | "all" | "both") => None,
+        Some("stdout") => Some(Stream::Stdout),
+        Some("stderr") => Some(Stream::Stderr),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "stream must be stdout or stderr".into(),
+            ))
+        }
+    };
+    let follow = query::flag(q, "follow");
+    let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow);
+    Ok(Reply {
+        status: 200,
+        content_type: "text/plain; charset=utf-8",
+        body: Body::Stream(Box::new(stream)),
+        headers: vec![
+            ("Cache-Control", "no-cache".into()),
+            ("X-Content-Type-Options", "nosniff".into()),
+        ],
+    })
+}
+
+pub fn execute_job(_ctx: &Ctx, _body: &[u8], _q: &Query) -> Result<Reply, ApiError> {
+    Err(ApiError::NotFound("Not found")) // TODO(job): replaced in the job commit
+}

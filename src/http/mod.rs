@@ -1,0 +1,38 @@
+//! The HTTP API and the WebSocket upgrade, on one tiny_http server.
+//!
+//! A request goes: `server` (worker threads on `recv()`) → `router::route` → auth →
+//! `handlers::*` → `Reply` → tiny_http response. Requests that last (`?wait=true`,
+//! `?follow=true`, WebSocket upgrades) get a thread of their own so the workers stay free.
+
+pub mod auth;
+pub mod error;
+pub mod execute;
+pub mod handlers;
+pub mod output;
+pub mod query;
+pub mod router;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::protocol::Stats;
+use crate::tasks::registry::Registry;
+
+/// What every request handler may use.
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub reg: Arc<Registry>,
+    pub started: Instant,
+}
+
+impl Ctx {
+    /// The stats object of `GET /stats` (and of `cluster_stats` packets).
+    pub fn stats(&self) -> Stats {
+        self.reg
+            .monitor
+            .snapshot()
+            .to_stats(self.reg.running(), self.reg.limits.max_tasks)
+    }
+}

@@ -1,0 +1,89 @@
+//! `GET /task/:id/output`: the task's output log as a byte stream, optionally one stream
+//! alone, optionally following it live until the task ends.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::TaskStatus;
+use crate::tasks::log::{LogReader, Stream};
+use crate::tasks::task::Task;
+
+/// How long a follower sleeps before looking again when nothing wakes it.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+pub struct OutputStream {
+    task: Arc<Task>,
+    path: PathBuf,
+    reader: Option<LogReader>,
+    only: Option<Stream>,
+    follow: bool,
+    buf: Vec<u8>,
+    at: usize,
+    /// Bytes of both streams consumed so far (what the follower has seen).
+    seen: u64,
+}
+
+impl OutputStream {
+    pub fn new(task: Arc<Task>, path: PathBuf, only: Option<Stream>, follow: bool) -> OutputStream {
+        OutputStream {
+            task,
+            path,
+            reader: None,
+            only,
+            follow,
+            buf: Vec::new(),
+            at: 0,
+            seen: 0,
+        }
+    }
+
+    /// The next record of the wanted stream into `buf`; false when there is none yet.
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        loop {
+            if self.reader.is_none() {
+                match File::open(&self.path) {
+                    Ok(f) => self.reader = Some(LogReader::new(f)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            let reader = self.reader.as_mut().expect("opened above");
+            match reader.next_record(&mut self.buf)? {
+                None => return Ok(false),
+                Some(stream) => {
+                    self.seen += self.buf.len() as u64;
+                    self.at = 0;
+                    if self.only.is_none_or(|s| s == stream) && !self.buf.is_empty() {
+                        return Ok(true);
+                    }
+                    self.buf.clear();
+                }
+            }
+        }
+    }
+}
+
+impl Read for OutputStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.at < self.buf.len() {
+                let n = out.len().min(self.buf.len() - self.at);
+                out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            // Look at the status before reading: once it has ended, the log is complete.
+            let ended = self.task.status() != TaskStatus::Running;
+            if self.next_chunk()? {
+                continue;
+            }
+            if !self.follow || ended {
+                return Ok(0);
+            }
+            self.task.wait_output(self.seen, FOLLOW_POLL);
+        }
+    }
+}

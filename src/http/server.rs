@@ -1,0 +1,190 @@
+//! The `http-N` worker threads: each takes requests from the tiny_http server, routes,
+//! authenticates and answers them.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use crate::http::error::ApiError;
+use crate::http::handlers::{self, Body, Reply};
+use crate::http::router::{self, Route};
+use crate::http::{auth, query, Ctx};
+
+/// Worker threads taking requests.
+pub const WORKERS: usize = 4;
+
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    pub port: u16,
+}
+
+/// Limits of the patched tiny_http: body size, slow and idle clients, connections.
+pub fn limits() -> tiny_http::Limits {
+    tiny_http::Limits {
+        max_body_bytes: handlers::MAX_BODY,
+        ..tiny_http::Limits::default()
+    }
+}
+
+impl HttpServer {
+    /// Binds `BIND_ADDRESS:CLUSTER_PORT` and starts the workers.
+    pub fn start(ctx: Arc<Ctx>) -> Result<HttpServer, String> {
+        let addr = (ctx.cfg.bind_address, ctx.cfg.cluster_port);
+        let server = tiny_http::Server::http_with_limits(addr, limits())
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .unwrap_or(ctx.cfg.cluster_port);
+        let server = Arc::new(server);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for i in 0..WORKERS {
+            let (server, ctx, stopping) =
+                (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(&stopping));
+            let handle = std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .stack_size(512 * 1024)
+                .spawn(move || worker(&server, &ctx, &stopping))
+                .map_err(|e| format!("cannot start HTTP worker: {e}"))?;
+            workers.push(handle);
+        }
+        Ok(HttpServer {
+            server,
+            workers,
+            stopping,
+            port,
+        })
+    }
+
+    /// Stops taking requests and joins the workers.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
+    loop {
+        let rq = match server.recv() {
+            Ok(rq) => rq,
+            Err(e) => {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                log::debug!("http: {e}");
+                continue;
+            }
+        };
+        if lasts(&rq) {
+            let ctx2 = Arc::clone(ctx);
+            let spawned = std::thread::Builder::new()
+                .name("http-long".into())
+                .stack_size(256 * 1024)
+                .spawn(move || handle(&ctx2, rq));
+            if let Err(e) = spawned {
+                log::error!("cannot start a thread for a long request: {e}");
+            }
+        } else {
+            handle(ctx, rq);
+        }
+    }
+}
+
+/// Whether a request may take long: it then gets its own thread.
+fn lasts(rq: &Request) -> bool {
+    let (path, q) = query::split_url(rq.url());
+    (path.ends_with("/output") && query::flag(&q, "follow"))
+        || (path.starts_with("/execute") && query::flag(&q, "wait"))
+}
+
+/// Answers one request.
+pub fn handle(ctx: &Ctx, mut rq: Request) {
+    let method = rq.method().as_str().to_ascii_uppercase();
+    let url = rq.url().to_string();
+    let (path, q) = query::split_url(&url);
+    let from = rq
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+
+    let routed = router::route(&method, path);
+    let public = matches!(routed, Ok(r) if r.is_public());
+    let reply = if !public && !auth::is_valid(auth::presented(rq.headers()), &ctx.cfg.secret) {
+        log::warn!("refused {method} {path} from {from}: invalid or missing cluster secret");
+        Err(ApiError::Forbidden)
+    } else {
+        routed.and_then(|route| dispatch(ctx, route, &mut rq, &q, &from))
+    };
+    let reply = reply.unwrap_or_else(|e| {
+        if let ApiError::Internal(m) = &e {
+            log::error!("{method} {path}: {m}");
+        }
+        Reply::error(&e)
+    });
+    respond(rq, reply);
+}
+
+fn dispatch(
+    ctx: &Ctx,
+    route: Route,
+    rq: &mut Request,
+    q: &handlers::Query,
+    from: &str,
+) -> Result<Reply, ApiError> {
+    match route {
+        Route::Health => handlers::health(ctx),
+        Route::Stats => handlers::stats(ctx),
+        Route::Execute => {
+            let body = handlers::read_body(rq)?;
+            handlers::execute(ctx, &body, q)
+        }
+        Route::ExecuteJob => {
+            let body = handlers::read_body(rq)?;
+            handlers::execute_job(ctx, &body, q)
+        }
+        Route::Tasks => handlers::tasks(ctx, q),
+        Route::Task(id) => handlers::task(ctx, id),
+        Route::TaskOutput(id) => handlers::output(ctx, id, q),
+        Route::CancelTask(id) => handlers::cancel(ctx, id, from),
+    }
+}
+
+fn header(name: &str, value: &str) -> Option<Header> {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+fn respond(rq: Request, reply: Reply) {
+    let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 1);
+    headers.extend(header("Content-Type", reply.content_type));
+    for (k, v) in &reply.headers {
+        headers.extend(header(k, v));
+    }
+    let status = StatusCode(reply.status);
+    let result = match reply.body {
+        Body::Json(bytes) => {
+            let len = bytes.len();
+            rq.respond(Response::new(
+                status,
+                headers,
+                Cursor::new(bytes),
+                Some(len),
+                None,
+            ))
+        }
+        Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
+    };
+    if let Err(e) = result {
+        log::debug!("http: could not send a response: {e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! codara-agent: the build-node agent of a Codara CI/CD fleet.
+//!
+//! Threads and what they own (see README, "Architecture"):
+//! - `http-N`: take HTTP requests ([`http::server`]); `http-long`: one per waiting or
+//!   following request.
+//! - `task-N`, `task-N-out`, `task-N-err`: one task's waiter and pipe readers ([`tasks`]).
+//! - `task-timer`: every task deadline ([`tasks::timer`]).
+//! - `monitor`: CPU and memory samples ([`monitor`]).
+//! - `signals`: SIGTERM/SIGINT → shutdown ([`agent`]).
+
+pub mod agent;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod monitor;
+pub mod protocol;
+pub mod secret;
+pub mod store;
+pub mod tasks;

@@ -1,0 +1,151 @@
+//! The `monitor` thread: samples CPU and memory (never processes: a full refresh costs ~20 ms)
+//! about once a second into a snapshot that requests read without waiting.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use sysinfo::System;
+
+/// How often CPU and memory are sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The node's load at the last sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// CPU usage of all cores, 0-100.
+    pub cpu_percent: f64,
+    pub load_average: [f64; 3],
+    pub memory_total: u64,
+    pub memory_available: u64,
+    /// Host uptime in seconds.
+    pub uptime: u64,
+}
+
+impl Snapshot {
+    pub fn memory_used(&self) -> u64 {
+        self.memory_total.saturating_sub(self.memory_available)
+    }
+
+    /// Memory in use (total - available) as a percent of total.
+    pub fn memory_percent(&self) -> f64 {
+        if self.memory_total == 0 {
+            return 0.0;
+        }
+        self.memory_used() as f64 * 100.0 / self.memory_total as f64
+    }
+}
+
+/// Static facts about the host, read once.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub cpus: usize,
+    pub total_memory: u64,
+}
+
+pub struct Monitor {
+    snapshot: Mutex<Snapshot>,
+    pub host: HostInfo,
+}
+
+/// Handle that stops the sampler thread.
+pub struct MonitorThread {
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl MonitorThread {
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.handle.join();
+    }
+}
+
+impl Monitor {
+    /// Takes a first sample (so admission has figures from the first request) and starts
+    /// the sampler thread.
+    pub fn start() -> std::io::Result<(Arc<Monitor>, MonitorThread)> {
+        let mut sys = System::new()
+            .map_err(|e| std::io::Error::other(format!("cannot read system information: {e}")))?;
+        sys.refresh_memory();
+        sys.refresh_cpu_usage();
+        let hostname = System::host_name()
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let host = HostInfo {
+            hostname,
+            cpus,
+            total_memory: sys.total_memory(),
+        };
+        let monitor = Arc::new(Monitor {
+            snapshot: Mutex::new(sample(&sys)),
+            host,
+        });
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let m = Arc::clone(&monitor);
+        let handle = std::thread::Builder::new()
+            .name("monitor".into())
+            .stack_size(256 * 1024)
+            .spawn(move || run(&m, sys, stopped))?;
+        Ok((monitor, MonitorThread { stop, handle }))
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn run(monitor: &Monitor, mut sys: System, stopped: Receiver<()>) {
+    loop {
+        match stopped.recv_timeout(SAMPLE_INTERVAL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        sys.refresh_cpu_usage();
+        sys.refresh_memory();
+        let s = sample(&sys);
+        *monitor.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+fn sample(sys: &System) -> Snapshot {
+    let load = System::load_average().ok();
+    let cpu = sys.global_cpu_usage() as f64;
+    Snapshot {
+        cpu_percent: if cpu.is_finite() {
+            cpu.clamp(0.0, 100.0)
+        } else {
+            0.0
+        },
+        load_average: load.map(|l| [l.one, l.five, l.fifteen]).unwrap_or_default(),
+        memory_total: sys.total_memory(),
+        memory_available: sys.available_memory(),
+        uptime: System::uptime().unwrap_or(0),
+    }
+}
+
+impl Snapshot {
+    /// The stats object (compat) with the task counts filled in.
+    pub fn to_stats(&self, running: usize, max_tasks: usize) -> crate::protocol::Stats {
+        let round2 = |x: f64| (x * 100.0).round() / 100.0;
+        crate::protocol::Stats {
+            cpu: self.load_average[0],
+            memory_used: self.memory_used(),
+            memory_free: self.memory_available,
+            memory_total: self.memory_total,
+            memory_usage_percent: round2(self.memory_percent()),
+            uptime: self.uptime,
+            running_tasks: running,
+            max_tasks,
+            available_slots: max_tasks.saturating_sub(running),
+            cpu_percent: round2(self.cpu_percent),
+            load_average: self.load_average,
+        }
+    }
+}

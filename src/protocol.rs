@@ -1,0 +1,316 @@
+//! Wire types: the JSON of the HTTP API, the WebSocket events and the discovery packets.
+//! No I/O here; field names are the compat names of CONTRACT.md.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        Some(match s {
+            "running" => TaskStatus::Running,
+            "completed" => TaskStatus::Completed,
+            "failed" => TaskStatus::Failed,
+            "cancelled" => TaskStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// How a task ended; present only once it has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEnd {
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub completed_at: u64,
+    pub duration: u64,
+}
+
+/// A task as stored under `DATA_DIR` and, plus its output, as shown by the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub id: u64,
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    pub status: TaskStatus,
+    pub started_at: u64,
+    /// The task's own limit in ms, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22): tells a
+    /// surviving task process from an unrelated one that reused its pid after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start_time: Option<u64>,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(flatten, default)]
+    pub end: Option<TaskEnd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes each stream has produced in all (the task object carries only their tails).
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
+}
+
+/// The API's task object: the record plus, except in lists, the tails of its output.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView<'a> {
+    #[serde(flatten)]
+    pub record: &'a TaskRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_truncated: Option<bool>,
+}
+
+/// The stats object of `GET /stats` and of `cluster_stats` packets.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// 1-minute load average (compat: main servers score nodes with it).
+    pub cpu: f64,
+    pub memory_used: u64,
+    pub memory_free: u64,
+    pub memory_total: u64,
+    pub memory_usage_percent: f64,
+    /// Host uptime in seconds.
+    pub uptime: u64,
+    pub running_tasks: usize,
+    pub max_tasks: usize,
+    pub available_slots: usize,
+    /// CPU usage of all cores, 0-100.
+    pub cpu_percent: f64,
+    pub load_average: [f64; 3],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health<'a> {
+    pub status: &'static str,
+    pub hostname: &'a str,
+    pub uptime: u64,
+    pub version: &'static str,
+    pub agent_uptime: u64,
+}
+
+/// `data` of a `completed` event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedData<'a> {
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<&'a str>,
+    pub duration: u64,
+}
+
+/// One WebSocket message: `{"type":"task_update","taskId","event","data","timestamp"}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskUpdate<'a, D: Serialize> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub task_id: u64,
+    pub event: &'a str,
+    pub data: D,
+    pub timestamp: u64,
+    /// Byte offset of an output chunk in its stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Serialises a `task_update` message.
+pub fn task_update<D: Serialize>(
+    task_id: u64,
+    event: &str,
+    data: D,
+    offset: Option<u64>,
+) -> String {
+    let msg = TaskUpdate {
+        kind: "task_update",
+        task_id,
+        event,
+        data,
+        timestamp: now_ms(),
+        offset,
+    };
+    serde_json::to_string(&msg).expect("task_update serialises: plain strings and numbers")
+}
+
+/// Node's `process.platform` name for this OS.
+pub fn node_platform() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "darwin",
+        "windows" => "win32",
+        other => other,
+    }
+}
+
+/// Node's `process.arch` name for this CPU.
+pub fn node_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "x64",
+        "aarch64" => "arm64",
+        "x86" => "ia32",
+        "powerpc64" => "ppc64",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+/// The name of signal `n` as Node reports it (`"SIGTERM"`), or `"SIG<n>"`.
+pub fn signal_name(n: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match usize::try_from(n).ok().and_then(|i| NAMES.get(i)) {
+        Some(name) if !name.is_empty() && cfg!(target_os = "linux") => name.to_string(),
+        _ => format!("SIG{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TaskRecord {
+        TaskRecord {
+            id: 7,
+            command: "echo".into(),
+            args: vec!["hi".into()],
+            cwd: "/tmp".into(),
+            env: BTreeMap::new(),
+            status: TaskStatus::Running,
+            started_at: 1,
+            timeout: None,
+            pid: Some(42),
+            pid_start_time: None,
+            timed_out: false,
+            job_id: None,
+            end: None,
+            error: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn running_task_has_no_end_fields() {
+        let v = serde_json::to_value(record()).unwrap();
+        assert_eq!(v["status"], "running");
+        assert!(v.get("exitCode").is_none() && v.get("completedAt").is_none());
+    }
+
+    #[test]
+    fn ended_task_round_trips_with_nulls() {
+        let mut r = record();
+        r.status = TaskStatus::Failed;
+        r.end = Some(TaskEnd {
+            exit_code: None,
+            signal: Some("SIGTERM".into()),
+            completed_at: 5,
+            duration: 4,
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["exitCode"], serde_json::Value::Null);
+        assert_eq!(v["signal"], "SIGTERM");
+        let back: TaskRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.end, r.end);
+        let running: TaskRecord =
+            serde_json::from_value(serde_json::to_value(record()).unwrap()).unwrap();
+        assert_eq!(running.end, None);
+    }
+
+    #[test]
+    fn update_shape() {
+        let s = task_update(3, "output", "a\n", Some(0));
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["type"], "task_update");
+        assert_eq!(v["taskId"], 3);
+        assert_eq!(v["event"], "output");
+        assert_eq!(v["data"], "a\n");
+        assert_eq!(v["offset"], 0);
+        assert!(v["timestamp"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(64), "SIG64");
+    }
+}

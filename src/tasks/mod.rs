@@ -1,0 +1,9 @@
+//! Tasks: admission and history ([`registry`]), the process and its group ([`runner`]), the
+//! pipes ([`reader`]), the output log ([`log`]), and deadlines ([`timer`]).
+
+pub mod log;
+pub mod reader;
+pub mod registry;
+pub mod runner;
+pub mod task;
+pub mod timer;

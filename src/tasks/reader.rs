@@ -1,0 +1,153 @@
+//! A reader thread per pipe: reads large blocks so a chatty task never blocks on a full pipe,
+//! and cuts them at line ends, so many lines travel in one chunk under load and no line is
+//! split between chunks (except a line longer than [`MAX_CARRY`], or the last one).
+
+use std::io::{ErrorKind, Read};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::tasks::log::Stream;
+use crate::tasks::task::Task;
+
+/// Bytes read from a pipe at once.
+pub const READ_BLOCK: usize = 64 * 1024;
+/// An unterminated line longer than this is passed on in pieces, to bound memory.
+pub const MAX_CARRY: usize = 256 * 1024;
+
+/// Starts `task-N-out` / `task-N-err`. `done` is dropped when the pipe reaches its end.
+pub fn spawn<R: Read + Send + 'static>(
+    task: Arc<Task>,
+    stream: Stream,
+    pipe: R,
+    done: Sender<()>,
+) -> std::io::Result<()> {
+    let name = format!(
+        "task-{}-{}",
+        task.id,
+        if stream == Stream::Stdout {
+            "out"
+        } else {
+            "err"
+        }
+    );
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            read_loop(pipe, |chunk| task.push_output(stream, chunk));
+            drop(done);
+        })?;
+    Ok(())
+}
+
+/// Reads `pipe` to its end, handing `emit` chunks that end at a line end where possible.
+pub fn read_loop<R: Read>(mut pipe: R, mut emit: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let data = &buf[..n];
+        match data.iter().rposition(|&b| b == b'\n') {
+            Some(last_nl) => {
+                if carry.is_empty() {
+                    emit(&data[..=last_nl]);
+                } else {
+                    carry.extend_from_slice(&data[..=last_nl]);
+                    emit(&carry);
+                    carry.clear();
+                }
+                carry.extend_from_slice(&data[last_nl + 1..]);
+            }
+            None => carry.extend_from_slice(data),
+        }
+        if carry.len() >= MAX_CARRY {
+            // Cut at a character boundary so the lossy UTF-8 of each piece stays exact.
+            let cut = utf8_boundary(&carry);
+            emit(&carry[..cut]);
+            carry.drain(..cut);
+        }
+    }
+    if !carry.is_empty() {
+        emit(&carry);
+    }
+}
+
+/// The largest prefix length of `b` that does not end inside a UTF-8 character.
+fn utf8_boundary(b: &[u8]) -> usize {
+    let len = b.len();
+    for back in 1..=3.min(len) {
+        let byte = b[len - back];
+        if byte & 0xC0 == 0xC0 {
+            // A lead byte: is its character complete?
+            let need = if byte >= 0xF0 {
+                4
+            } else if byte >= 0xE0 {
+                3
+            } else {
+                2
+            };
+            return if back >= need { len } else { len - back };
+        }
+        if byte & 0x80 == 0 {
+            return len;
+        }
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe that returns the given pieces one read at a time.
+    struct Pieces(Vec<Vec<u8>>);
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let p = self.0.remove(0);
+            buf[..p.len()].copy_from_slice(&p);
+            Ok(p.len())
+        }
+    }
+
+    fn chunks(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        read_loop(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), |c| {
+            out.push(c.to_vec())
+        });
+        out
+    }
+
+    #[test]
+    fn cuts_at_line_ends() {
+        assert_eq!(
+            chunks(&[b"a\nb", b"c\nd\n", b"tail"]),
+            vec![b"a\n".to_vec(), b"bc\nd\n".to_vec(), b"tail".to_vec()]
+        );
+    }
+
+    #[test]
+    fn long_line_is_bounded_and_kept_whole() {
+        let big = vec![b'x'; MAX_CARRY + 10];
+        let pieces: Vec<&[u8]> = big.chunks(READ_BLOCK).collect();
+        let out = chunks(&pieces);
+        assert!(out.iter().all(|c| c.len() <= MAX_CARRY + READ_BLOCK));
+        assert_eq!(out.concat(), big);
+    }
+
+    #[test]
+    fn boundary() {
+        let s = "aé".as_bytes();
+        assert_eq!(utf8_boundary(s), 3);
+        assert_eq!(utf8_boundary(&s[..2]), 1);
+        assert_eq!(utf8_boundary(b"abc"), 3);
+    }
+}

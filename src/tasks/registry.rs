@@ -1,0 +1,274 @@
+//! The registry: every task the agent knows, the running count, admission, ids, and history.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::events::EventTx;
+use crate::monitor::Monitor;
+use crate::protocol::{TaskRecord, TaskStatus};
+use crate::store::Store;
+use crate::tasks::task::{Task, TaskSpec};
+use crate::tasks::timer::Timer;
+
+/// Why a task was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    ShuttingDown,
+    MaxTasks { running: usize, max: usize },
+    Cpu { usage: f64, limit: u8 },
+    Memory { usage: f64, limit: u8 },
+}
+
+/// The settings the registry and runner need, taken from [`Config`].
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_tasks: usize,
+    pub max_cpu_percent: u8,
+    pub max_memory_percent: u8,
+    pub task_timeout: Option<Duration>,
+    pub history: usize,
+    pub max_output_bytes: usize,
+    /// The agent's own working directory, the default `cwd` of a task.
+    pub default_cwd: String,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &Config) -> Limits {
+        Limits {
+            max_tasks: cfg.max_concurrent_tasks,
+            max_cpu_percent: cfg.max_cpu_percent,
+            max_memory_percent: cfg.max_memory_percent,
+            task_timeout: cfg.task_timeout,
+            history: cfg.task_history,
+            max_output_bytes: cfg.max_output_bytes,
+            default_cwd: std::env::current_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "/".into()),
+        }
+    }
+}
+
+struct Inner {
+    tasks: BTreeMap<u64, Arc<Task>>,
+    /// Ids of finished tasks, oldest first: the eviction order.
+    finished: BTreeSet<u64>,
+    next_id: u64,
+    running: usize,
+    accepting: bool,
+}
+
+pub struct Registry {
+    pub limits: Limits,
+    pub store: Store,
+    pub timer: Timer,
+    pub events: EventTx,
+    pub monitor: Arc<Monitor>,
+    inner: Mutex<Inner>,
+    /// Signalled whenever the running count drops (shutdown waits on it).
+    idle: Condvar,
+}
+
+impl Registry {
+    pub fn new(
+        limits: Limits,
+        store: Store,
+        timer: Timer,
+        events: EventTx,
+        monitor: Arc<Monitor>,
+    ) -> Registry {
+        Registry {
+            limits,
+            store,
+            timer,
+            events,
+            monitor,
+            inner: Mutex::new(Inner {
+                tasks: BTreeMap::new(),
+                finished: BTreeSet::new(),
+                next_id: 1,
+                running: 0,
+                accepting: true,
+            }),
+            idle: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads finished tasks from history; ids continue above the highest one seen.
+    /// Records still marked running are returned for recovery (their agent died).
+    pub fn load_history(&self, records: Vec<TaskRecord>) {
+        let mut evict = Vec::new();
+        {
+            let mut inner = self.lock();
+            for rec in records {
+                inner.next_id = inner.next_id.max(rec.id + 1);
+                let spec = TaskSpec {
+                    command: rec.command.clone(),
+                    args: rec.args.clone(),
+                    cwd: rec.cwd.clone(),
+                    env: rec.env.clone(),
+                    timeout_ms: rec.timeout,
+                    job: None,
+                };
+                let id = rec.id;
+                let task = Task::from_record(
+                    rec,
+                    spec,
+                    self.store.log_path(id),
+                    self.limits.max_output_bytes,
+                    self.events.clone(),
+                    true,
+                );
+                inner.tasks.insert(id, Arc::new(task));
+                inner.finished.insert(id);
+            }
+            Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
+        }
+        for id in evict {
+            self.store.remove(id);
+        }
+    }
+
+    /// The id the next task will get.
+    pub fn next_id(&self) -> u64 {
+        self.lock().next_id
+    }
+
+    /// Admits a task: checks shutdown, the slot count and the node's load, then takes a slot
+    /// and an id. The caller must start it (see [`crate::tasks::runner::start`]).
+    pub fn admit(&self, spec: TaskSpec) -> Result<Arc<Task>, Rejection> {
+        let mut inner = self.lock();
+        if !inner.accepting {
+            return Err(Rejection::ShuttingDown);
+        }
+        if inner.running >= self.limits.max_tasks {
+            return Err(Rejection::MaxTasks {
+                running: inner.running,
+                max: self.limits.max_tasks,
+            });
+        }
+        let snap = self.monitor.snapshot();
+        if snap.cpu_percent > f64::from(self.limits.max_cpu_percent) {
+            return Err(Rejection::Cpu {
+                usage: snap.cpu_percent,
+                limit: self.limits.max_cpu_percent,
+            });
+        }
+        let mem = snap.memory_percent();
+        if mem > f64::from(self.limits.max_memory_percent) {
+            return Err(Rejection::Memory {
+                usage: mem,
+                limit: self.limits.max_memory_percent,
+            });
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.running += 1;
+        let task = Arc::new(Task::new(
+            id,
+            spec,
+            self.store.log_path(id),
+            self.limits.max_output_bytes,
+            self.events.clone(),
+        ));
+        inner.tasks.insert(id, Arc::clone(&task));
+        Ok(task)
+    }
+
+    /// Frees the task's slot (once, whatever calls it twice) and moves it into history,
+    /// deleting the oldest finished tasks beyond `TASK_HISTORY`.
+    pub fn release(&self, task: &Task) {
+        if !task.take_slot() {
+            return;
+        }
+        let mut evict = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.running -= 1;
+            inner.finished.insert(task.id);
+            Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
+        }
+        self.idle.notify_all();
+        for id in evict {
+            self.store.remove(id);
+        }
+    }
+
+    fn evict_over_history(inner: &mut Inner, history: usize, evicted: &mut Vec<u64>) {
+        while inner.finished.len() > history {
+            let oldest = inner
+                .finished
+                .pop_first()
+                .expect("non-empty: len > history >= 1");
+            inner.tasks.remove(&oldest);
+            evicted.push(oldest);
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Task>> {
+        self.lock().tasks.get(&id).cloned()
+    }
+
+    /// Tasks newest first, optionally only those with `status`, at most `limit`.
+    pub fn list(&self, status: Option<TaskStatus>, limit: Option<usize>) -> Vec<Arc<Task>> {
+        let tasks: Vec<Arc<Task>> = self.lock().tasks.values().rev().cloned().collect();
+        tasks
+            .into_iter()
+            .filter(|t| status.is_none_or(|s| t.status() == s))
+            .take(limit.unwrap_or(usize::MAX))
+            .collect()
+    }
+
+    pub fn running(&self) -> usize {
+        self.lock().running
+    }
+
+    pub fn running_tasks(&self) -> Vec<Arc<Task>> {
+        let inner = self.lock();
+        inner
+            .tasks
+            .values()
+            .filter(|t| !inner.finished.contains(&t.id))
+            .cloned()
+            .collect()
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.lock().accepting
+    }
+
+    /// Stops admitting tasks (shutdown): later `admit`s get [`Rejection::ShuttingDown`].
+    pub fn stop_accepting(&self) {
+        self.lock().accepting = false;
+    }
+
+    /// Waits until no task runs or `deadline` passes; true when none runs.
+    pub fn wait_idle(&self, deadline: Instant) -> bool {
+        let mut inner = self.lock();
+        while inner.running > 0 {
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                return false;
+            };
+            inner = self
+                .idle
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Path of a task's output log.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.store.log_path(id)
+    }
+}

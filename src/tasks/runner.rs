@@ -1,0 +1,342 @@
+//! Starting a task's process and seeing it to its end.
+//!
+//! Per task: the process runs in its own process group (posix_spawn keeps the fast path),
+//! two reader threads drain its pipes ([`crate::tasks::reader`]), and a `task-N` thread waits
+//! for its exit. When the main process exits, whatever it left in its group is killed before
+//! the leader is reaped (so the group id cannot have been reused), and the readers get a short
+//! grace to reach the end of the pipes: a grandchild that escaped the group and holds them open
+//! cannot hang the task.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
+
+use crate::events::EventKind;
+use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
+use crate::tasks::log::Stream;
+use crate::tasks::reader;
+use crate::tasks::registry::Registry;
+use crate::tasks::task::Task;
+use crate::tasks::timer::Action;
+
+/// How long the readers may take to reach the end of the pipes after the process group died.
+pub const READER_GRACE: Duration = Duration::from_millis(1000);
+
+/// The variable a task must never see.
+pub const SECRET_VAR: &str = "CLUSTER_SECRET";
+
+/// How a task's process ended, or why it never ran.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    /// Set when the program could not be started (or the agent ended it).
+    pub error: Option<String>,
+    pub spawn_failed: bool,
+}
+
+impl Outcome {
+    fn from_status(status: ExitStatus) -> Outcome {
+        Outcome {
+            exit_code: status.code(),
+            signal: status.signal().map(protocol::signal_name),
+            ..Outcome::default()
+        }
+    }
+
+    fn spawn_failure(error: String) -> Outcome {
+        Outcome {
+            error: Some(error),
+            spawn_failed: true,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Starts an admitted task: records it, emits `started`, spawns its process and threads.
+/// Never fails: a task that cannot start ends `failed`, and its slot is freed.
+pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
+    let child = spawn_process(task);
+    let mut child = match child {
+        Ok(c) => c,
+        Err(error) => {
+            persist(reg, task);
+            task.emit(EventKind::Started, "started", task.to_json(false));
+            log::info!("task {} failed to start: {error}", task.id);
+            finish(reg, task, Outcome::spawn_failure(error));
+            return;
+        }
+    };
+    let pid = child.id();
+    let pgid = Pid::from_raw(pid as i32);
+    {
+        let mut st = task.lock();
+        st.record.pid = Some(pid);
+        st.record.pid_start_time = process_start_time(pid);
+        st.pgid = pgid;
+    }
+    persist(reg, task);
+    task.emit(EventKind::Started, "started", task.to_json(false));
+    log::info!(
+        "task {} started: pid {pid}, {}",
+        task.id,
+        describe(&task.spec.command, &task.spec.args)
+    );
+
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let started = reader::spawn(Arc::clone(task), Stream::Stdout, stdout, done_tx.clone())
+        .and_then(|_| reader::spawn(Arc::clone(task), Stream::Stderr, stderr, done_tx));
+    if let Err(e) = started {
+        abandon(
+            reg,
+            task,
+            child,
+            format!("cannot start a reader thread: {e}"),
+        );
+        return;
+    }
+    if let Some(timeout) = timeout_of(reg, task) {
+        reg.timer
+            .schedule(Instant::now() + timeout, task, Action::Timeout);
+    }
+    let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
+    let waiter = std::thread::Builder::new()
+        .name(format!("task-{}", task.id))
+        .stack_size(64 * 1024)
+        .spawn(move || supervise(&reg2, &task2, child, done_rx));
+    if let Err(e) = waiter {
+        // The child moved into the failed closure; the group is still ours to kill.
+        log::error!(
+            "task {}: cannot start its waiter thread: {e}; killing it",
+            task.id
+        );
+        task.signal_group(Signal::KILL);
+        finish(
+            reg,
+            task,
+            Outcome {
+                error: Some(format!("cannot start a waiter thread: {e}")),
+                ..Outcome::default()
+            },
+        );
+    }
+}
+
+/// The task's limit: its own `timeout`, else `TASK_TIMEOUT`; `None` = none.
+fn timeout_of(reg: &Registry, task: &Task) -> Option<Duration> {
+    match task.spec.timeout_ms {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => reg.limits.task_timeout,
+    }
+}
+
+fn describe(command: &str, args: &[String]) -> String {
+    let mut s = format!("{command:?}");
+    for a in args.iter().take(8) {
+        s.push(' ');
+        s.push_str(&format!("{a:?}"));
+    }
+    if args.len() > 8 {
+        s.push_str(&format!(" … ({} args)", args.len()));
+    }
+    s
+}
+
+/// Spawns the process in its own group, or says why it could not.
+fn spawn_process(task: &Task) -> Result<Child, String> {
+    let spec = &task.spec;
+    match std::fs::metadata(&spec.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("cwd is not a directory: {}", spec.cwd)),
+        Err(e) => return Err(format!("cwd {} is not usable: {e}", spec.cwd)),
+    }
+    let mut cmd = Command::new(&spec.command);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_remove(SECRET_VAR)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", spec.command))
+}
+
+/// Waits for the process, cleans up its group, waits for the readers, and ends the task.
+fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, readers_done: Receiver<()>) {
+    let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
+    // Wait for the exit without reaping: the zombie keeps the group id ours while we kill
+    // whatever the task left running in it.
+    loop {
+        match waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                log::warn!("task {}: waitid failed: {e}", task.id);
+                break;
+            }
+        }
+    }
+    {
+        let mut st = task.lock();
+        if let Some(pgid) = st.pgid.take() {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+    }
+    let outcome = match child.wait() {
+        Ok(status) => Outcome::from_status(status),
+        Err(e) => Outcome {
+            error: Some(format!("cannot collect the exit status: {e}")),
+            ..Outcome::default()
+        },
+    };
+    match readers_done.recv_timeout(READER_GRACE) {
+        Err(RecvTimeoutError::Timeout) => {
+            log::warn!(
+                "task {}: its output pipes are still open {} ms after it exited (a process outside its group holds them); later output is dropped",
+                task.id,
+                READER_GRACE.as_millis()
+            );
+        }
+        _ => {}
+    }
+    finish(reg, task, outcome);
+}
+
+/// Reader threads could not start: kill the group, reap, end the task.
+fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: String) {
+    log::error!("task {}: {error}; killing it", task.id);
+    {
+        let mut st = task.lock();
+        if let Some(pgid) = st.pgid.take() {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+    }
+    let _ = child.wait();
+    finish(
+        reg,
+        task,
+        Outcome {
+            error: Some(error),
+            ..Outcome::default()
+        },
+    );
+}
+
+/// Ends a task exactly once: frees its slot, settles its status, persists it, and emits
+/// `failed` (spawn failures only) and then `completed`, last.
+pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
+    // Free the slot first: whoever sees the end may submit the next task at once.
+    reg.release(task);
+    let (status, exit_code, signal, duration, log_whole) = {
+        let mut st = task.lock();
+        if st.record.status != TaskStatus::Running {
+            return;
+        }
+        let now = protocol::now_ms();
+        let duration = now.saturating_sub(st.record.started_at);
+        let status = if st.cancelled {
+            TaskStatus::Cancelled
+        } else if outcome.error.is_none()
+            && st.killed_because.is_none()
+            && !st.record.timed_out
+            && outcome.exit_code == Some(0)
+        {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Failed
+        };
+        let error = outcome
+            .error
+            .clone()
+            .or_else(|| st.killed_because.clone())
+            .or_else(|| {
+                st.record.timed_out.then(|| {
+                    format!(
+                        "timed out after {} ms",
+                        timeout_of(reg, task).map_or(0, |d| d.as_millis())
+                    )
+                })
+            });
+        st.record.status = status;
+        st.record.error = error;
+        st.record.end = Some(TaskEnd {
+            exit_code: outcome.exit_code,
+            signal: outcome.signal.clone(),
+            completed_at: now,
+            duration,
+        });
+        st.pgid = None;
+        let whole = Task::close_output(&mut st);
+        (
+            status,
+            outcome.exit_code,
+            outcome.signal.clone(),
+            duration,
+            whole,
+        )
+    };
+    task.notify();
+    if !log_whole {
+        log::warn!(
+            "task {}: its output log is incomplete; its output tails stay in memory",
+            task.id
+        );
+    }
+    // Not synced: the rename makes it atomic, and an agent crash (rather than the machine's)
+    // loses nothing in the page cache. A per-task fsync would cost more than the task.
+    persist(reg, task);
+    if outcome.spawn_failed {
+        let error = outcome.error.as_deref().unwrap_or("could not start");
+        task.emit(
+            EventKind::Failed,
+            "failed",
+            serde_json::json!({ "error": error }),
+        );
+    }
+    task.emit(
+        EventKind::Completed,
+        "completed",
+        CompletedData {
+            status,
+            exit_code,
+            signal: signal.as_deref(),
+            duration,
+        },
+    );
+    log::info!(
+        "task {} {}: exit code {}, signal {}, {} ms",
+        task.id,
+        status.as_str(),
+        exit_code.map_or("none".to_string(), |c| c.to_string()),
+        signal.as_deref().unwrap_or("none"),
+        duration
+    );
+}
+
+/// Writes the task's record; a failure is logged and the in-memory record stays.
+fn persist(reg: &Registry, task: &Task) {
+    let rec = task.record();
+    if let Err(e) = reg.store.save(&rec, false) {
+        log::warn!("task {}: cannot write its record: {e}", task.id);
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}

@@ -1,0 +1,436 @@
+//! One task: what was asked, its record, its process group, and its live output.
+//! Everything mutable sits behind one mutex; `changed` wakes waiters (`?wait=true`,
+//! `?follow=true`) on new output and at the end.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustix::process::{kill_process_group, Pid, Signal};
+
+use crate::events::{Event, EventKind, EventTx};
+use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
+use crate::tasks::log::{self as outlog, LogReader, Stream};
+
+/// A validated request to run something.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    /// Merged over the agent's environment (minus the secret).
+    pub env: BTreeMap<String, String>,
+    /// Overrides `TASK_TIMEOUT`; `Some(0)` = no limit.
+    pub timeout_ms: Option<u64>,
+    pub job: Option<JobSpec>,
+}
+
+/// A job folder run (`POST /execute-job`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+/// The last `cap` bytes of a stream.
+#[derive(Debug, Default)]
+pub struct Tail {
+    buf: VecDeque<u8>,
+    cap: usize,
+}
+
+impl Tail {
+    pub fn new(cap: usize) -> Tail {
+        Tail {
+            buf: VecDeque::new(),
+            cap,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() >= self.cap {
+            self.buf.clear();
+            self.buf.extend(&data[data.len() - self.cap..]);
+            return;
+        }
+        let excess = (self.buf.len() + data.len()).saturating_sub(self.cap);
+        self.buf.drain(..excess);
+        self.buf.extend(data);
+    }
+
+    pub fn to_text(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let mut v = Vec::with_capacity(self.buf.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        tail_text(&v)
+    }
+}
+
+/// Lossy UTF-8 of a tail, without the broken character a cut may leave at its start.
+fn tail_text(bytes: &[u8]) -> String {
+    let skip = bytes
+        .iter()
+        .take(3)
+        .take_while(|b| (**b & 0xC0) == 0x80)
+        .count();
+    String::from_utf8_lossy(&bytes[skip..]).into_owned()
+}
+
+/// Where a running task's output goes.
+pub struct Output {
+    log: Option<File>,
+    log_path: PathBuf,
+    /// Set after the first failed write: later output stays in memory only.
+    log_broken: bool,
+    tails: [Tail; 2],
+    /// Set when the task has ended: output arriving later is dropped, so `completed` stays last.
+    closed: bool,
+    scratch: Vec<u8>,
+}
+
+pub struct State {
+    pub record: TaskRecord,
+    /// A cancel was asked for: the task ends `cancelled` whatever its exit.
+    pub cancelled: bool,
+    /// Why the agent ended it, when it did (shutdown).
+    pub killed_because: Option<String>,
+    /// The process group, while it is safe to signal: cleared before the leader is reaped,
+    /// so a signal can never reach a group that reused the id.
+    pub pgid: Option<Pid>,
+    pub output: Output,
+}
+
+pub struct Task {
+    pub id: u64,
+    pub spec: TaskSpec,
+    state: Mutex<State>,
+    changed: Condvar,
+    slot_released: AtomicBool,
+    events: EventTx,
+}
+
+/// A `cancel` that came too late.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AlreadyEnded;
+
+impl Task {
+    pub fn new(
+        id: u64,
+        spec: TaskSpec,
+        log_path: PathBuf,
+        max_output: usize,
+        events: EventTx,
+    ) -> Task {
+        let record = TaskRecord {
+            id,
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            cwd: spec.cwd.clone(),
+            env: spec.env.clone(),
+            status: TaskStatus::Running,
+            started_at: protocol::now_ms(),
+            timeout: spec.timeout_ms,
+            pid: None,
+            pid_start_time: None,
+            timed_out: false,
+            job_id: spec.job.as_ref().map(|j| j.id.clone()),
+            end: None,
+            error: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        };
+        Task::from_record(record, spec, log_path, max_output, events, false)
+    }
+
+    /// A task known from history (finished, or found running after a crash).
+    pub fn from_record(
+        record: TaskRecord,
+        spec: TaskSpec,
+        log_path: PathBuf,
+        max_output: usize,
+        events: EventTx,
+        slot_released: bool,
+    ) -> Task {
+        let closed = record.status != TaskStatus::Running;
+        Task {
+            id: record.id,
+            spec,
+            state: Mutex::new(State {
+                record,
+                cancelled: false,
+                killed_because: None,
+                pgid: None,
+                output: Output {
+                    log: None,
+                    log_path,
+                    log_broken: false,
+                    tails: [Tail::new(max_output), Tail::new(max_output)],
+                    closed,
+                    scratch: Vec::new(),
+                },
+            }),
+            changed: Condvar::new(),
+            slot_released: AtomicBool::new(slot_released),
+            events,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self) -> TaskRecord {
+        self.lock().record.clone()
+    }
+
+    pub fn status(&self) -> TaskStatus {
+        self.lock().record.status
+    }
+
+    /// Marks the slot free; true only the first time, so the running count moves once.
+    pub fn take_slot(&self) -> bool {
+        !self.slot_released.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes everyone waiting on this task.
+    pub fn notify(&self) {
+        self.changed.notify_all();
+    }
+
+    /// Sends `sig` to the task's process group, if it still has one.
+    pub fn signal_group(&self, sig: Signal) -> bool {
+        let st = self.lock();
+        match st.pgid {
+            Some(pgid) if st.record.status == TaskStatus::Running => {
+                kill_process_group(pgid, sig).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks the task to stop: records why, sends SIGTERM to its group.
+    /// The caller schedules the SIGKILL after the grace.
+    pub fn request_stop(&self, cancel: bool, why: Option<String>) -> Result<(), AlreadyEnded> {
+        let mut st = self.lock();
+        if st.record.status != TaskStatus::Running || st.output.closed {
+            return Err(AlreadyEnded);
+        }
+        if cancel {
+            st.cancelled = true;
+        }
+        if why.is_some() && st.killed_because.is_none() {
+            st.killed_because = why;
+        }
+        if let Some(pgid) = st.pgid {
+            let _ = kill_process_group(pgid, Signal::TERM);
+        }
+        Ok(())
+    }
+
+    /// Blocks until the task has ended or `timeout` passes; true if it ended.
+    pub fn wait_ended(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut st = self.lock();
+        while st.record.status == TaskStatus::Running {
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return false,
+                },
+                None => Duration::from_secs(3600),
+            };
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Waits up to `timeout` for output past `seen_bytes` (stdout + stderr) or the end.
+    pub fn wait_output(&self, seen_bytes: u64, timeout: Duration) {
+        let st = self.lock();
+        if st.record.status == TaskStatus::Running
+            && st.record.stdout_bytes + st.record.stderr_bytes <= seen_bytes
+        {
+            let _ = self.changed.wait_timeout(st, timeout);
+        }
+    }
+
+    /// Emits an event that is not output (`started`, `failed`, `completed`).
+    pub fn emit(&self, kind: EventKind, event: &str, data: impl serde::Serialize) {
+        let json = protocol::task_update(self.id, event, data, None);
+        let _ = self.events.send(Event {
+            task_id: self.id,
+            kind,
+            json: json.into(),
+        });
+    }
+
+    /// Takes one chunk from a reader: counts it, logs it, keeps its tail, and emits it, all
+    /// under the lock so the log, the offsets and the events agree on one order.
+    pub fn push_output(&self, stream: Stream, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st.output.closed {
+            return;
+        }
+        let counter = match stream {
+            Stream::Stdout => &mut st.record.stdout_bytes,
+            Stream::Stderr => &mut st.record.stderr_bytes,
+        };
+        let offset = *counter;
+        *counter += data.len() as u64;
+        let out = &mut st.output;
+        if !out.log_broken {
+            if out.log.is_none() {
+                match OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&out.log_path)
+                {
+                    Ok(f) => out.log = Some(f),
+                    Err(e) => {
+                        log::warn!(
+                            "task {}: cannot create output log {}: {e}; output kept in memory only",
+                            self.id,
+                            out.log_path.display()
+                        );
+                        out.log_broken = true;
+                    }
+                }
+            }
+            if let Some(f) = out.log.as_mut() {
+                if let Err(e) = outlog::append(f, stream, data, &mut out.scratch) {
+                    log::warn!(
+                        "task {}: cannot write output log {}: {e}; output kept in memory only",
+                        self.id,
+                        out.log_path.display()
+                    );
+                    out.log_broken = true;
+                    out.log = None;
+                }
+            }
+        }
+        out.tails[stream.index()].push(data);
+        let text = String::from_utf8_lossy(data);
+        let json = protocol::task_update(self.id, stream.event(), &*text, Some(offset));
+        let kind = EventKind::Output {
+            stream,
+            offset,
+            len: data.len() as u64,
+        };
+        let _ = self.events.send(Event {
+            task_id: self.id,
+            kind,
+            json: json.into(),
+        });
+        drop(text);
+        self.changed.notify_all();
+    }
+
+    /// Stops accepting output (the task has ended); returns whether its log is whole.
+    /// The in-memory tails are dropped when the log has everything, to keep memory flat.
+    pub fn close_output(st: &mut State) -> bool {
+        st.output.closed = true;
+        st.output.log = None;
+        let whole = !st.output.log_broken;
+        if whole {
+            let cap = st.output.tails[0].cap;
+            st.output.tails = [Tail::new(cap), Tail::new(cap)];
+        }
+        whole
+    }
+
+    /// The task object of the API. `with_output` adds the stdout/stderr tails (read from the
+    /// log once the task has ended).
+    pub fn to_json(&self, with_output: bool) -> serde_json::Value {
+        let st = self.lock();
+        if !with_output {
+            let view = TaskView {
+                record: &st.record,
+                stdout: None,
+                stderr: None,
+                stdout_truncated: None,
+                stderr_truncated: None,
+            };
+            return serde_json::to_value(&view).expect("task view serialises");
+        }
+        let cap = st.output.tails[0].cap as u64;
+        let (stdout, stderr) = if st.output.closed && !st.output.log_broken {
+            let path = st.output.log_path.clone();
+            let record = st.record.clone();
+            drop(st);
+            let (o, e) = read_tails(&path, cap as usize, &record);
+            let view = TaskView {
+                record: &record,
+                stdout_truncated: Some(record.stdout_bytes > cap),
+                stderr_truncated: Some(record.stderr_bytes > cap),
+                stdout: Some(o),
+                stderr: Some(e),
+            };
+            return serde_json::to_value(&view).expect("task view serialises");
+        } else {
+            (st.output.tails[0].to_text(), st.output.tails[1].to_text())
+        };
+        let view = TaskView {
+            record: &st.record,
+            stdout_truncated: Some(st.record.stdout_bytes > cap),
+            stderr_truncated: Some(st.record.stderr_bytes > cap),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
+        serde_json::to_value(&view).expect("task view serialises")
+    }
+}
+
+/// The tails of both streams of a finished task, from its log. A missing log (no output, or
+/// deleted) gives empty strings.
+fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> (String, String) {
+    if record.stdout_bytes == 0 && record.stderr_bytes == 0 {
+        return (String::new(), String::new());
+    }
+    let mut tails = [Tail::new(cap), Tail::new(cap)];
+    if let Ok(f) = File::open(path) {
+        let mut reader = LogReader::new(f);
+        let mut buf = Vec::new();
+        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
+            tails[stream.index()].push(&buf);
+        }
+    }
+    (tails[0].to_text(), tails[1].to_text())
+}
+
+pub type TaskRef = Arc<Task>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_end() {
+        let mut t = Tail::new(5);
+        t.push(b"abc");
+        t.push(b"defg");
+        assert_eq!(t.to_text(), "cdefg");
+        t.push(b"0123456789");
+        assert_eq!(t.to_text(), "56789");
+        let mut z = Tail::new(0);
+        z.push(b"abc");
+        assert_eq!(z.to_text(), "");
+    }
+
+    #[test]
+    fn tail_text_skips_a_cut_character() {
+        assert_eq!(tail_text(&"é!".as_bytes()[1..]), "!");
+    }
+}
