@@ -8,7 +8,6 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, SecretSource};
-use crate::events;
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
 use crate::monitor::Monitor;
@@ -17,41 +16,28 @@ use crate::store::Store;
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::runner;
 use crate::tasks::timer::Timer;
+use crate::{events, ws};
 
 /// Runs the agent until SIGTERM or SIGINT; returns when every task has ended.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
 
-    let (monitor, monitor_thread) =
-        Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
-    let (timer, timer_thread) =
-        Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
     let (events_tx, events_rx) = events::channel();
     let store = Store::new(&cfg.data_dir);
-    let reg = Arc::new(Registry::new(
-        Limits::from_config(&cfg),
-        store.clone(),
-        timer.clone(),
-        events_tx,
-        monitor,
-    ));
+    let reg = Arc::new(Registry::new(Limits::from_config(&cfg), store.clone(), timer.clone(), events_tx, monitor));
     recover(&reg, &store);
 
-    // Until the WebSocket broadcaster exists, nobody listens: drain the channel.
-    let drain = std::thread::Builder::new()
-        .name("broadcaster".into())
-        .stack_size(128 * 1024)
-        .spawn(move || while events_rx.recv().is_ok() {})
-        .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
+    let (hub, hub_thread) =
+        ws::hub::spawn(Arc::clone(&reg), events_rx).map_err(|e| format!("cannot start the broadcaster: {e}"))?;
+    if cfg.ws_allow_anonymous {
+        log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
+    }
 
-    let ctx = Arc::new(Ctx {
-        cfg: Arc::clone(&cfg),
-        reg: Arc::clone(&reg),
-        started: Instant::now(),
-    });
+    let ctx = Arc::new(Ctx { cfg: Arc::clone(&cfg), reg: Arc::clone(&reg), hub: hub.clone(), started: Instant::now() });
     let http = HttpServer::start(Arc::clone(&ctx))?;
     log_summary(&cfg, http.port, reg.next_id());
 
@@ -76,9 +62,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     timer.stop();
     let _ = timer_thread.join();
     monitor_thread.stop();
+    hub.stop();
+    let _ = hub_thread.join();
     drop(ctx);
     drop(reg);
-    let _ = drain.join();
     log::info!("stopped");
     Ok(())
 }
@@ -123,18 +110,12 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, second: std::thread::JoinHandl
 /// killed if it survived (same pid and start time), and it is recorded `failed`.
 fn recover(reg: &Arc<Registry>, store: &Store) {
     let mut records = store.load_all();
-    for rec in records
-        .iter_mut()
-        .filter(|r| r.status == TaskStatus::Running)
-    {
+    for rec in records.iter_mut().filter(|r| r.status == TaskStatus::Running) {
         if let (Some(pid), Some(start)) = (rec.pid, rec.pid_start_time) {
             if runner::process_start_time(pid) == Some(start) {
                 if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
                     let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-                    log::warn!(
-                        "task {}: killed process group {pid} left running by an earlier agent",
-                        rec.id
-                    );
+                    log::warn!("task {}: killed process group {pid} left running by an earlier agent", rec.id);
                 }
             }
         }
@@ -154,10 +135,7 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
     let count = records.len();
     reg.load_history(records);
     if count > 0 {
-        log::info!(
-            "loaded {count} task(s) from history; next task id {}",
-            reg.next_id()
-        );
+        log::info!("loaded {count} task(s) from history; next task id {}", reg.next_id());
     }
 }
 
@@ -176,25 +154,13 @@ fn log_summary(cfg: &Config, port: u16, next_id: u64) {
         cfg.kill_grace.as_millis(),
         cfg.task_history
     );
-    log::info!(
-        "data dir {}; next task id {next_id}",
-        cfg.data_dir.display()
-    );
+    log::info!("data dir {}; next task id {next_id}", cfg.data_dir.display());
     match &cfg.secret_source {
         SecretSource::Environment => log::info!("cluster secret: from CLUSTER_SECRET"),
-        SecretSource::File {
-            path,
-            generated: true,
-        } => {
-            log::info!(
-                "cluster secret: generated and stored in {} (mode 0600)",
-                path.display()
-            )
+        SecretSource::File { path, generated: true } => {
+            log::info!("cluster secret: generated and stored in {} (mode 0600)", path.display())
         }
-        SecretSource::File {
-            path,
-            generated: false,
-        } => log::info!("cluster secret: read from {}", path.display()),
+        SecretSource::File { path, generated: false } => log::info!("cluster secret: read from {}", path.display()),
     }
     if let Some(f) = &cfg.env_file {
         log::info!("settings read from {}", f.display());

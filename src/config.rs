@@ -97,11 +97,7 @@ fn invalid(var: &str, value: &str, expected: &str) -> ConfigError {
 /// Every variable the agent reads, with its default (as text) and a one-line meaning.
 /// Used by `--help`, and kept in the order of CONTRACT.md §1.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
-    (
-        "CLUSTER_PORT",
-        "4000",
-        "TCP port of the HTTP API and WebSocket; 0 = pick a free port",
-    ),
+    ("CLUSTER_PORT", "4000", "TCP port of the HTTP API and WebSocket; 0 = pick a free port"),
     ("BIND_ADDRESS", "0.0.0.0", "address the HTTP server binds"),
     ("DISCOVERY_PORT", "4001", "UDP port for discovery"),
     (
@@ -110,37 +106,13 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "shared secret, at least 16 bytes; generated into DATA_DIR/cluster-secret when unset",
     ),
     ("MAX_CONCURRENT_TASKS", "4", "running tasks at most"),
-    (
-        "MAX_CPU_PERCENT",
-        "80",
-        "1-100; refuse tasks while CPU usage is above this",
-    ),
-    (
-        "MAX_MEMORY_PERCENT",
-        "80",
-        "1-100; refuse tasks while memory in use is above this",
-    ),
-    (
-        "TASK_TIMEOUT",
-        "300000",
-        "ms a task may run before it is killed; 0 = no limit",
-    ),
+    ("MAX_CPU_PERCENT", "80", "1-100; refuse tasks while CPU usage is above this"),
+    ("MAX_MEMORY_PERCENT", "80", "1-100; refuse tasks while memory in use is above this"),
+    ("TASK_TIMEOUT", "300000", "ms a task may run before it is killed; 0 = no limit"),
     ("KILL_GRACE", "5000", "ms between SIGTERM and SIGKILL"),
-    (
-        "SHUTDOWN_TIMEOUT",
-        "30000",
-        "ms running tasks may go on after SIGTERM to the agent",
-    ),
-    (
-        "JOBS_BASE_PATH",
-        "./jobs",
-        "root of job folders for /execute-job",
-    ),
-    (
-        "MASTER_SERVER",
-        "",
-        "host or host:port of the main server, also sent discovery packets by unicast",
-    ),
+    ("SHUTDOWN_TIMEOUT", "30000", "ms running tasks may go on after SIGTERM to the agent"),
+    ("JOBS_BASE_PATH", "./jobs", "root of job folders for /execute-job"),
+    ("MASTER_SERVER", "", "host or host:port of the main server, also sent discovery packets by unicast"),
     (
         "DISCOVERY_ADDRESSES",
         "255.255.255.255,224.0.0.1",
@@ -149,22 +121,10 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("DISCOVERY_ENABLED", "true", "false turns UDP discovery off"),
     ("ANNOUNCE_INTERVAL", "5000", "ms between announcements"),
     ("STATS_INTERVAL", "10000", "ms between stats packets"),
-    (
-        "DATA_DIR",
-        "./data",
-        "task history, output logs, generated secret ($STATE_DIRECTORY under systemd)",
-    ),
+    ("DATA_DIR", "./data", "task history, output logs, generated secret ($STATE_DIRECTORY under systemd)"),
     ("TASK_HISTORY", "1000", "finished tasks kept"),
-    (
-        "MAX_OUTPUT_BYTES",
-        "1048576",
-        "bytes of each stream's tail returned in the task object",
-    ),
-    (
-        "WS_ALLOW_ANONYMOUS",
-        "false",
-        "let WebSocket clients connect without the secret",
-    ),
+    ("MAX_OUTPUT_BYTES", "1048576", "bytes of each stream's tail returned in the task object"),
+    ("WS_ALLOW_ANONYMOUS", "false", "let WebSocket clients connect without the secret"),
     ("RUST_LOG", "info", "log level"),
 ];
 
@@ -179,9 +139,8 @@ impl Source {
     /// The process environment plus `env_file` (or `./.env` when it exists).
     /// A named file that is missing or unreadable is an error; a missing `./.env` is not.
     pub fn from_process(env_file: Option<&Path>) -> Result<Source, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
+        let env: HashMap<String, String> =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
         let (dotenv, env_file) = match env_file {
             Some(path) => (read_dotenv(path)?, Some(path.to_path_buf())),
             None => {
@@ -193,28 +152,17 @@ impl Source {
                 }
             }
         };
-        Ok(Source {
-            env,
-            dotenv,
-            env_file,
-        })
+        Ok(Source { env, dotenv, env_file })
     }
 
     /// A source from explicit maps (tests).
     pub fn from_maps(env: HashMap<String, String>, dotenv: HashMap<String, String>) -> Source {
-        Source {
-            env,
-            dotenv,
-            env_file: None,
-        }
+        Source { env, dotenv, env_file: None }
     }
 
     /// The value of `name`, or `None` when unset. An empty value counts as set.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.env
-            .get(name)
-            .or_else(|| self.dotenv.get(name))
-            .map(String::as_str)
+        self.env.get(name).or_else(|| self.dotenv.get(name)).map(String::as_str)
     }
 }
 
@@ -223,8 +171,7 @@ fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
         .map_err(|e| ConfigError(format!("cannot read env file {}: {e}", path.display())))?;
     let mut map = HashMap::new();
     for item in iter {
-        let (k, v) = item
-            .map_err(|e| ConfigError(format!("cannot parse env file {}: {e}", path.display())))?;
+        let (k, v) = item.map_err(|e| ConfigError(format!("cannot parse env file {}: {e}", path.display())))?;
         map.insert(k, v);
     }
     Ok(map)
@@ -243,11 +190,7 @@ fn parse_int<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
             let v = raw.trim();
             match v.parse::<T>() {
                 Ok(n) if n >= min && n <= max => Ok(n),
-                _ => Err(invalid(
-                    var,
-                    raw,
-                    &format!("an integer from {min} to {max}"),
-                )),
+                _ => Err(invalid(var, raw, &format!("an integer from {min} to {max}"))),
             }
         }
     }
@@ -281,22 +224,12 @@ fn parse_path(src: &Source, var: &str, default: &str) -> Result<PathBuf, ConfigE
 }
 
 /// Parses `a,b:port,...`; each entry an IP address, optionally with a port.
-fn parse_targets(
-    src: &Source,
-    var: &str,
-    default: &str,
-    port: u16,
-) -> Result<Vec<DiscoveryTarget>, ConfigError> {
+fn parse_targets(src: &Source, var: &str, default: &str, port: u16) -> Result<Vec<DiscoveryTarget>, ConfigError> {
     let raw = src.get(var).unwrap_or(default);
     let mut out = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let addr = parse_host_port(entry, port).ok_or_else(|| {
-            invalid(
-                var,
-                raw,
-                "IP addresses, each optionally with :port, comma-separated",
-            )
-        })?;
+        let addr = parse_host_port(entry, port)
+            .ok_or_else(|| invalid(var, raw, "IP addresses, each optionally with :port, comma-separated"))?;
         out.push(DiscoveryTarget { addr });
     }
     Ok(out)
@@ -339,9 +272,7 @@ fn parse_master(src: &Source, default_port: u16) -> Result<Option<String>, Confi
     }
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
     if !host_ok {
         return Err(bad());
     }
@@ -353,15 +284,8 @@ pub fn resolve_master(master: &str, default_port: u16) -> Vec<SocketAddr> {
     if let Some(sa) = parse_host_port(master, default_port) {
         return vec![sa];
     }
-    let with_port = if master.contains(':') {
-        master.to_string()
-    } else {
-        format!("{master}:{default_port}")
-    };
-    with_port
-        .to_socket_addrs()
-        .map(|it| it.collect())
-        .unwrap_or_default()
+    let with_port = if master.contains(':') { master.to_string() } else { format!("{master}:{default_port}") };
+    with_port.to_socket_addrs().map(|it| it.collect()).unwrap_or_default()
 }
 
 impl Config {
@@ -369,10 +293,8 @@ impl Config {
     pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
         let cluster_port = parse_int(src, "CLUSTER_PORT", 4000u16, 0, 65535)?;
         let bind_raw = src.get("BIND_ADDRESS").unwrap_or("0.0.0.0");
-        let bind_address = bind_raw
-            .trim()
-            .parse::<IpAddr>()
-            .map_err(|_| invalid("BIND_ADDRESS", bind_raw, "an IP address"))?;
+        let bind_address =
+            bind_raw.trim().parse::<IpAddr>().map_err(|_| invalid("BIND_ADDRESS", bind_raw, "an IP address"))?;
         let discovery_port = parse_int(src, "DISCOVERY_PORT", 4001u16, 1, 65535)?;
         let max_concurrent_tasks = parse_int(src, "MAX_CONCURRENT_TASKS", 4usize, 1, 4096)?;
         let max_cpu_percent = parse_int(src, "MAX_CPU_PERCENT", 80u8, 1, 100)?;
@@ -383,25 +305,14 @@ impl Config {
         let shutdown_timeout = parse_ms(src, "SHUTDOWN_TIMEOUT", 30_000, 0)?;
         let jobs_base_path = parse_path(src, "JOBS_BASE_PATH", "./jobs")?;
         let master_server = parse_master(src, discovery_port)?;
-        let discovery_addresses = parse_targets(
-            src,
-            "DISCOVERY_ADDRESSES",
-            "255.255.255.255,224.0.0.1",
-            discovery_port,
-        )?;
+        let discovery_addresses =
+            parse_targets(src, "DISCOVERY_ADDRESSES", "255.255.255.255,224.0.0.1", discovery_port)?;
         let discovery_enabled = parse_bool(src, "DISCOVERY_ENABLED", true)?;
         let announce_interval = parse_ms(src, "ANNOUNCE_INTERVAL", 5000, 100)?;
         let stats_interval = parse_ms(src, "STATS_INTERVAL", 10_000, 100)?;
-        let data_default = src
-            .get("STATE_DIRECTORY")
-            .filter(|s| !s.is_empty())
-            .unwrap_or("./data");
+        let data_default = src.get("STATE_DIRECTORY").filter(|s| !s.is_empty()).unwrap_or("./data");
         // systemd may list several state directories separated by ':'; the first is ours.
-        let data_default = data_default
-            .split(':')
-            .next()
-            .unwrap_or("./data")
-            .to_string();
+        let data_default = data_default.split(':').next().unwrap_or("./data").to_string();
         let data_dir = parse_path(src, "DATA_DIR", &data_default)?;
         let task_history = parse_int(src, "TASK_HISTORY", 1000usize, 1, 1_000_000)?;
         let max_output_bytes = parse_int(src, "MAX_OUTPUT_BYTES", 1_048_576usize, 0, 1 << 30)?;
@@ -409,17 +320,10 @@ impl Config {
 
         let (secret, secret_source) = match src.get("CLUSTER_SECRET") {
             Some(s) => {
-                check_secret(s)
-                    .map_err(|why| ConfigError(format!("invalid CLUSTER_SECRET: {why}")))?;
+                check_secret(s).map_err(|why| ConfigError(format!("invalid CLUSTER_SECRET: {why}")))?;
                 (s.to_string(), SecretSource::Environment)
             }
-            None => (
-                String::new(),
-                SecretSource::File {
-                    path: data_dir.join(SECRET_FILE),
-                    generated: false,
-                },
-            ),
+            None => (String::new(), SecretSource::File { path: data_dir.join(SECRET_FILE), generated: false }),
         };
 
         Ok(Config {
@@ -451,19 +355,12 @@ impl Config {
     /// Reads the configuration, prepares `DATA_DIR`, and reads or generates the secret.
     pub fn load(src: &Source) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(src)?;
-        crate::store::prepare_data_dir(&cfg.data_dir).map_err(|e| {
-            ConfigError(format!(
-                "invalid DATA_DIR={:?}: {e}",
-                cfg.data_dir.display().to_string()
-            ))
-        })?;
+        crate::store::prepare_data_dir(&cfg.data_dir)
+            .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", cfg.data_dir.display().to_string())))?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {
             let (secret, generated) = crate::secret::load_or_generate(path)?;
             cfg.secret = secret;
-            cfg.secret_source = SecretSource::File {
-                path: path.clone(),
-                generated,
-            };
+            cfg.secret_source = SecretSource::File { path: path.clone(), generated };
         }
         Ok(cfg)
     }
@@ -472,15 +369,10 @@ impl Config {
 /// Why a secret is refused, or `Ok`.
 pub fn check_secret(s: &str) -> Result<(), String> {
     if s == PLACEHOLDER_SECRET {
-        return Err(format!(
-            "it is the old placeholder {PLACEHOLDER_SECRET:?}; set a real secret"
-        ));
+        return Err(format!("it is the old placeholder {PLACEHOLDER_SECRET:?}; set a real secret"));
     }
     if s.len() < MIN_SECRET_LEN {
-        return Err(format!(
-            "it is {} bytes long; at least {MIN_SECRET_LEN} are required",
-            s.len()
-        ));
+        return Err(format!("it is {} bytes long; at least {MIN_SECRET_LEN} are required", s.len()));
     }
     if s.trim() != s || s.chars().any(|c| c.is_control()) {
         return Err("it contains whitespace at its ends or control characters".to_string());
@@ -493,10 +385,7 @@ mod tests {
     use super::*;
 
     fn src(pairs: &[(&str, &str)]) -> Source {
-        let env = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Source::from_maps(env, HashMap::new())
     }
 
@@ -508,10 +397,7 @@ mod tests {
         assert_eq!(c.max_concurrent_tasks, 4);
         assert_eq!(c.task_timeout, Some(Duration::from_millis(300_000)));
         assert_eq!(c.discovery_addresses.len(), 2);
-        assert_eq!(
-            c.discovery_addresses[0].addr,
-            "255.255.255.255:4001".parse().unwrap()
-        );
+        assert_eq!(c.discovery_addresses[0].addr, "255.255.255.255:4001".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./data"));
     }
 
@@ -527,8 +413,7 @@ mod tests {
             ("BIND_ADDRESS", "localhost"),
             ("MASTER_SERVER", "host:notaport"),
         ] {
-            let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)]))
-                .unwrap_err();
+            let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)])).unwrap_err();
             assert!(e.0.contains(k) && e.0.contains(v), "{e}");
         }
     }
@@ -543,15 +428,10 @@ mod tests {
 
     #[test]
     fn env_wins_over_dotenv() {
-        let env = [("CLUSTER_PORT".to_string(), "5000".to_string())]
+        let env = [("CLUSTER_PORT".to_string(), "5000".to_string())].into_iter().collect();
+        let dot = [("CLUSTER_PORT".to_string(), "6000".to_string()), ("MAX_CONCURRENT_TASKS".into(), "7".into())]
             .into_iter()
             .collect();
-        let dot = [
-            ("CLUSTER_PORT".to_string(), "6000".to_string()),
-            ("MAX_CONCURRENT_TASKS".into(), "7".into()),
-        ]
-        .into_iter()
-        .collect();
         let c = Config::from_source(&Source::from_maps(env, dot)).unwrap();
         assert_eq!(c.cluster_port, 5000);
         assert_eq!(c.max_concurrent_tasks, 7);
@@ -559,18 +439,8 @@ mod tests {
 
     #[test]
     fn targets_with_ports() {
-        let c = Config::from_source(&src(&[(
-            "DISCOVERY_ADDRESSES",
-            "127.255.255.255, 127.0.0.1:9999",
-        )]))
-        .unwrap();
-        assert_eq!(
-            c.discovery_addresses[0].addr,
-            "127.255.255.255:4001".parse().unwrap()
-        );
-        assert_eq!(
-            c.discovery_addresses[1].addr,
-            "127.0.0.1:9999".parse().unwrap()
-        );
+        let c = Config::from_source(&src(&[("DISCOVERY_ADDRESSES", "127.255.255.255, 127.0.0.1:9999")])).unwrap();
+        assert_eq!(c.discovery_addresses[0].addr, "127.255.255.255:4001".parse().unwrap());
+        assert_eq!(c.discovery_addresses[1].addr, "127.0.0.1:9999".parse().unwrap());
     }
 }

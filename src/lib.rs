@@ -6,6 +6,9 @@
 //! - `task-N`, `task-N-out`, `task-N-err`: one task's waiter and pipe readers ([`tasks`]).
 //! - `task-timer`: every task deadline ([`tasks::timer`]).
 //! - `monitor`: CPU and memory samples ([`monitor`]).
+//! - `broadcaster`: fans task events out to WebSocket clients ([`ws::hub`]);
+//!   `ws-N-rx` / `ws-N-tx`: one client's reader and writer ([`ws::client`]);
+//!   `ws-replay`: one per subscribe with an offset ([`ws::replay`]).
 //! - `signals`: SIGTERM/SIGINT → shutdown ([`agent`]).
 
 pub mod agent;
@@ -17,3 +20,4 @@ pub mod protocol;
 pub mod secret;
 pub mod store;
 pub mod tasks;
+pub mod ws;

@@ -47,14 +47,10 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
                 return Ok(());
             }
             "--env-file" => {
-                let path = it
-                    .next()
-                    .ok_or_else(|| Fail("--env-file needs a path".into(), 2))?;
+                let path = it.next().ok_or_else(|| Fail("--env-file needs a path".into(), 2))?;
                 env_file = Some(PathBuf::from(path));
             }
-            s if s.starts_with("--env-file=") => {
-                env_file = Some(PathBuf::from(&s["--env-file=".len()..]))
-            }
+            s if s.starts_with("--env-file=") => env_file = Some(PathBuf::from(&s["--env-file=".len()..])),
             other => return Err(Fail(format!("unknown argument {other:?} (see --help)"), 2)),
         }
     }
@@ -75,8 +71,5 @@ fn print_help() {
 /// Logs to stdout, one event a line, with a timestamp and level; `RUST_LOG` sets the level.
 fn init_logging() {
     let env = env_logger::Env::default().default_filter_or("info");
-    env_logger::Builder::from_env(env)
-        .target(env_logger::Target::Stdout)
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(env).target(env_logger::Target::Stdout).format_timestamp_millis().init();
 }

@@ -67,26 +67,14 @@ impl Monitor {
     /// Takes a first sample (so admission has figures from the first request) and starts
     /// the sampler thread.
     pub fn start() -> std::io::Result<(Arc<Monitor>, MonitorThread)> {
-        let mut sys = System::new()
-            .map_err(|e| std::io::Error::other(format!("cannot read system information: {e}")))?;
+        let mut sys =
+            System::new().map_err(|e| std::io::Error::other(format!("cannot read system information: {e}")))?;
         sys.refresh_memory();
         sys.refresh_cpu_usage();
-        let hostname = System::host_name()
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_string());
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let host = HostInfo {
-            hostname,
-            cpus,
-            total_memory: sys.total_memory(),
-        };
-        let monitor = Arc::new(Monitor {
-            snapshot: Mutex::new(sample(&sys)),
-            host,
-        });
+        let hostname = System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string());
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let host = HostInfo { hostname, cpus, total_memory: sys.total_memory() };
+        let monitor = Arc::new(Monitor { snapshot: Mutex::new(sample(&sys)), host });
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let m = Arc::clone(&monitor);
         let handle = std::thread::Builder::new()
@@ -118,11 +106,7 @@ fn sample(sys: &System) -> Snapshot {
     let load = System::load_average().ok();
     let cpu = sys.global_cpu_usage() as f64;
     Snapshot {
-        cpu_percent: if cpu.is_finite() {
-            cpu.clamp(0.0, 100.0)
-        } else {
-            0.0
-        },
+        cpu_percent: if cpu.is_finite() { cpu.clamp(0.0, 100.0) } else { 0.0 },
         load_average: load.map(|l| [l.one, l.five, l.fifteen]).unwrap_or_default(),
         memory_total: sys.total_memory(),
         memory_available: sys.available_memory(),

@@ -8,10 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,20 +158,8 @@ pub struct TaskUpdate<'a, D: Serialize> {
 }
 
 /// Serialises a `task_update` message.
-pub fn task_update<D: Serialize>(
-    task_id: u64,
-    event: &str,
-    data: D,
-    offset: Option<u64>,
-) -> String {
-    let msg = TaskUpdate {
-        kind: "task_update",
-        task_id,
-        event,
-        data,
-        timestamp: now_ms(),
-        offset,
-    };
+pub fn task_update<D: Serialize>(task_id: u64, event: &str, data: D, offset: Option<u64>) -> String {
+    let msg = TaskUpdate { kind: "task_update", task_id, event, data, timestamp: now_ms(), offset };
     serde_json::to_string(&msg).expect("task_update serialises: plain strings and numbers")
 }
 
@@ -279,19 +264,13 @@ mod tests {
     fn ended_task_round_trips_with_nulls() {
         let mut r = record();
         r.status = TaskStatus::Failed;
-        r.end = Some(TaskEnd {
-            exit_code: None,
-            signal: Some("SIGTERM".into()),
-            completed_at: 5,
-            duration: 4,
-        });
+        r.end = Some(TaskEnd { exit_code: None, signal: Some("SIGTERM".into()), completed_at: 5, duration: 4 });
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["exitCode"], serde_json::Value::Null);
         assert_eq!(v["signal"], "SIGTERM");
         let back: TaskRecord = serde_json::from_value(v).unwrap();
         assert_eq!(back.end, r.end);
-        let running: TaskRecord =
-            serde_json::from_value(serde_json::to_value(record()).unwrap()).unwrap();
+        let running: TaskRecord = serde_json::from_value(serde_json::to_value(record()).unwrap()).unwrap();
         assert_eq!(running.end, None);
     }
 

@@ -11,23 +11,16 @@ use crate::config::{check_secret, ConfigError};
 /// Reads the secret stored at `path`, or generates and stores a new one.
 /// Returns the secret and whether it was generated now.
 pub fn load_or_generate(path: &Path) -> Result<(String, bool), ConfigError> {
-    let fail = |what: &str, e: std::io::Error| {
-        ConfigError(format!("cannot {what} secret file {}: {e}", path.display()))
-    };
+    let fail =
+        |what: &str, e: std::io::Error| ConfigError(format!("cannot {what} secret file {}: {e}", path.display()));
     match fs::read_to_string(path) {
         Ok(text) => {
             let secret = text.trim().to_string();
-            check_secret(&secret).map_err(|why| {
-                ConfigError(format!("invalid secret in {}: {why}", path.display()))
-            })?;
+            check_secret(&secret).map_err(|why| ConfigError(format!("invalid secret in {}: {why}", path.display())))?;
             // An operator may have created it by hand with looser permissions: tighten them.
-            let mode = fs::metadata(path)
-                .map_err(|e| fail("inspect", e))?
-                .permissions()
-                .mode();
+            let mode = fs::metadata(path).map_err(|e| fail("inspect", e))?.permissions().mode();
             if mode & 0o077 != 0 {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-                    .map_err(|e| fail("protect", e))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| fail("protect", e))?;
             }
             Ok((secret, false))
         }
@@ -39,8 +32,7 @@ pub fn load_or_generate(path: &Path) -> Result<(String, bool), ConfigError> {
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| fail("create", e))?;
-            f.write_all(format!("{secret}\n").as_bytes())
-                .map_err(|e| fail("write", e))?;
+            f.write_all(format!("{secret}\n").as_bytes()).map_err(|e| fail("write", e))?;
             f.sync_all().map_err(|e| fail("sync", e))?;
             Ok((secret, true))
         }
@@ -80,10 +72,7 @@ mod tests {
         assert!(gen_a && !gen_b);
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,9 +12,7 @@ pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::create_dir_all(dir.join("tasks"))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    let result = File::create(&probe)
-        .and_then(|mut f| f.write_all(b"ok"))
-        .and_then(|_| fs::remove_file(&probe));
+    let result = File::create(&probe).and_then(|mut f| f.write_all(b"ok")).and_then(|_| fs::remove_file(&probe));
     if result.is_err() {
         let _ = fs::remove_file(&probe);
     }
@@ -29,9 +27,7 @@ pub struct Store {
 impl Store {
     /// The store inside `data_dir` (created by [`prepare_data_dir`]).
     pub fn new(data_dir: &Path) -> Store {
-        Store {
-            dir: data_dir.join("tasks"),
-        }
+        Store { dir: data_dir.join("tasks") }
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
@@ -47,11 +43,7 @@ impl Store {
     pub fn save(&self, rec: &TaskRecord, sync: bool) -> io::Result<()> {
         let json = serde_json::to_vec(rec).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(&json)?;
         if sync {
             f.sync_data()?;

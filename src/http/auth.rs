@@ -10,14 +10,11 @@ pub fn presented(headers: &[tiny_http::Header]) -> Option<&str> {
             return Some(h.value.as_str().trim());
         }
     }
-    headers
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| {
-            let v = h.value.as_str().trim();
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
+    headers.iter().find(|h| h.field.equiv("Authorization")).and_then(|h| {
+        let v = h.value.as_str().trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    })
 }
 
 pub fn is_valid(presented: Option<&str>, secret: &str) -> bool {

@@ -28,9 +28,7 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 /// A string without NUL bytes (they cannot be passed to a process).
 fn text<'a>(v: &'a Value, what: &str) -> Result<&'a str, ApiError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| bad(format!("{what} must be a string")))?;
+    let s = v.as_str().ok_or_else(|| bad(format!("{what} must be a string")))?;
     if s.contains('\0') {
         return Err(bad(format!("{what} must not contain NUL bytes")));
     }
@@ -54,9 +52,7 @@ pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<Tas
             .map(|(i, v)| text(v, &format!("args[{i}]")).map(str::to_string))
             .collect::<Result<_, _>>()
             .map_err(|e| match e {
-                ApiError::BadRequest(m) if m.ends_with("must be a string") => {
-                    bad("args must be an array of strings")
-                }
+                ApiError::BadRequest(m) if m.ends_with("must be a string") => bad("args must be an array of strings"),
                 other => other,
             })?,
         Some(_) => return Err(bad("args must be an array of strings")),
@@ -83,14 +79,7 @@ pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<Tas
             }
         },
     };
-    Ok(TaskSpec {
-        command,
-        args,
-        cwd,
-        env,
-        timeout_ms,
-        job: None,
-    })
+    Ok(TaskSpec { command, args, cwd, env, timeout_ms, job: None })
 }
 
 /// `env`: an object of strings; names non-empty, without `=` or NUL.
@@ -103,9 +92,7 @@ pub fn parse_env(v: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError
     let mut env = BTreeMap::new();
     for (k, v) in obj {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(bad(format!(
-                "env name {k:?} is not valid (empty, or contains '=' or NUL)"
-            )));
+            return Err(bad(format!("env name {k:?} is not valid (empty, or contains '=' or NUL)")));
         }
         let Value::String(s) = v else {
             return Err(bad("env must be an object of string values"));
@@ -130,11 +117,9 @@ mod tests {
     #[test]
     fn minimal_and_full() {
         let s = spec(json!({"command": "echo"})).unwrap();
-        assert_eq!(
-            (s.command.as_str(), s.cwd.as_str(), s.args.len()),
-            ("echo", "/here", 0)
-        );
-        let s = spec(json!({"command": "echo", "args": ["a"], "cwd": "/tmp", "env": {"A": "1"}, "timeout": 5})).unwrap();
+        assert_eq!((s.command.as_str(), s.cwd.as_str(), s.args.len()), ("echo", "/here", 0));
+        let s =
+            spec(json!({"command": "echo", "args": ["a"], "cwd": "/tmp", "env": {"A": "1"}, "timeout": 5})).unwrap();
         assert_eq!(s.args, vec!["a"]);
         assert_eq!(s.env["A"], "1");
         assert_eq!(s.timeout_ms, Some(5));
@@ -142,16 +127,8 @@ mod tests {
 
     #[test]
     fn command_is_required() {
-        for v in [
-            json!({}),
-            json!({"command": ""}),
-            json!({"command": 5}),
-            json!({"command": null}),
-        ] {
-            assert_eq!(
-                spec(v),
-                Err(ApiError::BadRequest("Command is required".into()))
-            );
+        for v in [json!({}), json!({"command": ""}), json!({"command": 5}), json!({"command": null})] {
+            assert_eq!(spec(v), Err(ApiError::BadRequest("Command is required".into())));
         }
     }
 
@@ -169,10 +146,7 @@ mod tests {
             json!({"command": "x\u{0}"}),
             json!({"command": "x", "args": ["a\u{0}"]}),
         ] {
-            assert!(
-                matches!(spec(v.clone()), Err(ApiError::BadRequest(_))),
-                "{v}"
-            );
+            assert!(matches!(spec(v.clone()), Err(ApiError::BadRequest(_))), "{v}");
         }
     }
 

@@ -36,12 +36,7 @@ pub struct Reply {
 impl Reply {
     pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
         let body = serde_json::to_vec(v).expect("replies serialise: plain JSON values");
-        Reply {
-            status,
-            content_type: "application/json",
-            body: Body::Json(body),
-            headers: Vec::new(),
-        }
+        Reply { status, content_type: "application/json", body: Body::Json(body), headers: Vec::new() }
     }
 
     pub fn error(e: &ApiError) -> Reply {
@@ -96,10 +91,7 @@ pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
         task.wait_ended(None);
         return Ok(Reply::json(200, &task.to_json(true)));
     }
-    Ok(Reply::json(
-        200,
-        &json!({ "taskId": task.id, "status": "started" }),
-    ))
+    Ok(Reply::json(200, &json!({ "taskId": task.id, "status": "started" })))
 }
 
 /// Admits a task, logging a refusal.
@@ -114,9 +106,7 @@ pub fn admit(ctx: &Ctx, spec: crate::tasks::task::TaskSpec) -> Result<Arc<Task>,
                 log::info!("refused a task: CPU usage {usage:.1}% is over MAX_CPU_PERCENT={limit}")
             }
             Rejection::Memory { usage, limit } => {
-                log::info!(
-                    "refused a task: memory usage {usage:.1}% is over MAX_MEMORY_PERCENT={limit}"
-                )
+                log::info!("refused a task: memory usage {usage:.1}% is over MAX_MEMORY_PERCENT={limit}")
             }
         }
         ApiError::Rejected(r)
@@ -135,34 +125,22 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     let status = match query::get(q, "status") {
         None | Some("") => None,
         Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(
-                "status must be one of running, completed, failed, cancelled".into(),
-            )
+            ApiError::BadRequest("status must be one of running, completed, failed, cancelled".into())
         })?),
     };
     let limit = match query::get(q, "limit") {
         None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<usize>()
-                .map_err(|_| ApiError::BadRequest("limit must be a non-negative integer".into()))?,
-        ),
+        Some(s) => {
+            Some(s.parse::<usize>().map_err(|_| ApiError::BadRequest("limit must be a non-negative integer".into()))?)
+        }
     };
-    let list: Vec<serde_json::Value> = ctx
-        .reg
-        .list(status, limit)
-        .iter()
-        .map(|t| t.to_json(false))
-        .collect();
-    Ok(Reply::json(
-        200,
-        &json!({ "tasks": list, "running": ctx.reg.running(), "capacity": ctx.reg.limits.max_tasks }),
-    ))
+    let list: Vec<serde_json::Value> = ctx.reg.list(status, limit).iter().map(|t| t.to_json(false)).collect();
+    Ok(Reply::json(200, &json!({ "tasks": list, "running": ctx.reg.running(), "capacity": ctx.reg.limits.max_tasks })))
 }
 
 pub fn cancel(ctx: &Ctx, id: u64, from: &str) -> Result<Reply, ApiError> {
     let task = find(ctx, id)?;
-    task.request_stop(true, None)
-        .map_err(|_| ApiError::BadRequest("Task cannot be cancelled".into()))?;
+    task.request_stop(true, None).map_err(|_| ApiError::BadRequest("Task cannot be cancelled".into()))?;
     ctx.reg.timer.kill_after_grace(&task);
     log::info!("task {id}: cancelled by {from}; SIGTERM sent to its process group");
     Ok(Reply::json(200, &json!({ "message": "Task cancelled" })))
@@ -174,11 +152,7 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query) -> Result<Reply, ApiError> {
         None | Some("" | "all" | "both") => None,
         Some("stdout") => Some(Stream::Stdout),
         Some("stderr") => Some(Stream::Stderr),
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "stream must be stdout or stderr".into(),
-            ))
-        }
+        Some(_) => return Err(ApiError::BadRequest("stream must be stdout or stderr".into())),
     };
     let follow = query::flag(q, "follow");
     let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow);
@@ -186,10 +160,7 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query) -> Result<Reply, ApiError> {
         status: 200,
         content_type: "text/plain; charset=utf-8",
         body: Body::Stream(Box::new(stream)),
-        headers: vec![
-            ("Cache-Control", "no-cache".into()),
-            ("X-Content-Type-Options", "nosniff".into()),
-        ],
+        headers: vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())],
     })
 }
 

@@ -19,20 +19,19 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::protocol::Stats;
 use crate::tasks::registry::Registry;
+use crate::ws::hub::HubHandle;
 
 /// What every request handler may use.
 pub struct Ctx {
     pub cfg: Arc<Config>,
     pub reg: Arc<Registry>,
+    pub hub: HubHandle,
     pub started: Instant,
 }
 
 impl Ctx {
     /// The stats object of `GET /stats` (and of `cluster_stats` packets).
     pub fn stats(&self) -> Stats {
-        self.reg
-            .monitor
-            .snapshot()
-            .to_stats(self.reg.running(), self.reg.limits.max_tasks)
+        self.reg.monitor.snapshot().to_stats(self.reg.running(), self.reg.limits.max_tasks)
     }
 }

@@ -28,16 +28,7 @@ pub struct OutputStream {
 
 impl OutputStream {
     pub fn new(task: Arc<Task>, path: PathBuf, only: Option<Stream>, follow: bool) -> OutputStream {
-        OutputStream {
-            task,
-            path,
-            reader: None,
-            only,
-            follow,
-            buf: Vec::new(),
-            at: 0,
-            seen: 0,
-        }
+        OutputStream { task, path, reader: None, only, follow, buf: Vec::new(), at: 0, seen: 0 }
     }
 
     /// The next record of the wanted stream into `buf`; false when there is none yet.

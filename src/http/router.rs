@@ -24,10 +24,7 @@ impl Route {
 /// Routes a request. `Err` carries 404 (unknown path, or a task id that is not a number)
 /// or 405 (known path, other method).
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let (want, route): (&'static str, Result<Route, ApiError>) = match segs.as_slice() {
         ["health"] => ("GET", Ok(Route::Health)),
@@ -68,23 +65,11 @@ mod tests {
         assert_eq!(route("GET", "/task/12"), Ok(Route::Task(12)));
         assert_eq!(route("GET", "/task/12/output"), Ok(Route::TaskOutput(12)));
         assert_eq!(route("POST", "/task/12/cancel"), Ok(Route::CancelTask(12)));
-        assert_eq!(
-            route("GET", "/task/abc"),
-            Err(ApiError::NotFound("Task not found"))
-        );
-        assert_eq!(
-            route("GET", "/task/99999999999999999999"),
-            Err(ApiError::NotFound("Task not found"))
-        );
+        assert_eq!(route("GET", "/task/abc"), Err(ApiError::NotFound("Task not found")));
+        assert_eq!(route("GET", "/task/99999999999999999999"), Err(ApiError::NotFound("Task not found")));
         assert_eq!(route("GET", "/nope"), Err(ApiError::NotFound("Not found")));
         assert_eq!(route("GET", "/"), Err(ApiError::NotFound("Not found")));
-        assert_eq!(
-            route("GET", "/execute"),
-            Err(ApiError::MethodNotAllowed { allow: "POST" })
-        );
-        assert_eq!(
-            route("DELETE", "/task/1"),
-            Err(ApiError::MethodNotAllowed { allow: "GET" })
-        );
+        assert_eq!(route("GET", "/execute"), Err(ApiError::MethodNotAllowed { allow: "POST" }));
+        assert_eq!(route("DELETE", "/task/1"), Err(ApiError::MethodNotAllowed { allow: "GET" }));
     }
 }

@@ -25,10 +25,7 @@ pub struct HttpServer {
 
 /// Limits of the patched tiny_http: body size, slow and idle clients, connections.
 pub fn limits() -> tiny_http::Limits {
-    tiny_http::Limits {
-        max_body_bytes: handlers::MAX_BODY,
-        ..tiny_http::Limits::default()
-    }
+    tiny_http::Limits { max_body_bytes: handlers::MAX_BODY, ..tiny_http::Limits::default() }
 }
 
 impl HttpServer {
@@ -37,17 +34,12 @@ impl HttpServer {
         let addr = (ctx.cfg.bind_address, ctx.cfg.cluster_port);
         let server = tiny_http::Server::http_with_limits(addr, limits())
             .map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .unwrap_or(ctx.cfg.cluster_port);
+        let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(ctx.cfg.cluster_port);
         let server = Arc::new(server);
         let stopping = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for i in 0..WORKERS {
-            let (server, ctx, stopping) =
-                (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(&stopping));
+            let (server, ctx, stopping) = (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(&stopping));
             let handle = std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 .stack_size(512 * 1024)
@@ -55,12 +47,7 @@ impl HttpServer {
                 .map_err(|e| format!("cannot start HTTP worker: {e}"))?;
             workers.push(handle);
         }
-        Ok(HttpServer {
-            server,
-            workers,
-            stopping,
-            port,
-        })
+        Ok(HttpServer { server, workers, stopping, port })
     }
 
     /// Stops taking requests and joins the workers.
@@ -111,12 +98,16 @@ fn lasts(rq: &Request) -> bool {
 
 /// Answers one request.
 pub fn handle(ctx: &Ctx, mut rq: Request) {
+    if crate::ws::is_upgrade(&rq) {
+        if let Err((rq, reply)) = crate::ws::accept(ctx, &ctx.hub, rq) {
+            respond(rq, reply);
+        }
+        return;
+    }
     let method = rq.method().as_str().to_ascii_uppercase();
     let url = rq.url().to_string();
     let (path, q) = query::split_url(&url);
-    let from = rq
-        .remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let from = rq.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
 
     let routed = router::route(&method, path);
     let public = matches!(routed, Ok(r) if r.is_public());
@@ -135,13 +126,7 @@ pub fn handle(ctx: &Ctx, mut rq: Request) {
     respond(rq, reply);
 }
 
-fn dispatch(
-    ctx: &Ctx,
-    route: Route,
-    rq: &mut Request,
-    q: &handlers::Query,
-    from: &str,
-) -> Result<Reply, ApiError> {
+fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from: &str) -> Result<Reply, ApiError> {
     match route {
         Route::Health => handlers::health(ctx),
         Route::Stats => handlers::stats(ctx),
@@ -174,13 +159,7 @@ fn respond(rq: Request, reply: Reply) {
     let result = match reply.body {
         Body::Json(bytes) => {
             let len = bytes.len();
-            rq.respond(Response::new(
-                status,
-                headers,
-                Cursor::new(bytes),
-                Some(len),
-                None,
-            ))
+            rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None))
         }
         Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
     };

@@ -48,12 +48,7 @@ impl Stream {
 const HEADER: usize = 5;
 
 /// Appends one record in a single write, so a concurrent reader sees it whole or not at all.
-pub fn append(
-    file: &mut File,
-    stream: Stream,
-    data: &[u8],
-    scratch: &mut Vec<u8>,
-) -> io::Result<()> {
+pub fn append(file: &mut File, stream: Stream, data: &[u8], scratch: &mut Vec<u8>) -> io::Result<()> {
     debug_assert!(data.len() <= u32::MAX as usize);
     scratch.clear();
     scratch.push(stream.tag());
@@ -80,10 +75,7 @@ impl LogReader {
             return Ok(None);
         }
         let Some(stream) = Stream::from_tag(head[0]) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "corrupt output log",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt output log"));
         };
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
         buf.clear();

@@ -22,22 +22,11 @@ pub fn spawn<R: Read + Send + 'static>(
     pipe: R,
     done: Sender<()>,
 ) -> std::io::Result<()> {
-    let name = format!(
-        "task-{}-{}",
-        task.id,
-        if stream == Stream::Stdout {
-            "out"
-        } else {
-            "err"
-        }
-    );
-    std::thread::Builder::new()
-        .name(name)
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            read_loop(pipe, |chunk| task.push_output(stream, chunk));
-            drop(done);
-        })?;
+    let name = format!("task-{}-{}", task.id, if stream == Stream::Stdout { "out" } else { "err" });
+    std::thread::Builder::new().name(name).stack_size(64 * 1024).spawn(move || {
+        read_loop(pipe, |chunk| task.push_output(stream, chunk));
+        drop(done);
+    })?;
     Ok(())
 }
 
@@ -120,9 +109,7 @@ mod tests {
 
     fn chunks(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        read_loop(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), |c| {
-            out.push(c.to_vec())
-        });
+        read_loop(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), |c| out.push(c.to_vec()));
         out
     }
 

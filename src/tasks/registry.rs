@@ -44,9 +44,7 @@ impl Limits {
             task_timeout: cfg.task_timeout,
             history: cfg.task_history,
             max_output_bytes: cfg.max_output_bytes,
-            default_cwd: std::env::current_dir()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "/".into()),
+            default_cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into()),
         }
     }
 }
@@ -72,13 +70,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(
-        limits: Limits,
-        store: Store,
-        timer: Timer,
-        events: EventTx,
-        monitor: Arc<Monitor>,
-    ) -> Registry {
+    pub fn new(limits: Limits, store: Store, timer: Timer, events: EventTx, monitor: Arc<Monitor>) -> Registry {
         Registry {
             limits,
             store,
@@ -148,35 +140,21 @@ impl Registry {
             return Err(Rejection::ShuttingDown);
         }
         if inner.running >= self.limits.max_tasks {
-            return Err(Rejection::MaxTasks {
-                running: inner.running,
-                max: self.limits.max_tasks,
-            });
+            return Err(Rejection::MaxTasks { running: inner.running, max: self.limits.max_tasks });
         }
         let snap = self.monitor.snapshot();
         if snap.cpu_percent > f64::from(self.limits.max_cpu_percent) {
-            return Err(Rejection::Cpu {
-                usage: snap.cpu_percent,
-                limit: self.limits.max_cpu_percent,
-            });
+            return Err(Rejection::Cpu { usage: snap.cpu_percent, limit: self.limits.max_cpu_percent });
         }
         let mem = snap.memory_percent();
         if mem > f64::from(self.limits.max_memory_percent) {
-            return Err(Rejection::Memory {
-                usage: mem,
-                limit: self.limits.max_memory_percent,
-            });
+            return Err(Rejection::Memory { usage: mem, limit: self.limits.max_memory_percent });
         }
         let id = inner.next_id;
         inner.next_id += 1;
         inner.running += 1;
-        let task = Arc::new(Task::new(
-            id,
-            spec,
-            self.store.log_path(id),
-            self.limits.max_output_bytes,
-            self.events.clone(),
-        ));
+        let task =
+            Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
         inner.tasks.insert(id, Arc::clone(&task));
         Ok(task)
     }
@@ -202,10 +180,7 @@ impl Registry {
 
     fn evict_over_history(inner: &mut Inner, history: usize, evicted: &mut Vec<u64>) {
         while inner.finished.len() > history {
-            let oldest = inner
-                .finished
-                .pop_first()
-                .expect("non-empty: len > history >= 1");
+            let oldest = inner.finished.pop_first().expect("non-empty: len > history >= 1");
             inner.tasks.remove(&oldest);
             evicted.push(oldest);
         }
@@ -218,11 +193,7 @@ impl Registry {
     /// Tasks newest first, optionally only those with `status`, at most `limit`.
     pub fn list(&self, status: Option<TaskStatus>, limit: Option<usize>) -> Vec<Arc<Task>> {
         let tasks: Vec<Arc<Task>> = self.lock().tasks.values().rev().cloned().collect();
-        tasks
-            .into_iter()
-            .filter(|t| status.is_none_or(|s| t.status() == s))
-            .take(limit.unwrap_or(usize::MAX))
-            .collect()
+        tasks.into_iter().filter(|t| status.is_none_or(|s| t.status() == s)).take(limit.unwrap_or(usize::MAX)).collect()
     }
 
     pub fn running(&self) -> usize {
@@ -231,12 +202,7 @@ impl Registry {
 
     pub fn running_tasks(&self) -> Vec<Arc<Task>> {
         let inner = self.lock();
-        inner
-            .tasks
-            .values()
-            .filter(|t| !inner.finished.contains(&t.id))
-            .cloned()
-            .collect()
+        inner.tasks.values().filter(|t| !inner.finished.contains(&t.id)).cloned().collect()
     }
 
     pub fn is_accepting(&self) -> bool {
@@ -252,17 +218,10 @@ impl Registry {
     pub fn wait_idle(&self, deadline: Instant) -> bool {
         let mut inner = self.lock();
         while inner.running > 0 {
-            let Some(left) = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-            else {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };
-            inner = self
-                .idle
-                .wait_timeout(inner, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            inner = self.idle.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }

@@ -41,19 +41,11 @@ pub struct Outcome {
 
 impl Outcome {
     fn from_status(status: ExitStatus) -> Outcome {
-        Outcome {
-            exit_code: status.code(),
-            signal: status.signal().map(protocol::signal_name),
-            ..Outcome::default()
-        }
+        Outcome { exit_code: status.code(), signal: status.signal().map(protocol::signal_name), ..Outcome::default() }
     }
 
     fn spawn_failure(error: String) -> Outcome {
-        Outcome {
-            error: Some(error),
-            spawn_failed: true,
-            ..Outcome::default()
-        }
+        Outcome { error: Some(error), spawn_failed: true, ..Outcome::default() }
     }
 }
 
@@ -81,11 +73,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     }
     persist(reg, task);
     task.emit(EventKind::Started, "started", task.to_json(false));
-    log::info!(
-        "task {} started: pid {pid}, {}",
-        task.id,
-        describe(&task.spec.command, &task.spec.args)
-    );
+    log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
 
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -93,17 +81,11 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let started = reader::spawn(Arc::clone(task), Stream::Stdout, stdout, done_tx.clone())
         .and_then(|_| reader::spawn(Arc::clone(task), Stream::Stderr, stderr, done_tx));
     if let Err(e) = started {
-        abandon(
-            reg,
-            task,
-            child,
-            format!("cannot start a reader thread: {e}"),
-        );
+        abandon(reg, task, child, format!("cannot start a reader thread: {e}"));
         return;
     }
     if let Some(timeout) = timeout_of(reg, task) {
-        reg.timer
-            .schedule(Instant::now() + timeout, task, Action::Timeout);
+        reg.timer.schedule(Instant::now() + timeout, task, Action::Timeout);
     }
     let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
     let waiter = std::thread::Builder::new()
@@ -112,19 +94,9 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         .spawn(move || supervise(&reg2, &task2, child, done_rx));
     if let Err(e) = waiter {
         // The child moved into the failed closure; the group is still ours to kill.
-        log::error!(
-            "task {}: cannot start its waiter thread: {e}; killing it",
-            task.id
-        );
+        log::error!("task {}: cannot start its waiter thread: {e}; killing it", task.id);
         task.signal_group(Signal::KILL);
-        finish(
-            reg,
-            task,
-            Outcome {
-                error: Some(format!("cannot start a waiter thread: {e}")),
-                ..Outcome::default()
-            },
-        );
+        finish(reg, task, Outcome { error: Some(format!("cannot start a waiter thread: {e}")), ..Outcome::default() });
     }
 }
 
@@ -166,8 +138,7 @@ fn spawn_process(task: &Task) -> Result<Child, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    cmd.spawn()
-        .map_err(|e| format!("cannot start {:?}: {e}", spec.command))
+    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", spec.command))
 }
 
 /// Waits for the process, cleans up its group, waits for the readers, and ends the task.
@@ -176,10 +147,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, readers_do
     // Wait for the exit without reaping: the zombie keeps the group id ours while we kill
     // whatever the task left running in it.
     loop {
-        match waitid(
-            WaitId::Pid(pid),
-            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
-        ) {
+        match waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT) {
             Ok(_) => break,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => {
@@ -196,10 +164,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, readers_do
     }
     let outcome = match child.wait() {
         Ok(status) => Outcome::from_status(status),
-        Err(e) => Outcome {
-            error: Some(format!("cannot collect the exit status: {e}")),
-            ..Outcome::default()
-        },
+        Err(e) => Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() },
     };
     match readers_done.recv_timeout(READER_GRACE) {
         Err(RecvTimeoutError::Timeout) => {
@@ -224,14 +189,7 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
         }
     }
     let _ = child.wait();
-    finish(
-        reg,
-        task,
-        Outcome {
-            error: Some(error),
-            ..Outcome::default()
-        },
-    );
+    finish(reg, task, Outcome { error: Some(error), ..Outcome::default() });
 }
 
 /// Ends a task exactly once: frees its slot, settles its status, persists it, and emits
@@ -257,63 +215,34 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         } else {
             TaskStatus::Failed
         };
-        let error = outcome
-            .error
-            .clone()
-            .or_else(|| st.killed_because.clone())
-            .or_else(|| {
-                st.record.timed_out.then(|| {
-                    format!(
-                        "timed out after {} ms",
-                        timeout_of(reg, task).map_or(0, |d| d.as_millis())
-                    )
-                })
-            });
+        let error = outcome.error.clone().or_else(|| st.killed_because.clone()).or_else(|| {
+            st.record
+                .timed_out
+                .then(|| format!("timed out after {} ms", timeout_of(reg, task).map_or(0, |d| d.as_millis())))
+        });
         st.record.status = status;
         st.record.error = error;
-        st.record.end = Some(TaskEnd {
-            exit_code: outcome.exit_code,
-            signal: outcome.signal.clone(),
-            completed_at: now,
-            duration,
-        });
+        st.record.end =
+            Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
         st.pgid = None;
         let whole = Task::close_output(&mut st);
-        (
-            status,
-            outcome.exit_code,
-            outcome.signal.clone(),
-            duration,
-            whole,
-        )
+        (status, outcome.exit_code, outcome.signal.clone(), duration, whole)
     };
     task.notify();
     if !log_whole {
-        log::warn!(
-            "task {}: its output log is incomplete; its output tails stay in memory",
-            task.id
-        );
+        log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);
     }
     // Not synced: the rename makes it atomic, and an agent crash (rather than the machine's)
     // loses nothing in the page cache. A per-task fsync would cost more than the task.
     persist(reg, task);
     if outcome.spawn_failed {
         let error = outcome.error.as_deref().unwrap_or("could not start");
-        task.emit(
-            EventKind::Failed,
-            "failed",
-            serde_json::json!({ "error": error }),
-        );
+        task.emit(EventKind::Failed, "failed", serde_json::json!({ "error": error }));
     }
     task.emit(
         EventKind::Completed,
         "completed",
-        CompletedData {
-            status,
-            exit_code,
-            signal: signal.as_deref(),
-            duration,
-        },
+        CompletedData { status, exit_code, signal: signal.as_deref(), duration },
     );
     log::info!(
         "task {} {}: exit code {}, signal {}, {} ms",

@@ -44,10 +44,7 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(cap: usize) -> Tail {
-        Tail {
-            buf: VecDeque::new(),
-            cap,
-        }
+        Tail { buf: VecDeque::new(), cap }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -72,11 +69,7 @@ impl Tail {
 
 /// Lossy UTF-8 of a tail, without the broken character a cut may leave at its start.
 fn tail_text(bytes: &[u8]) -> String {
-    let skip = bytes
-        .iter()
-        .take(3)
-        .take_while(|b| (**b & 0xC0) == 0x80)
-        .count();
+    let skip = bytes.iter().take(3).take_while(|b| (**b & 0xC0) == 0x80).count();
     String::from_utf8_lossy(&bytes[skip..]).into_owned()
 }
 
@@ -118,13 +111,7 @@ pub struct Task {
 pub struct AlreadyEnded;
 
 impl Task {
-    pub fn new(
-        id: u64,
-        spec: TaskSpec,
-        log_path: PathBuf,
-        max_output: usize,
-        events: EventTx,
-    ) -> Task {
+    pub fn new(id: u64, spec: TaskSpec, log_path: PathBuf, max_output: usize, events: EventTx) -> Task {
         let record = TaskRecord {
             id,
             command: spec.command.clone(),
@@ -206,9 +193,7 @@ impl Task {
     pub fn signal_group(&self, sig: Signal) -> bool {
         let st = self.lock();
         match st.pgid {
-            Some(pgid) if st.record.status == TaskStatus::Running => {
-                kill_process_group(pgid, sig).is_ok()
-            }
+            Some(pgid) if st.record.status == TaskStatus::Running => kill_process_group(pgid, sig).is_ok(),
             _ => false,
         }
     }
@@ -244,11 +229,7 @@ impl Task {
                 },
                 None => Duration::from_secs(3600),
             };
-            st = self
-                .changed
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = self.changed.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }
@@ -256,9 +237,7 @@ impl Task {
     /// Waits up to `timeout` for output past `seen_bytes` (stdout + stderr) or the end.
     pub fn wait_output(&self, seen_bytes: u64, timeout: Duration) {
         let st = self.lock();
-        if st.record.status == TaskStatus::Running
-            && st.record.stdout_bytes + st.record.stderr_bytes <= seen_bytes
-        {
+        if st.record.status == TaskStatus::Running && st.record.stdout_bytes + st.record.stderr_bytes <= seen_bytes {
             let _ = self.changed.wait_timeout(st, timeout);
         }
     }
@@ -266,11 +245,7 @@ impl Task {
     /// Emits an event that is not output (`started`, `failed`, `completed`).
     pub fn emit(&self, kind: EventKind, event: &str, data: impl serde::Serialize) {
         let json = protocol::task_update(self.id, event, data, None);
-        let _ = self.events.send(Event {
-            task_id: self.id,
-            kind,
-            json: json.into(),
-        });
+        let _ = self.events.send(Event { task_id: self.id, kind, json: json.into() });
     }
 
     /// Takes one chunk from a reader: counts it, logs it, keeps its tail, and emits it, all
@@ -293,11 +268,7 @@ impl Task {
         let out = &mut st.output;
         if !out.log_broken {
             if out.log.is_none() {
-                match OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&out.log_path)
-                {
+                match OpenOptions::new().create(true).append(true).open(&out.log_path) {
                     Ok(f) => out.log = Some(f),
                     Err(e) => {
                         log::warn!(
@@ -324,16 +295,8 @@ impl Task {
         out.tails[stream.index()].push(data);
         let text = String::from_utf8_lossy(data);
         let json = protocol::task_update(self.id, stream.event(), &*text, Some(offset));
-        let kind = EventKind::Output {
-            stream,
-            offset,
-            len: data.len() as u64,
-        };
-        let _ = self.events.send(Event {
-            task_id: self.id,
-            kind,
-            json: json.into(),
-        });
+        let kind = EventKind::Output { stream, offset, len: data.len() as u64 };
+        let _ = self.events.send(Event { task_id: self.id, kind, json: json.into() });
         drop(text);
         self.changed.notify_all();
     }

@@ -73,9 +73,7 @@ impl Timer {
     }
 
     pub fn schedule(&self, at: Instant, task: &Arc<Task>, action: Action) {
-        let _ = self
-            .tx
-            .send(Msg::Schedule(at, Arc::downgrade(task), action));
+        let _ = self.tx.send(Msg::Schedule(at, Arc::downgrade(task), action));
     }
 
     /// SIGKILL for `task`'s group once the grace has passed.
@@ -104,20 +102,11 @@ fn run(rx: Receiver<Msg>, grace: Duration) {
         match msg {
             Ok(Msg::Schedule(at, task, action)) => {
                 seq += 1;
-                heap.push(Reverse(Entry {
-                    at,
-                    seq,
-                    task,
-                    action,
-                }));
+                heap.push(Reverse(Entry { at, seq, task, action }));
                 // Short tasks leave their timeouts behind; sweep them out now and then so
                 // the heap tracks running tasks, not every task of the last TASK_TIMEOUT.
                 if heap.len() >= purge_at {
-                    heap.retain(|Reverse(e)| {
-                        e.task
-                            .upgrade()
-                            .is_some_and(|t| t.status() == TaskStatus::Running)
-                    });
+                    heap.retain(|Reverse(e)| e.task.upgrade().is_some_and(|t| t.status() == TaskStatus::Running));
                     purge_at = (heap.len() * 2).max(64);
                 }
             }
@@ -142,21 +131,13 @@ fn run(rx: Receiver<Msg>, grace: Duration) {
                         }
                     };
                     if stopping {
-                        log::warn!(
-                            "task {} timed out; sending SIGTERM to its process group",
-                            task.id
-                        );
+                        log::warn!("task {} timed out; sending SIGTERM to its process group", task.id);
                         task.signal_group(Signal::TERM);
                         if grace.is_zero() {
                             task.signal_group(Signal::KILL);
                         } else {
                             seq += 1;
-                            heap.push(Reverse(Entry {
-                                at: now + grace,
-                                seq,
-                                task: e.task,
-                                action: Action::Kill,
-                            }));
+                            heap.push(Reverse(Entry { at: now + grace, seq, task: e.task, action: Action::Kill }));
                         }
                     }
                 }

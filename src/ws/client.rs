@@ -1,0 +1,268 @@
+//! One WebSocket client: a `ws-N-rx` thread reading its frames (tungstenite) and a `ws-N-tx`
+//! thread writing its queue. Each owns one half of the real `TcpStream` (`try_clone`), so
+//! pings and close frames are answered while the writer is busy. The queue is bounded in
+//! bytes ([`CLIENT_BUFFER_BYTES`]); the hub closes a client that falls further behind.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::ws::hub::Ctl;
+
+/// Bytes of messages a client may have queued before it is closed as too slow.
+pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
+/// Idle time after which the server pings a client.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A client that sends nothing (not even a pong) for this long is closed.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
+/// A single write to a client may block this long before the client is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message a client may send (subscribe requests are tiny).
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Close code for a client that fell too far behind (RFC 6455: policy violation).
+pub const CLOSE_TOO_SLOW: u16 = 1008;
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// What a writer sends.
+#[derive(Debug)]
+pub enum Out {
+    Text(Arc<str>),
+    Pong(Vec<u8>),
+    Close(u16, &'static str),
+}
+
+impl Out {
+    pub fn cost(&self) -> usize {
+        match self {
+            Out::Text(s) => s.len(),
+            Out::Pong(p) => p.len(),
+            Out::Close(..) => 0,
+        }
+    }
+}
+
+/// The sending side of a client's queue, shared by the hub, the replay threads and the
+/// client's reader.
+#[derive(Clone)]
+pub struct Queue {
+    pub tx: Sender<Out>,
+    pub queued: Arc<AtomicUsize>,
+    pub kicked: Arc<AtomicBool>,
+}
+
+impl Queue {
+    /// Queues `out` unless it would take the client over its budget; false then.
+    pub fn push(&self, out: Out) -> bool {
+        let cost = out.cost();
+        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > CLIENT_BUFFER_BYTES {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Queues a message whatever the budget (control frames, and messages held back during
+    /// a replay, which were counted when they were held).
+    pub fn push_control(&self, out: Out) {
+        let cost = out.cost();
+        self.queued.fetch_add(cost, Ordering::AcqRel);
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+        }
+    }
+
+    pub fn is_over(&self, extra: usize) -> bool {
+        self.queued.load(Ordering::Acquire) + extra > CLIENT_BUFFER_BYTES
+    }
+}
+
+/// The read half: reads the socket, throws away whatever tungstenite tries to write (its
+/// automatic pong and close replies); the writer thread sends those instead.
+pub struct ReadHalf(pub TcpStream);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// Starts the two threads of client `id` on an upgraded stream (`leftover` = bytes the
+/// client sent right after its handshake).
+pub fn start(
+    id: u64,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    queue_rx: Receiver<Out>,
+    queue: Queue,
+    hub: Sender<Ctl>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let write_half = stream.try_clone()?;
+    let kicked = Arc::clone(&queue.kicked);
+    let queued = Arc::clone(&queue.queued);
+    std::thread::Builder::new()
+        .name(format!("ws-{id}-tx"))
+        .stack_size(64 * 1024)
+        .spawn(move || writer(id, write_half, queue_rx, queued, kicked))?;
+    let ws = WebSocket::from_partially_read(ReadHalf(stream), leftover, Role::Server, Some(ws_config()));
+    let spawned = std::thread::Builder::new().name(format!("ws-{id}-rx")).stack_size(128 * 1024).spawn({
+        let hub = hub.clone();
+        move || reader(id, ws, queue, hub)
+    });
+    if let Err(e) = spawned {
+        let _ = hub.send(Ctl::Leave { id });
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => match crate::ws::hub::parse_request(t.as_str()) {
+                Ok(ctl) => {
+                    let _ = hub.send(ctl(id));
+                }
+                Err(why) => {
+                    let msg = serde_json::json!({ "type": "error", "error": why }).to_string();
+                    queue.push(Out::Text(msg.into()));
+                }
+            },
+            Ok(Message::Ping(p)) => queue.push_control(Out::Pong(p.to_vec())),
+            Ok(Message::Close(_)) => {
+                queue.push_control(Out::Close(CLOSE_NORMAL, ""));
+                break;
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                log::info!("websocket client {id}: silent for {} s; closing", READ_TIMEOUT.as_secs());
+                queue.push_control(Out::Close(CLOSE_GOING_AWAY, "idle"));
+                break;
+            }
+            Err(
+                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed | tungstenite::Error::Io(_),
+            ) => break,
+            Err(e) => {
+                log::info!("websocket client {id}: {e}; closing");
+                queue.push_control(Out::Close(CLOSE_PROTOCOL, "protocol error"));
+                break;
+            }
+        }
+    }
+    let _ = hub.send(Ctl::Leave { id });
+}
+
+fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, queued: Arc<AtomicUsize>, kicked: Arc<AtomicBool>) {
+    let mut w = BufWriter::with_capacity(16 * 1024, &stream);
+    let result = (|| -> io::Result<()> {
+        loop {
+            let first = match rx.recv_timeout(PING_INTERVAL) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    write_frame(&mut w, 0x9, b"")?;
+                    w.flush()?;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return write_close(&mut w, CLOSE_NORMAL, ""),
+            };
+            // Everything already queued goes out in one flush: few syscalls under load.
+            let mut next = Some(first);
+            while let Some(out) = next.take() {
+                queued.fetch_sub(out.cost(), Ordering::AcqRel);
+                match out {
+                    Out::Text(s) if !kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
+                    Out::Text(_) => {}
+                    Out::Pong(p) => write_frame(&mut w, 0xA, &p)?,
+                    Out::Close(code, reason) => return write_close(&mut w, code, reason),
+                }
+                next = rx.try_recv().ok();
+            }
+            w.flush()?;
+        }
+    })();
+    if let Err(e) = result {
+        log::debug!("websocket client {id}: write failed: {e}");
+    }
+    drop(w);
+    // Wakes the reader too, if it is still waiting.
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn write_close(w: &mut impl Write, code: u16, reason: &str) -> io::Result<()> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(120)]);
+    write_frame(w, 0x8, &payload)?;
+    w.flush()
+}
+
+/// Writes one unmasked, final server frame.
+pub fn write_frame(w: &mut impl Write, opcode: u8, payload: &[u8]) -> io::Result<()> {
+    let mut head = [0u8; 10];
+    head[0] = 0x80 | opcode;
+    let n = match payload.len() {
+        len @ 0..=125 => {
+            head[1] = len as u8;
+            2
+        }
+        len @ 126..=65535 => {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        len => {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    w.write_all(&head[..n])?;
+    w.write_all(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths() {
+        for (len, head) in [(5usize, 2usize), (300, 4), (70_000, 10)] {
+            let mut out = Vec::new();
+            write_frame(&mut out, 1, &vec![b'a'; len]).unwrap();
+            assert_eq!(out.len(), head + len);
+            assert_eq!(out[0], 0x81);
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The `broadcaster` thread: takes every task event (already serialised) from the tasks'
+//! channel and puts it on the queue of each client that wants it. It never blocks on a
+//! client and never locks a task (a task's readers may be waiting on this thread's channel
+//! while holding their task's lock); a client over its budget is closed instead.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::events::{Event, EventKind, EventRx};
+use crate::tasks::log::Stream;
+use crate::tasks::registry::Registry;
+use crate::ws::client::{Out, Queue, CLIENT_BUFFER_BYTES, CLOSE_GOING_AWAY, CLOSE_TOO_SLOW};
+use crate::ws::replay;
+
+/// Most WebSocket clients at once; more get 503 before the upgrade.
+pub const MAX_CLIENTS: usize = 4096;
+
+/// Messages to the broadcaster from clients, replays and the agent.
+pub enum Ctl {
+    Join {
+        id: u64,
+        queue: Queue,
+        stream: TcpStream,
+        peer: String,
+    },
+    Leave {
+        id: u64,
+    },
+    /// Narrow the client to this task, first replaying its output from these offsets.
+    Subscribe {
+        id: u64,
+        task_id: u64,
+        offset: u64,
+        error_offset: u64,
+    },
+    Unsubscribe {
+        id: u64,
+        task_id: u64,
+    },
+    /// A replay has queued everything up to where live events take over.
+    ReplayDone {
+        id: u64,
+        task_id: u64,
+    },
+    Stop,
+}
+
+/// Parses a client's text message into a [`Ctl`] for that client.
+pub fn parse_request(text: &str) -> Result<Box<dyn FnOnce(u64) -> Ctl + Send>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let task_id =
+        || v.get("taskId").and_then(|t| t.as_u64()).ok_or_else(|| "taskId must be a non-negative integer".to_string());
+    match v.get("type").and_then(|t| t.as_str()) {
+        Some("subscribe") => {
+            let (task_id, offset) = (task_id()?, offset_or("offset", &v)?);
+            let error_offset = offset_or("errorOffset", &v)?;
+            Ok(Box::new(move |id| Ctl::Subscribe { id, task_id, offset, error_offset }))
+        }
+        Some("unsubscribe") => {
+            let task_id = task_id()?;
+            Ok(Box::new(move |id| Ctl::Unsubscribe { id, task_id }))
+        }
+        _ => Err("unknown message: expected {\"type\":\"subscribe\"|\"unsubscribe\",\"taskId\":N}".into()),
+    }
+}
+
+fn offset_or(k: &str, v: &serde_json::Value) -> Result<u64, String> {
+    match v.get(k) {
+        None | Some(serde_json::Value::Null) => Ok(0),
+        Some(o) => o.as_u64().ok_or_else(|| format!("{k} must be a non-negative integer")),
+    }
+}
+
+/// What the agent keeps of the broadcaster: its control channel and client count.
+#[derive(Clone)]
+pub struct HubHandle {
+    pub ctl: Sender<Ctl>,
+    pub clients: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl HubHandle {
+    pub fn next_client_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        let _ = self.ctl.send(Ctl::Stop);
+    }
+}
+
+struct Client {
+    queue: Queue,
+    stream: TcpStream,
+    peer: String,
+    /// `None`: every task (compat). `Some`: only these.
+    subs: Option<HashSet<u64>>,
+    /// Tasks being replayed to this client: their live events wait here until the replay
+    /// is done, so nothing is reordered.
+    pending: HashMap<u64, Vec<Arc<str>>>,
+}
+
+/// Where a running task's streams stand, as far as the broadcaster has forwarded them.
+#[derive(Clone, Copy, Default)]
+pub struct LiveEnds {
+    pub stdout: u64,
+    pub stderr: u64,
+}
+
+struct Hub {
+    reg: Arc<Registry>,
+    ctl_tx: Sender<Ctl>,
+    clients: HashMap<u64, Client>,
+    count: Arc<AtomicUsize>,
+    live: HashMap<u64, LiveEnds>,
+}
+
+pub fn spawn(reg: Arc<Registry>, events: EventRx) -> std::io::Result<(HubHandle, JoinHandle<()>)> {
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let count = Arc::new(AtomicUsize::new(0));
+    let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), next_id: Arc::new(AtomicU64::new(1)) };
+    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, live: HashMap::new() };
+    let join = std::thread::Builder::new()
+        .name("broadcaster".into())
+        .stack_size(256 * 1024)
+        .spawn(move || hub.run(events, ctl_rx))?;
+    Ok((handle, join))
+}
+
+impl Hub {
+    fn run(mut self, events: EventRx, ctl: Receiver<Ctl>) {
+        loop {
+            select! {
+                recv(events) -> ev => match ev {
+                    Ok(ev) => self.on_event(ev),
+                    Err(_) => break,
+                },
+                recv(ctl) -> msg => match msg {
+                    Ok(Ctl::Stop) | Err(_) => break,
+                    Ok(msg) => self.on_ctl(msg),
+                },
+            }
+        }
+        for (_, c) in self.clients.drain() {
+            c.queue.push_control(Out::Close(CLOSE_GOING_AWAY, "agent shutting down"));
+        }
+        self.count.store(0, Ordering::Release);
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev.kind {
+            EventKind::Started => {
+                self.live.insert(ev.task_id, LiveEnds::default());
+            }
+            EventKind::Output { stream, offset, len } => {
+                let ends = self.live.entry(ev.task_id).or_default();
+                match stream {
+                    Stream::Stdout => ends.stdout = offset + len,
+                    Stream::Stderr => ends.stderr = offset + len,
+                }
+            }
+            EventKind::Failed => {}
+            EventKind::Completed => {
+                self.live.remove(&ev.task_id);
+            }
+        }
+        if self.clients.is_empty() {
+            return;
+        }
+        let mut kick = Vec::new();
+        for (id, c) in self.clients.iter_mut() {
+            if c.subs.as_ref().is_some_and(|s| !s.contains(&ev.task_id)) {
+                continue;
+            }
+            if let Some(p) = c.pending.get_mut(&ev.task_id) {
+                if c.queue.is_over(ev.json.len()) {
+                    kick.push(*id);
+                } else {
+                    c.queue.queued.fetch_add(ev.json.len(), Ordering::AcqRel);
+                    p.push(Arc::clone(&ev.json));
+                }
+                continue;
+            }
+            if !c.queue.push(Out::Text(Arc::clone(&ev.json))) {
+                kick.push(*id);
+            }
+        }
+        for id in kick {
+            self.kick(id);
+        }
+    }
+
+    /// Closes a client that fell more than [`CLIENT_BUFFER_BYTES`] behind.
+    fn kick(&mut self, id: u64) {
+        if let Some(c) = self.clients.remove(&id) {
+            log::warn!(
+                "websocket client {id} ({}) fell more than {} MiB behind; closing it with code {CLOSE_TOO_SLOW}",
+                c.peer,
+                CLIENT_BUFFER_BYTES >> 20
+            );
+            c.queue.kicked.store(true, Ordering::Release);
+            c.queue.push_control(Out::Close(CLOSE_TOO_SLOW, "client too slow"));
+            // A client that stopped reading cannot take even the close frame; the writer
+            // gives up after its write timeout. Stop its reads now.
+            let _ = c.stream.shutdown(Shutdown::Read);
+            self.count.store(self.clients.len(), Ordering::Release);
+        }
+    }
+
+    fn on_ctl(&mut self, msg: Ctl) {
+        match msg {
+            Ctl::Join { id, queue, stream, peer } => {
+                log::info!("websocket client {id} connected from {peer}");
+                self.clients.insert(id, Client { queue, stream, peer, subs: None, pending: HashMap::new() });
+            }
+            Ctl::Leave { id } => {
+                if let Some(c) = self.clients.remove(&id) {
+                    log::info!("websocket client {id} ({}) disconnected", c.peer);
+                }
+            }
+            Ctl::Subscribe { id, task_id, offset, error_offset } => {
+                let Some(c) = self.clients.get_mut(&id) else { return };
+                c.subs.get_or_insert_with(HashSet::new).insert(task_id);
+                if c.pending.contains_key(&task_id) {
+                    return; // a replay of it is already under way
+                }
+                c.pending.insert(task_id, Vec::new());
+                let upto = self.live.get(&task_id).copied();
+                let job = replay::Job {
+                    reg: Arc::clone(&self.reg),
+                    client: id,
+                    task_id,
+                    from: (offset, error_offset),
+                    upto,
+                    queue: c.queue.clone(),
+                    done: self.ctl_tx.clone(),
+                };
+                if let Err(e) = replay::spawn(job) {
+                    log::warn!("websocket client {id}: cannot start a replay: {e}");
+                    c.pending.remove(&task_id);
+                }
+            }
+            Ctl::Unsubscribe { id, task_id } => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.subs.get_or_insert_with(HashSet::new).remove(&task_id);
+                    if let Some(p) = c.pending.remove(&task_id) {
+                        let bytes: usize = p.iter().map(|s| s.len()).sum();
+                        c.queue.queued.fetch_sub(bytes, Ordering::AcqRel);
+                    }
+                }
+            }
+            Ctl::ReplayDone { id, task_id } => {
+                let Some(c) = self.clients.get_mut(&id) else { return };
+                let Some(p) = c.pending.remove(&task_id) else { return };
+                for json in p {
+                    // Already counted in `queued` when it was held back.
+                    let _ = c.queue.tx.send(Out::Text(json));
+                }
+            }
+            Ctl::Stop => {}
+        }
+        self.count.store(self.clients.len(), Ordering::Release);
+    }
+}

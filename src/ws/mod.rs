@@ -1,0 +1,81 @@
+//! Live task output over WebSocket on the HTTP port (CONTRACT.md §3).
+//!
+//! Flow: task reader threads → events channel → `broadcaster` ([`hub`]) → one byte-bounded
+//! queue per client → its `ws-N-tx` writer ([`client`]). Subscribes replay from the log
+//! ([`replay`]).
+
+pub mod client;
+pub mod hub;
+pub mod replay;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tiny_http::{Header, Request, Response};
+
+use crate::http::error::ApiError;
+use crate::http::handlers::Reply;
+use crate::http::{auth, query, Ctx};
+use crate::ws::client::Queue;
+use crate::ws::hub::{Ctl, HubHandle, MAX_CLIENTS};
+
+/// Whether the request asks for a WebSocket upgrade.
+pub fn is_upgrade(rq: &Request) -> bool {
+    rq.headers().iter().any(|h| h.field.equiv("Upgrade") && h.value.as_str().to_ascii_lowercase().contains("websocket"))
+}
+
+fn header<'a>(rq: &'a Request, name: &'static str) -> Option<&'a str> {
+    rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim())
+}
+
+/// Checks, answers the handshake, and hands the connection to the hub. On refusal, the
+/// reply to send instead.
+pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Reply)> {
+    let from = rq.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let (_, q) = query::split_url(rq.url());
+    let presented = auth::presented(rq.headers()).or_else(|| query::get(&q, "secret"));
+    if !ctx.cfg.ws_allow_anonymous && !auth::is_valid(presented, &ctx.cfg.secret) {
+        log::warn!("refused WebSocket upgrade from {from}: invalid or missing cluster secret");
+        return Err((rq, Reply::error(&ApiError::Forbidden)));
+    }
+    if rq.method().as_str() != "GET" {
+        return Err((rq, Reply::error(&ApiError::BadRequest("WebSocket upgrade needs GET".into()))));
+    }
+    if header(&rq, "Sec-WebSocket-Version") != Some("13") {
+        let mut r = Reply::error(&ApiError::BadRequest("Unsupported WebSocket version (13 required)".into()));
+        r.status = 426;
+        r.headers.push(("Sec-WebSocket-Version", "13".into()));
+        return Err((rq, r));
+    }
+    let Some(key) = header(&rq, "Sec-WebSocket-Key").filter(|k| !k.is_empty() && k.len() <= 64) else {
+        return Err((rq, Reply::error(&ApiError::BadRequest("Missing Sec-WebSocket-Key".into()))));
+    };
+    if hub.clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+        log::warn!("refused WebSocket upgrade from {from}: {MAX_CLIENTS} clients already connected");
+        let mut r = Reply::json(503, &serde_json::json!({ "error": "Too many WebSocket clients" }));
+        r.headers.push(("Retry-After", "5".into()));
+        return Err((rq, r));
+    }
+    let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = Response::empty(101).with_header(
+        Header::from_bytes("Sec-WebSocket-Accept", accept_key.as_bytes()).expect("base64 is a valid header value"),
+    );
+    let (stream, leftover) = match rq.upgrade_tcp("websocket", response) {
+        Ok(s) => s,
+        Err(e) => {
+            log::info!("WebSocket upgrade from {from} failed: {e}");
+            return Ok(());
+        }
+    };
+    let id = hub.next_client_id();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
+    let Ok(kill) = stream.try_clone() else { return Ok(()) };
+    // Join before the threads start, so the hub knows the client before its first subscribe.
+    let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), stream: kill, peer: from.clone() });
+    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone()) {
+        log::warn!("websocket client {id} ({from}): cannot start its threads: {e}");
+        let _ = hub.ctl.send(Ctl::Leave { id });
+    }
+    Ok(())
+}

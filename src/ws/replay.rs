@@ -1,0 +1,115 @@
+//! A `ws-replay` thread per subscribe: sends a task's output from the client's offsets up
+//! to where the broadcaster's live events take over (or to the end, and `completed`, when
+//! the task has ended), reading the task's log. It waits for a slow client instead of
+//! overfilling its queue.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::protocol::{self, CompletedData, TaskStatus};
+use crate::tasks::log::LogReader;
+use crate::tasks::registry::Registry;
+use crate::ws::client::{Out, Queue, WRITE_TIMEOUT};
+use crate::ws::hub::{Ctl, LiveEnds};
+
+pub struct Job {
+    pub reg: Arc<Registry>,
+    pub client: u64,
+    pub task_id: u64,
+    /// Offsets in stdout and stderr to replay from.
+    pub from: (u64, u64),
+    /// Where live events start, when the task was running at the subscribe.
+    pub upto: Option<LiveEnds>,
+    pub queue: Queue,
+    pub done: Sender<Ctl>,
+}
+
+pub fn spawn(job: Job) -> std::io::Result<()> {
+    std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
+        let (done, client, task_id) = (job.done.clone(), job.client, job.task_id);
+        run(&job);
+        let _ = done.send(Ctl::ReplayDone { id: client, task_id });
+    })?;
+    Ok(())
+}
+
+/// Queues `json`, waiting while the client is over its budget; false if it stops draining.
+fn push(queue: &Queue, json: String) -> bool {
+    let mut last = queue.queued.load(std::sync::atomic::Ordering::Acquire);
+    let mut progress = Instant::now();
+    while queue.is_over(json.len()) {
+        if queue.kicked.load(std::sync::atomic::Ordering::Acquire) || progress.elapsed() > 2 * WRITE_TIMEOUT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let now = queue.queued.load(std::sync::atomic::Ordering::Acquire);
+        if now < last {
+            progress = Instant::now();
+        }
+        last = now;
+    }
+    queue.push(Out::Text(json.into()))
+}
+
+fn run(job: &Job) {
+    let Some(task) = job.reg.get(job.task_id) else {
+        let msg = serde_json::json!({ "type": "error", "error": "Task not found", "taskId": job.task_id });
+        push(&job.queue, msg.to_string());
+        return;
+    };
+    let record = task.record();
+    if job.upto.is_none() && record.status == TaskStatus::Running {
+        // The broadcaster has not seen it start yet: every event of it is still to come live.
+        return;
+    }
+    let limit = job.upto.map_or([u64::MAX; 2], |u| [u.stdout, u.stderr]);
+    let from = [job.from.0, job.from.1];
+    if let Ok(f) = File::open(job.reg.log_path(job.task_id)) {
+        let mut reader = LogReader::new(f);
+        let mut pos = [0u64; 2];
+        let mut buf = Vec::new();
+        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
+            let s = stream.index();
+            let start = pos[s];
+            let end = start + buf.len() as u64;
+            pos[s] = end;
+            let lo = start.max(from[s]);
+            let hi = end.min(limit[s]);
+            if lo < hi {
+                let text = String::from_utf8_lossy(&buf[(lo - start) as usize..(hi - start) as usize]);
+                if !push(&job.queue, protocol::task_update(job.task_id, stream.event(), &*text, Some(lo))) {
+                    return;
+                }
+            }
+            if job.upto.is_some() && pos[0] >= limit[0] && pos[1] >= limit[1] {
+                break;
+            }
+        }
+    }
+    if job.upto.is_none() {
+        if record.pid.is_none() {
+            if let Some(error) = &record.error {
+                push(
+                    &job.queue,
+                    protocol::task_update(job.task_id, "failed", serde_json::json!({ "error": error }), None),
+                );
+            }
+        }
+        let end = record.end.clone().unwrap_or(protocol::TaskEnd {
+            exit_code: None,
+            signal: None,
+            completed_at: 0,
+            duration: 0,
+        });
+        let data = CompletedData {
+            status: record.status,
+            exit_code: end.exit_code,
+            signal: end.signal.as_deref(),
+            duration: end.duration,
+        };
+        push(&job.queue, protocol::task_update(job.task_id, "completed", data, None));
+    }
+}
