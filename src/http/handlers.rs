@@ -12,10 +12,11 @@ use crate::http::output::OutputStream;
 use crate::http::query;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
+use crate::tasks::job;
 use crate::tasks::log::Stream;
 use crate::tasks::registry::Rejection;
 use crate::tasks::runner;
-use crate::tasks::task::Task;
+use crate::tasks::task::{JobSpec, Task};
 
 /// Largest request body read (CONTRACT.md §2: over it is 413).
 pub const MAX_BODY: u64 = 1 << 20;
@@ -164,6 +165,34 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query) -> Result<Reply, ApiError> {
     })
 }
 
-pub fn execute_job(_ctx: &Ctx, _body: &[u8], _q: &Query) -> Result<Reply, ApiError> {
-    Err(ApiError::NotFound("Not found")) // TODO(job): replaced in the job commit
+/// `POST /execute-job`: runs `run.sh` of a job folder inside `JOBS_BASE_PATH`.
+pub fn execute_job(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
+    let obj = execute::parse_object(body)?;
+    let job_id = match obj.get("jobId") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(ApiError::BadRequest("jobId is required".into())),
+    };
+    let job_path = match obj.get("jobPath") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(ApiError::BadRequest("jobPath must be a string".into())),
+    };
+    let dir = job::resolve(&ctx.cfg.jobs_base_path, &job_id, job_path).map_err(ApiError::BadRequest)?;
+    let mut spec = execute::parse_execute(
+        &serde_json::Map::from_iter([
+            ("command".to_string(), json!("/bin/bash")),
+            ("args".to_string(), json!(["run.sh"])),
+            ("cwd".to_string(), json!(dir.display().to_string())),
+            ("timeout".to_string(), obj.get("timeout").cloned().unwrap_or(serde_json::Value::Null)),
+        ]),
+        &ctx.reg.limits.default_cwd,
+    )?;
+    spec.job = Some(JobSpec { id: job_id.clone(), dir });
+    let task = admit(ctx, spec)?;
+    runner::start(&ctx.reg, &task);
+    if query::flag(q, "wait") {
+        task.wait_ended(None);
+        return Ok(Reply::json(200, &task.to_json(true)));
+    }
+    Ok(Reply::json(200, &json!({ "taskId": task.id, "jobId": job_id, "status": "started" })))
 }

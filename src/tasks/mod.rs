@@ -1,6 +1,7 @@
 //! Tasks: admission and history ([`registry`]), the process and its group ([`runner`]), the
 //! pipes ([`reader`]), the output log ([`log`]), and deadlines ([`timer`]).
 
+pub mod job;
 pub mod log;
 pub mod reader;
 pub mod registry;

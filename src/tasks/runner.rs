@@ -7,6 +7,7 @@
 //! grace to reach the end of the pipes: a grandchild that escaped the group and holds them open
 //! cannot hang the task.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOpt
 
 use crate::events::EventKind;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
+use crate::tasks::job;
 use crate::tasks::log::Stream;
 use crate::tasks::reader;
 use crate::tasks::registry::Registry;
@@ -52,7 +54,7 @@ impl Outcome {
 /// Starts an admitted task: records it, emits `started`, spawns its process and threads.
 /// Never fails: a task that cannot start ends `failed`, and its slot is freed.
 pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
-    let child = spawn_process(task);
+    let child = prepare_job(reg, task).and_then(|env| spawn_process(task, env.as_ref().unwrap_or(&task.spec.env)));
     let mut child = match child {
         Ok(c) => c,
         Err(error) => {
@@ -121,8 +123,19 @@ fn describe(command: &str, args: &[String]) -> String {
     s
 }
 
+/// For a job: checks its folder, marks `job.json` running, opens `logs/output.log`, and
+/// returns the environment from `job.json`. `None` for other tasks.
+fn prepare_job(reg: &Registry, task: &Task) -> Result<Option<BTreeMap<String, String>>, String> {
+    let Some(job) = &task.spec.job else { return Ok(None) };
+    let (env, job_log) = job::prepare(&job.dir, &reg.monitor.host.hostname)?;
+    let mut st = task.lock();
+    st.record.env = env.clone();
+    st.output.job_log = Some(job_log);
+    Ok(Some(env))
+}
+
 /// Spawns the process in its own group, or says why it could not.
-fn spawn_process(task: &Task) -> Result<Child, String> {
+fn spawn_process(task: &Task, env: &BTreeMap<String, String>) -> Result<Child, String> {
     let spec = &task.spec;
     match std::fs::metadata(&spec.cwd) {
         Ok(m) if m.is_dir() => {}
@@ -133,7 +146,7 @@ fn spawn_process(task: &Task) -> Result<Child, String> {
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_remove(SECRET_VAR)
-        .envs(&spec.env)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -197,8 +210,9 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
 pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     // Free the slot first: whoever sees the end may submit the next task at once.
     reg.release(task);
-    let (status, exit_code, signal, duration, log_whole) = {
+    let (status, exit_code, signal, duration, log_whole, job_started) = {
         let mut st = task.lock();
+        let job_started = st.output.job_log.is_some();
         if st.record.status != TaskStatus::Running {
             return;
         }
@@ -226,8 +240,12 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
             Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
         st.pgid = None;
         let whole = Task::close_output(&mut st);
-        (status, outcome.exit_code, outcome.signal.clone(), duration, whole)
+        (status, outcome.exit_code, outcome.signal.clone(), duration, whole, job_started)
     };
+    if let (Some(job), true) = (&task.spec.job, job_started) {
+        let completed_at = task.lock().record.end.as_ref().map_or(0, |e| e.completed_at);
+        job::finish(&job.dir, status, exit_code, completed_at, duration);
+    }
     task.notify();
     if !log_whole {
         log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);

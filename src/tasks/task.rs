@@ -13,6 +13,7 @@ use rustix::process::{kill_process_group, Pid, Signal};
 
 use crate::events::{Event, EventKind, EventTx};
 use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
+use crate::tasks::job::JobLog;
 use crate::tasks::log::{self as outlog, LogReader, Stream};
 
 /// A validated request to run something.
@@ -80,6 +81,8 @@ pub struct Output {
     /// Set after the first failed write: later output stays in memory only.
     log_broken: bool,
     tails: [Tail; 2],
+    /// A job's `logs/output.log`, for job tasks.
+    pub job_log: Option<JobLog>,
     /// Set when the task has ended: output arriving later is dropped, so `completed` stays last.
     closed: bool,
     scratch: Vec<u8>,
@@ -156,6 +159,7 @@ impl Task {
                     log_path,
                     log_broken: false,
                     tails: [Tail::new(max_output), Tail::new(max_output)],
+                    job_log: None,
                     closed,
                     scratch: Vec::new(),
                 },
@@ -293,6 +297,9 @@ impl Task {
             }
         }
         out.tails[stream.index()].push(data);
+        if let Some(job_log) = out.job_log.as_mut() {
+            job_log.write(stream, data);
+        }
         let text = String::from_utf8_lossy(data);
         let json = protocol::task_update(self.id, stream.event(), &*text, Some(offset));
         let kind = EventKind::Output { stream, offset, len: data.len() as u64 };
@@ -306,6 +313,7 @@ impl Task {
     pub fn close_output(st: &mut State) -> bool {
         st.output.closed = true;
         st.output.log = None;
+        st.output.job_log = None;
         let whole = !st.output.log_broken;
         if whole {
             let cap = st.output.tails[0].cap;
