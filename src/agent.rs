@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, SecretSource};
+use crate::discovery::{Discovery, NodeInfo};
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
 use crate::monitor::Monitor;
@@ -40,6 +41,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let ctx = Arc::new(Ctx { cfg: Arc::clone(&cfg), reg: Arc::clone(&reg), hub: hub.clone(), started: Instant::now() });
     let http = HttpServer::start(Arc::clone(&ctx))?;
     log_summary(&cfg, http.port, reg.next_id());
+    let discovery = if cfg.discovery_enabled {
+        let stats_ctx = Arc::clone(&ctx);
+        let node = NodeInfo {
+            hostname: reg.monitor.host.hostname.clone(),
+            cpus: reg.monitor.host.cpus,
+            total_memory: reg.monitor.host.total_memory,
+            port: http.port,
+            stats: Box::new(move || stats_ctx.stats()),
+        };
+        Some(Discovery::start(&cfg, node).map_err(|e| format!("cannot start discovery: {e}"))?)
+    } else {
+        log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
+        None
+    };
 
     // The main thread waits for a signal, then drains.
     let first = signals.forever().next();
@@ -49,6 +64,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.shutdown_timeout.as_millis()
     );
     reg.stop_accepting();
+    if let Some(d) = discovery {
+        d.stop(); // sends cluster_leave
+    }
     let handle = signals.handle();
     let second = std::thread::Builder::new()
         .name("signals".into())

@@ -6,6 +6,7 @@
 //! - `task-N`, `task-N-out`, `task-N-err`: one task's waiter and pipe readers ([`tasks`]).
 //! - `task-timer`: every task deadline ([`tasks::timer`]).
 //! - `monitor`: CPU and memory samples ([`monitor`]).
+//! - `discovery`: UDP announcements, stats and probe replies ([`discovery`]).
 //! - `broadcaster`: fans task events out to WebSocket clients ([`ws::hub`]);
 //!   `ws-N-rx` / `ws-N-tx`: one client's reader and writer ([`ws::client`]);
 //!   `ws-replay`: one per subscribe with an offset ([`ws::replay`]).
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod discovery;
 pub mod events;
 pub mod http;
 pub mod monitor;

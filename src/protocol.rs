@@ -293,3 +293,62 @@ mod tests {
         assert_eq!(signal_name(64), "SIG64");
     }
 }
+
+/// `cluster_announce` (compat field set; `version`, `id` and, in probe replies, `stats` are new).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Announce {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hostname: String,
+    pub platform: String,
+    pub arch: String,
+    pub cpus: usize,
+    pub total_memory: u64,
+    pub port: u16,
+    pub timestamp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+/// `cluster_stats` (compat).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsPacket {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hostname: String,
+    pub port: u16,
+    pub stats: Stats,
+    pub timestamp: u64,
+}
+
+/// `cluster_leave` (new): sent when the agent stops.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Leave {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hostname: String,
+    pub port: u16,
+    pub timestamp: u64,
+}
+
+pub const ANNOUNCE: &str = "cluster_announce";
+pub const STATS: &str = "cluster_stats";
+pub const PROBE: &str = "cluster_probe";
+pub const LEAVE: &str = "cluster_leave";
+
+/// The `type` of a discovery packet, if it is a JSON object with a string `type`.
+pub fn packet_type(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Typed>(bytes).ok().map(|t| t.kind)
+}

@@ -73,10 +73,13 @@ pub fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::TooLarge { limit: MAX_BODY });
     }
     let mut body = Vec::new();
-    rq.as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::BadRequest(format!("Could not read the request body: {e}")))?;
+    if let Err(e) = rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
+        // A chunked body that grows past the limit ends in an error, then says so.
+        if rq.body_too_large() {
+            return Err(ApiError::TooLarge { limit: MAX_BODY });
+        }
+        return Err(ApiError::BadRequest(format!("Could not read the request body: {e}")));
+    }
     if body.len() as u64 > MAX_BODY {
         return Err(ApiError::TooLarge { limit: MAX_BODY });
     }

@@ -89,11 +89,16 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
     }
 }
 
-/// Whether a request may take long: it then gets its own thread.
+/// Bodies up to this size are read by tiny_http before the request reaches a worker.
+const PREREAD_BODY: usize = 64 * 1024;
+
+/// Whether a request may take long: it then gets its own thread, so the workers stay free.
+/// That is waiting and following, and bodies tiny_http has not read yet (a slow upload).
 fn lasts(rq: &Request) -> bool {
     let (path, q) = query::split_url(rq.url());
     (path.ends_with("/output") && query::flag(&q, "follow"))
         || (path.starts_with("/execute") && query::flag(&q, "wait"))
+        || (!rq.body_too_large() && rq.body_length().is_none_or(|n| n > PREREAD_BODY) && rq.method().as_str() == "POST")
 }
 
 /// Answers one request.

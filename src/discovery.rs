@@ -1,0 +1,254 @@
+//! The `discovery` thread: announces the node over UDP (CONTRACT.md §4) and answers probes.
+//!
+//! One socket, bound to `DISCOVERY_PORT` with address and port reuse (a main server may share
+//! the host), broadcast on, multicast TTL 1. The thread sleeps in `recv_from` until the next
+//! packet is due, so an idle agent wakes only to announce.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{resolve_master, Config};
+use crate::protocol::{self, Announce, Leave, Stats, StatsPacket};
+
+/// Probe replies allowed per second, whatever arrives.
+pub const PROBE_REPLIES_PER_SEC: u32 = 5;
+/// How often `MASTER_SERVER` is resolved again.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
+/// First announcement after start.
+pub const FIRST_ANNOUNCE: Duration = Duration::from_millis(50);
+
+/// What the discovery thread needs to know about the node.
+pub struct NodeInfo {
+    pub hostname: String,
+    pub cpus: usize,
+    pub total_memory: u64,
+    /// The HTTP port (the one actually bound).
+    pub port: u16,
+    pub stats: Box<dyn Fn() -> Stats + Send + Sync>,
+}
+
+impl NodeInfo {
+    pub fn announce(&self, with_stats: bool) -> Announce {
+        Announce {
+            kind: protocol::ANNOUNCE.into(),
+            hostname: self.hostname.clone(),
+            platform: protocol::node_platform().into(),
+            arch: protocol::node_arch().into(),
+            cpus: self.cpus,
+            total_memory: self.total_memory,
+            port: self.port,
+            timestamp: protocol::now_ms(),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            id: Some(format!("{}:{}", self.hostname, self.port)),
+            stats: with_stats.then(|| (self.stats)()),
+        }
+    }
+}
+
+/// Binds a UDP socket on `port` with address (and port) reuse and broadcast enabled.
+pub fn bind_shared(port: u16) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    s.set_reuse_port(true)?;
+    s.set_broadcast(true)?;
+    s.set_multicast_ttl_v4(1)?;
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    Ok(s.into())
+}
+
+/// Sends to every target, logging a failing target once until it recovers.
+struct Sender {
+    socket: UdpSocket,
+    targets: Vec<SocketAddr>,
+    master: Option<String>,
+    master_addrs: Vec<SocketAddr>,
+    resolved_at: Instant,
+    default_port: u16,
+    failing: HashMap<SocketAddr, bool>,
+}
+
+impl Sender {
+    fn all_targets(&mut self) -> Vec<SocketAddr> {
+        if let Some(m) = &self.master {
+            if self.resolved_at.elapsed() >= RESOLVE_INTERVAL || self.master_addrs.is_empty() {
+                let addrs = resolve_master(m, self.default_port);
+                if addrs.is_empty() && !self.failing.contains_key(&unresolved()) {
+                    log::warn!("discovery: cannot resolve MASTER_SERVER={m}; will try again");
+                }
+                self.failing.insert(unresolved(), addrs.is_empty());
+                self.master_addrs = addrs.into_iter().filter(|a| a.is_ipv4()).take(1).collect();
+                self.resolved_at = Instant::now();
+            }
+        }
+        self.targets.iter().chain(self.master_addrs.iter()).copied().collect()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        for to in self.all_targets() {
+            self.send_to(bytes, to);
+        }
+    }
+
+    fn send_to(&mut self, bytes: &[u8], to: SocketAddr) {
+        let result = self.socket.send_to(bytes, to);
+        let was_failing = self.failing.get(&to).copied().unwrap_or(false);
+        match result {
+            Ok(_) if was_failing => {
+                log::info!("discovery: sending to {to} works again");
+                self.failing.insert(to, false);
+            }
+            Ok(_) => {}
+            Err(e) if !was_failing => {
+                log::warn!("discovery: cannot send to {to}: {e} (logged once until it recovers)");
+                self.failing.insert(to, true);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// A placeholder key for "MASTER_SERVER does not resolve" in the failure map.
+fn unresolved() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+}
+
+/// Handle to stop the thread; stopping sends `cluster_leave`.
+pub struct Discovery {
+    stop: crossbeam_channel::Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl Discovery {
+    /// Binds the socket and starts the thread. Never fatal: a port that cannot be shared is
+    /// logged, and the agent still announces from another socket (it only cannot hear probes).
+    pub fn start(cfg: &Config, node: NodeInfo) -> std::io::Result<Discovery> {
+        let (socket, listening) = match bind_shared(cfg.discovery_port) {
+            Ok(s) => (s, true),
+            Err(e) => {
+                log::warn!(
+                    "discovery: cannot bind UDP port {}: {e}; announcing without answering probes",
+                    cfg.discovery_port
+                );
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.set_broadcast(true)?;
+                (s, false)
+            }
+        };
+        let targets: Vec<SocketAddr> = cfg.discovery_addresses.iter().map(|t| t.addr).collect();
+        log::info!(
+            "discovery: UDP port {}, announcing every {} ms to {}{}",
+            cfg.discovery_port,
+            cfg.announce_interval.as_millis(),
+            targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+            cfg.master_server.as_ref().map_or(String::new(), |m| format!(" and MASTER_SERVER {m}"))
+        );
+        let sender = Sender {
+            socket,
+            targets,
+            master: cfg.master_server.clone(),
+            master_addrs: Vec::new(),
+            resolved_at: Instant::now(),
+            default_port: cfg.discovery_port,
+            failing: HashMap::new(),
+        };
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let (announce_every, stats_every) = (cfg.announce_interval, cfg.stats_interval);
+        let node = Arc::new(node);
+        let handle = std::thread::Builder::new()
+            .name("discovery".into())
+            .stack_size(256 * 1024)
+            .spawn(move || run(sender, &node, listening, announce_every, stats_every, &stopped))?;
+        Ok(Discovery { stop, handle })
+    }
+
+    /// Sends `cluster_leave` and stops the thread.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.handle.join();
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).expect("discovery packets serialise: plain fields")
+}
+
+fn run(
+    mut sender: Sender,
+    node: &NodeInfo,
+    listening: bool,
+    announce_every: Duration,
+    stats_every: Duration,
+    stopped: &crossbeam_channel::Receiver<()>,
+) {
+    let start = Instant::now();
+    let mut next_announce = start + FIRST_ANNOUNCE;
+    let mut next_stats = start + stats_every;
+    let mut window = Instant::now();
+    let mut replies = 0u32;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if stopped.try_recv().is_ok() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next_announce {
+            sender.send(&to_json(&node.announce(false)));
+            next_announce = now + announce_every;
+        }
+        if now >= next_stats {
+            let packet = StatsPacket {
+                kind: protocol::STATS.into(),
+                hostname: node.hostname.clone(),
+                port: node.port,
+                stats: (node.stats)(),
+                timestamp: protocol::now_ms(),
+            };
+            sender.send(&to_json(&packet));
+            next_stats = now + stats_every;
+        }
+        // Wake for the next packet due, or at least every 250 ms to notice a stop.
+        let wait = next_announce.min(next_stats).saturating_duration_since(Instant::now());
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(250));
+        if !listening {
+            if stopped.recv_timeout(wait).is_ok() {
+                break;
+            }
+            continue;
+        }
+        let _ = sender.socket.set_read_timeout(Some(wait));
+        match sender.socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if protocol::packet_type(&buf[..n]).as_deref() != Some(protocol::PROBE) {
+                    continue;
+                }
+                if window.elapsed() >= Duration::from_secs(1) {
+                    window = Instant::now();
+                    replies = 0;
+                }
+                if replies < PROBE_REPLIES_PER_SEC {
+                    replies += 1;
+                    sender.send_to(&to_json(&node.announce(true)), from);
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => {
+                log::debug!("discovery: receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let leave = Leave {
+        kind: protocol::LEAVE.into(),
+        hostname: node.hostname.clone(),
+        port: node.port,
+        timestamp: protocol::now_ms(),
+    };
+    sender.send(&to_json(&leave));
+}

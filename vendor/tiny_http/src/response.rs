@@ -1,0 +1,649 @@
+use crate::common::{HTTPVersion, Header, HeaderField, StatusCode};
+use ascii::AsciiString;
+use httpdate::HttpDate;
+use std::cmp::Ordering;
+use std::sync::mpsc::Receiver;
+
+use std::io::Result as IoResult;
+use std::io::{self, Cursor, Read, Write};
+
+use std::fs::File;
+
+use std::str::FromStr;
+use std::time::SystemTime;
+
+/// Object representing an HTTP response whose purpose is to be given to a `Request`.
+///
+/// Some headers cannot be changed. Trying to define the value
+/// of one of these will have no effect:
+///
+///  - `Connection`
+///  - `Trailer`
+///  - `Transfer-Encoding`
+///  - `Upgrade`
+///
+/// Some headers have special behaviors:
+///
+///  - `Content-Encoding`: If you define this header, the library
+///    will assume that the data from the `Read` object has the specified encoding
+///    and will just pass-through.
+///
+///  - `Content-Length`: The length of the data should be set manually
+///    using the `Reponse` object's API. Attempting to set the value of this
+///    header will be equivalent to modifying the size of the data but the header
+///    itself may not be present in the final result.
+///
+///  - `Content-Type`: You may only set this header to one value at a time. If you
+///    try to set it more than once, the existing value will be overwritten. This
+///    behavior differs from the default for most headers, which is to allow them to
+///    be set multiple times in the same response.
+///
+pub struct Response<R> {
+    reader: R,
+    status_code: StatusCode,
+    headers: Vec<Header>,
+    data_length: Option<usize>,
+    chunked_threshold: Option<usize>,
+}
+
+/// A `Response` without a template parameter.
+pub type ResponseBox = Response<Box<dyn Read + Send>>;
+
+/// Transfer encoding to use when sending the message.
+/// Note that only *supported* encoding are listed here.
+#[derive(Copy, Clone)]
+enum TransferEncoding {
+    Identity,
+    Chunked,
+}
+
+impl FromStr for TransferEncoding {
+    type Err = ();
+
+    fn from_str(input: &str) -> Result<TransferEncoding, ()> {
+        if input.eq_ignore_ascii_case("identity") {
+            Ok(TransferEncoding::Identity)
+        } else if input.eq_ignore_ascii_case("chunked") {
+            Ok(TransferEncoding::Chunked)
+        } else {
+            Err(())
+        }
+    }
+}
+
+/// Builds a Date: header with the current date.
+fn build_date_header() -> Header {
+    let d = HttpDate::from(SystemTime::now());
+    static_header("Date", &d.to_string())
+}
+
+/// Builds a header from values known to be valid ASCII.
+fn static_header(field: &str, value: &str) -> Header {
+    Header {
+        field: HeaderField::from_ascii_lossy(field),
+        value: AsciiString::from_ascii(value.as_bytes().to_vec())
+            .unwrap_or_else(|_| AsciiString::new()),
+    }
+}
+
+/// Copies `reader` to `writer` as HTTP chunks, one chunk per successful `read()`, flushing
+/// after each chunk so that streamed data reaches the client immediately.
+fn write_chunked<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+) -> IoResult<()> {
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        write!(writer, "{:X}\r\n", n)?;
+        writer.write_all(&buf[..n])?;
+        writer.write_all(b"\r\n")?;
+        writer.flush()?;
+    }
+    writer.write_all(b"0\r\n\r\n")?;
+    Ok(())
+}
+
+/// Copies `reader` to `writer`, flushing after every `read()`.
+fn copy_flushing<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+) -> IoResult<()> {
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buf[..n])?;
+        writer.flush()?;
+    }
+}
+
+fn write_message_header<W>(
+    mut writer: W,
+    http_version: &HTTPVersion,
+    status_code: &StatusCode,
+    headers: &[Header],
+) -> IoResult<()>
+where
+    W: Write,
+{
+    // writing status line
+    write!(
+        &mut writer,
+        "HTTP/{}.{} {} {}\r\n",
+        http_version.0,
+        http_version.1,
+        status_code.0,
+        status_code.default_reason_phrase()
+    )?;
+
+    // writing headers
+    for header in headers.iter() {
+        writer.write_all(header.field.as_str().as_ref())?;
+        write!(&mut writer, ": ")?;
+        writer.write_all(header.value.as_str().as_ref())?;
+        write!(&mut writer, "\r\n")?;
+    }
+
+    // separator between header and data
+    write!(&mut writer, "\r\n")?;
+
+    Ok(())
+}
+
+fn choose_transfer_encoding(
+    status_code: StatusCode,
+    request_headers: &[Header],
+    http_version: &HTTPVersion,
+    entity_length: &Option<usize>,
+    has_additional_headers: bool,
+    chunked_threshold: usize,
+) -> TransferEncoding {
+    use crate::util;
+
+    // HTTP 1.0 doesn't support other encoding
+    if *http_version <= (1, 0) {
+        return TransferEncoding::Identity;
+    }
+
+    // Per section 3.3.1 of RFC7230:
+    // A server MUST NOT send a Transfer-Encoding header field in any response with a status code
+    // of 1xx (Informational) or 204 (No Content).
+    if status_code.0 < 200 || status_code.0 == 204 {
+        return TransferEncoding::Identity;
+    }
+
+    // parsing the request's TE header
+    let user_request = request_headers
+        .iter()
+        // finding TE
+        .find(|h| h.field.equiv("TE"))
+        // getting its value
+        .map(|h| h.value.clone())
+        // getting the corresponding TransferEncoding
+        .and_then(|value| {
+            // getting list of requested elements
+            let mut parse = util::parse_header_value(value.as_str()); // TODO: remove conversion
+
+            // sorting elements by most priority
+            parse.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal));
+
+            // trying to parse each requested encoding
+            for value in parse.iter() {
+                // q=0 are ignored
+                if value.1 <= 0.0 {
+                    continue;
+                }
+
+                if let Ok(te) = TransferEncoding::from_str(value.0) {
+                    return Some(te);
+                }
+            }
+
+            // encoding not found
+            None
+        });
+
+    if let Some(user_request) = user_request {
+        return user_request;
+    }
+
+    // if we have additional headers, using chunked
+    if has_additional_headers {
+        return TransferEncoding::Chunked;
+    }
+
+    // if we don't have a Content-Length, or if the Content-Length is too big, using chunks writer
+    if entity_length.is_none_or(|val| val >= chunked_threshold) {
+        return TransferEncoding::Chunked;
+    }
+
+    // Identity by default
+    TransferEncoding::Identity
+}
+
+impl<R> Response<R>
+where
+    R: Read,
+{
+    /// Creates a new Response object.
+    ///
+    /// The `additional_headers` argument is a receiver that
+    ///  may provide headers even after the response has been sent.
+    ///
+    /// All the other arguments are straight-forward.
+    pub fn new(
+        status_code: StatusCode,
+        headers: Vec<Header>,
+        data: R,
+        data_length: Option<usize>,
+        additional_headers: Option<Receiver<Header>>,
+    ) -> Response<R> {
+        let mut response = Response {
+            reader: data,
+            status_code,
+            headers: Vec::with_capacity(16),
+            data_length,
+            chunked_threshold: None,
+        };
+
+        for h in headers {
+            response.add_header(h)
+        }
+
+        // dummy implementation
+        if let Some(additional_headers) = additional_headers {
+            for h in additional_headers.iter() {
+                response.add_header(h)
+            }
+        }
+
+        response
+    }
+
+    /// Set a threshold for `Content-Length` where we chose chunked
+    /// transfer. Notice that chunked transfer might happen regardless of
+    /// this threshold, for instance when the request headers indicate
+    /// it is wanted or when there is no `Content-Length`.
+    pub fn with_chunked_threshold(mut self, length: usize) -> Response<R> {
+        self.chunked_threshold = Some(length);
+        self
+    }
+
+    /// Convert the response into the underlying `Read` type.
+    ///
+    /// This is mainly useful for testing as it must consume the `Response`.
+    pub fn into_reader(self) -> R {
+        self.reader
+    }
+
+    /// The current `Content-Length` threshold for switching over to
+    /// chunked transfer. The default is 32768 bytes. Notice that
+    /// chunked transfer is mutually exclusive with sending a
+    /// `Content-Length` header as per the HTTP spec.
+    pub fn chunked_threshold(&self) -> usize {
+        self.chunked_threshold.unwrap_or(32768)
+    }
+
+    /// Adds a header to the list.
+    /// Does all the checks.
+    pub fn add_header<H>(&mut self, header: H)
+    where
+        H: Into<Header>,
+    {
+        let header = header.into();
+
+        // ignoring forbidden headers
+        if header.field.equiv("Connection")
+            || header.field.equiv("Trailer")
+            || header.field.equiv("Transfer-Encoding")
+            || header.field.equiv("Upgrade")
+        {
+            return;
+        }
+
+        // if the header is Content-Length, setting the data length
+        if header.field.equiv("Content-Length") {
+            if let Ok(val) = usize::from_str(header.value.as_str()) {
+                self.data_length = Some(val)
+            }
+
+            return;
+        // if the header is Content-Type and it's already set, overwrite it
+        } else if header.field.equiv("Content-Type") {
+            if let Some(content_type_header) = self
+                .headers
+                .iter_mut()
+                .find(|h| h.field.equiv("Content-Type"))
+            {
+                content_type_header.value = header.value;
+                return;
+            }
+        }
+
+        self.headers.push(header);
+    }
+
+    /// Returns the same request, but with an additional header.
+    ///
+    /// Some headers cannot be modified and some other have a
+    ///  special behavior. See the documentation above.
+    #[inline]
+    pub fn with_header<H>(mut self, header: H) -> Response<R>
+    where
+        H: Into<Header>,
+    {
+        self.add_header(header.into());
+        self
+    }
+
+    /// Returns the same request, but with a different status code.
+    #[inline]
+    pub fn with_status_code<S>(mut self, code: S) -> Response<R>
+    where
+        S: Into<StatusCode>,
+    {
+        self.status_code = code.into();
+        self
+    }
+
+    /// Returns the same request, but with different data.
+    pub fn with_data<S>(self, reader: S, data_length: Option<usize>) -> Response<S>
+    where
+        S: Read,
+    {
+        Response {
+            reader,
+            headers: self.headers,
+            status_code: self.status_code,
+            data_length,
+            chunked_threshold: self.chunked_threshold,
+        }
+    }
+
+    /// Prints the HTTP response to a writer.
+    ///
+    /// This function is the one used to send the response to the client's socket.
+    /// Therefore you shouldn't expect anything pretty-printed or even readable.
+    ///
+    /// The HTTP version and headers passed as arguments are used to
+    ///  decide which features (most notably, encoding) to use.
+    ///
+    /// Note: does not flush the writer at the end (but a chunked body is flushed chunk by
+    /// chunk).
+    pub fn raw_print<W: Write>(
+        self,
+        writer: W,
+        http_version: HTTPVersion,
+        request_headers: &[Header],
+        do_not_send_body: bool,
+        upgrade: Option<&str>,
+    ) -> IoResult<()> {
+        self.print_internal(
+            writer,
+            http_version,
+            request_headers,
+            do_not_send_body,
+            upgrade,
+            false,
+        )
+        .map(|_| ())
+    }
+
+    /// Same as `raw_print`, plus:
+    ///
+    /// - if `force_close` is true, a `Connection: close` header is added;
+    /// - returns `Ok(true)` if the connection must be closed after this response (because
+    ///   `force_close` was set, because the body is delimited by the end of the connection, or
+    ///   because the reader produced fewer bytes than the announced length).
+    ///
+    /// A chunked body is written chunk by chunk: every `read()` of the reader that returns
+    /// data is sent as one chunk and the writer is flushed right away, so streaming readers
+    /// reach the client live. The same goes for a body delimited by the connection close.
+    pub(crate) fn print_internal<W: Write>(
+        mut self,
+        mut writer: W,
+        http_version: HTTPVersion,
+        request_headers: &[Header],
+        do_not_send_body: bool,
+        upgrade: Option<&str>,
+        force_close: bool,
+    ) -> IoResult<bool> {
+        let mut transfer_encoding = Some(choose_transfer_encoding(
+            self.status_code,
+            request_headers,
+            &http_version,
+            &self.data_length,
+            false, /* TODO */
+            self.chunked_threshold(),
+        ));
+
+        // add `Date` if not in the headers
+        if !self.headers.iter().any(|h| h.field.equiv("Date")) {
+            self.headers.insert(0, build_date_header());
+        }
+
+        // add `Server` if not in the headers
+        if !self.headers.iter().any(|h| h.field.equiv("Server")) {
+            self.headers
+                .insert(0, static_header("Server", "tiny-http (Rust)"));
+        }
+
+        let mut close = force_close;
+
+        // handling upgrade
+        if let Some(upgrade) = upgrade {
+            if upgrade.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "invalid upgrade protocol name",
+                ));
+            }
+            let upgrade_header =
+                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "invalid upgrade protocol name")
+                })?;
+            self.headers.insert(0, upgrade_header);
+            self.headers
+                .insert(0, static_header("Connection", "upgrade"));
+            transfer_encoding = None;
+            close = false;
+        }
+
+        // checking whether to ignore the body of the response
+        let do_not_send_body = do_not_send_body
+            || match self.status_code.0 {
+                // status code 1xx, 204 and 304 MUST not include a body
+                100..=199 | 204 | 304 => true,
+                _ => false,
+            };
+
+        // preparing headers for transfer
+        match transfer_encoding {
+            Some(TransferEncoding::Chunked) => self
+                .headers
+                .push(static_header("Transfer-Encoding", "chunked")),
+
+            Some(TransferEncoding::Identity) => match self.data_length {
+                Some(data_length) => self
+                    .headers
+                    .push(static_header("Content-Length", &format!("{}", data_length))),
+                // Unknown length and no chunked encoding (HTTP/1.0 client or `TE: identity`):
+                // the body is delimited by closing the connection. (Upstream buffered the
+                // whole body in memory here, which never ends for a streaming reader.)
+                None if !do_not_send_body => close = true,
+                None => (),
+            },
+
+            None => (),
+        };
+
+        if close && upgrade.is_none() {
+            self.headers.push(static_header("Connection", "close"));
+        }
+
+        // sending headers
+        write_message_header(
+            writer.by_ref(),
+            &http_version,
+            &self.status_code,
+            &self.headers,
+        )?;
+
+        // sending the body
+        if !do_not_send_body {
+            match transfer_encoding {
+                Some(TransferEncoding::Chunked) => {
+                    write_chunked(&mut self.reader, &mut writer)?;
+                }
+
+                Some(TransferEncoding::Identity) => match self.data_length {
+                    Some(data_length) => {
+                        if data_length >= 1 {
+                            let expected = data_length as u64;
+                            let copied =
+                                io::copy(&mut (&mut self.reader).take(expected), &mut writer)?;
+                            if copied < expected {
+                                // the client waits for bytes that will never come
+                                close = true;
+                            }
+                        }
+                    }
+                    None => copy_flushing(&mut self.reader, &mut writer)?,
+                },
+
+                _ => (),
+            }
+        }
+
+        Ok(close)
+    }
+
+    /// Retrieves the current value of the `Response` status code
+    pub fn status_code(&self) -> StatusCode {
+        self.status_code
+    }
+
+    /// Retrieves the current value of the `Response` data length
+    pub fn data_length(&self) -> Option<usize> {
+        self.data_length
+    }
+
+    /// Retrieves the current list of `Response` headers
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+}
+
+impl<R> Response<R>
+where
+    R: Read + Send + 'static,
+{
+    /// Turns this response into a `Response<Box<Read + Send>>`.
+    pub fn boxed(self) -> ResponseBox {
+        Response {
+            reader: Box::new(self.reader) as Box<dyn Read + Send>,
+            status_code: self.status_code,
+            headers: self.headers,
+            data_length: self.data_length,
+            chunked_threshold: self.chunked_threshold,
+        }
+    }
+}
+
+impl Response<File> {
+    /// Builds a new `Response` from a `File`.
+    ///
+    /// The `Content-Type` will **not** be automatically detected,
+    ///  you must set it yourself.
+    pub fn from_file(file: File) -> Response<File> {
+        let file_size = file.metadata().ok().map(|v| v.len() as usize);
+
+        Response::new(
+            StatusCode(200),
+            Vec::with_capacity(0),
+            file,
+            file_size,
+            None,
+        )
+    }
+}
+
+impl Response<Cursor<Vec<u8>>> {
+    pub fn from_data<D>(data: D) -> Response<Cursor<Vec<u8>>>
+    where
+        D: Into<Vec<u8>>,
+    {
+        let data = data.into();
+        let data_len = data.len();
+
+        Response::new(
+            StatusCode(200),
+            Vec::with_capacity(0),
+            Cursor::new(data),
+            Some(data_len),
+            None,
+        )
+    }
+
+    pub fn from_string<S>(data: S) -> Response<Cursor<Vec<u8>>>
+    where
+        S: Into<String>,
+    {
+        let data = data.into();
+        let data_len = data.len();
+
+        Response::new(
+            StatusCode(200),
+            vec![
+                Header::from_bytes(&b"Content-Type"[..], &b"text/plain; charset=UTF-8"[..])
+                    .unwrap(),
+            ],
+            Cursor::new(data.into_bytes()),
+            Some(data_len),
+            None,
+        )
+    }
+}
+
+impl Response<io::Empty> {
+    /// Builds an empty `Response` with the given status code.
+    pub fn empty<S>(status_code: S) -> Response<io::Empty>
+    where
+        S: Into<StatusCode>,
+    {
+        Response::new(
+            status_code.into(),
+            Vec::with_capacity(0),
+            io::empty(),
+            Some(0),
+            None,
+        )
+    }
+
+    /// DEPRECATED. Use `empty` instead.
+    pub fn new_empty(status_code: StatusCode) -> Response<io::Empty> {
+        Response::empty(status_code)
+    }
+}
+
+impl Clone for Response<io::Empty> {
+    fn clone(&self) -> Response<io::Empty> {
+        Response {
+            reader: io::empty(),
+            status_code: self.status_code,
+            headers: self.headers.clone(),
+            data_length: self.data_length,
+            chunked_threshold: self.chunked_threshold,
+        }
+    }
+}
