@@ -444,3 +444,78 @@ mod tests {
         assert_eq!(c.discovery_addresses[1].addr, "127.0.0.1:9999".parse().unwrap());
     }
 }
+
+impl Config {
+    /// Every effective setting as `(variable, value)`, the secret masked.
+    pub fn effective_values(&self) -> Vec<(&'static str, String)> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let secret = match &self.secret_source {
+            SecretSource::Environment => format!("******** ({} bytes, from CLUSTER_SECRET)", self.secret.len()),
+            SecretSource::File { path, .. } if self.secret.is_empty() => {
+                format!("(unset: generated at first start into {})", path.display())
+            }
+            SecretSource::File { path, .. } => {
+                format!("******** ({} bytes, from {})", self.secret.len(), path.display())
+            }
+        };
+        vec![
+            ("CLUSTER_PORT", self.cluster_port.to_string()),
+            ("BIND_ADDRESS", self.bind_address.to_string()),
+            ("DISCOVERY_PORT", self.discovery_port.to_string()),
+            ("CLUSTER_SECRET", secret),
+            ("MAX_CONCURRENT_TASKS", self.max_concurrent_tasks.to_string()),
+            ("MAX_CPU_PERCENT", self.max_cpu_percent.to_string()),
+            ("MAX_MEMORY_PERCENT", self.max_memory_percent.to_string()),
+            ("TASK_TIMEOUT", self.task_timeout.map_or("0".into(), ms)),
+            ("KILL_GRACE", ms(self.kill_grace)),
+            ("SHUTDOWN_TIMEOUT", ms(self.shutdown_timeout)),
+            ("JOBS_BASE_PATH", self.jobs_base_path.display().to_string()),
+            ("MASTER_SERVER", self.master_server.clone().unwrap_or_default()),
+            (
+                "DISCOVERY_ADDRESSES",
+                self.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(","),
+            ),
+            ("DISCOVERY_ENABLED", self.discovery_enabled.to_string()),
+            ("ANNOUNCE_INTERVAL", ms(self.announce_interval)),
+            ("STATS_INTERVAL", ms(self.stats_interval)),
+            ("DATA_DIR", self.data_dir.display().to_string()),
+            ("TASK_HISTORY", self.task_history.to_string()),
+            ("MAX_OUTPUT_BYTES", self.max_output_bytes.to_string()),
+            ("WS_ALLOW_ANONYMOUS", self.ws_allow_anonymous.to_string()),
+        ]
+    }
+
+    /// Checks what `load` would do, without creating or writing anything: the secret file
+    /// (if one exists) is valid, and `DATA_DIR` exists writable or can be created.
+    pub fn check_without_side_effects(&mut self) -> Result<(), ConfigError> {
+        if let SecretSource::File { path, .. } = &self.secret_source {
+            if path.exists() {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read secret file {}: {e}", path.display())))?;
+                let s = text.trim().to_string();
+                check_secret(&s).map_err(|why| ConfigError(format!("invalid secret in {}: {why}", path.display())))?;
+                self.secret = s;
+            }
+        }
+        let mut probe = self.data_dir.as_path();
+        while !probe.exists() {
+            match probe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => probe = p,
+                _ => {
+                    probe = Path::new(".");
+                    break;
+                }
+            }
+        }
+        let meta = std::fs::metadata(probe)
+            .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", self.data_dir.display().to_string())))?;
+        if !meta.is_dir() || meta.permissions().readonly() {
+            return Err(ConfigError(format!(
+                "invalid DATA_DIR={:?}: {} is not a writable directory",
+                self.data_dir.display().to_string(),
+                probe.display()
+            )));
+        }
+        Ok(())
+    }
+}

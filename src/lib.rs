@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod discover;
 pub mod discovery;
 pub mod events;
 pub mod http;

@@ -2,25 +2,40 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use codara_agent::config::{Config, Source, VARIABLES};
 
 const USAGE: &str = "\
-Usage: codara-agent [serve] [--env-file PATH]
+Usage: codara-agent [serve] [--env-file PATH]      run the agent (the default)
+       codara-agent check-config [--env-file PATH]  validate the settings, print them (secret masked)
+       codara-agent discover [--timeout SECONDS] [--json] [--env-file PATH]
+                                                    list the agents heard on the discovery port
        codara-agent --help | --version
 
-Runs the Codara build-node agent: an HTTP API and WebSocket on CLUSTER_PORT, UDP discovery
-on DISCOVERY_PORT. Settings come from the environment, then from .env in the working
-directory (or the file given by --env-file).
+The agent serves an HTTP API and WebSocket on CLUSTER_PORT and announces itself over UDP on
+DISCOVERY_PORT. Settings come from the environment, then from .env in the working directory
+(or the file given by --env-file); the environment wins.
 
 Options:
   --env-file PATH   read settings from PATH instead of ./.env
+  --timeout SECONDS discover: how long to listen (default 3)
+  --json            discover: print JSON instead of a table
   -h, --help        print this help
   -V, --version     print the version
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad command line or configuration.
 ";
 
 /// A command-line error: the message and the exit code.
 struct Fail(String, u8);
+
+#[derive(PartialEq)]
+enum Cmd {
+    Serve,
+    CheckConfig,
+    Discover,
+}
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -33,11 +48,27 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Vec<String>) -> Result<(), Fail> {
+    let mut cmd = Cmd::Serve;
     let mut env_file: Option<PathBuf> = None;
-    let mut it = args.into_iter();
+    let mut timeout = Duration::from_secs(3);
+    let mut json = false;
+    let mut it = args.into_iter().peekable();
+    match it.peek().map(String::as_str) {
+        Some("serve") => {
+            it.next();
+        }
+        Some("check-config") => {
+            cmd = Cmd::CheckConfig;
+            it.next();
+        }
+        Some("discover") => {
+            cmd = Cmd::Discover;
+            it.next();
+        }
+        _ => {}
+    }
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "serve" => {}
             "-h" | "--help" => {
                 print_help();
                 return Ok(());
@@ -51,14 +82,59 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
                 env_file = Some(PathBuf::from(path));
             }
             s if s.starts_with("--env-file=") => env_file = Some(PathBuf::from(&s["--env-file=".len()..])),
+            "--timeout" if cmd == Cmd::Discover => {
+                let v = it.next().ok_or_else(|| Fail("--timeout needs a number of seconds".into(), 2))?;
+                timeout = parse_seconds(&v)?;
+            }
+            "--json" if cmd == Cmd::Discover => json = true,
             other => return Err(Fail(format!("unknown argument {other:?} (see --help)"), 2)),
         }
     }
 
-    init_logging();
     let src = Source::from_process(env_file.as_deref()).map_err(|e| Fail(e.to_string(), 2))?;
-    let cfg = Config::load(&src).map_err(|e| Fail(e.to_string(), 2))?;
-    codara_agent::agent::run(cfg).map_err(|e| Fail(e, 1))
+    match cmd {
+        Cmd::Serve => {
+            init_logging();
+            let cfg = Config::load(&src).map_err(|e| Fail(e.to_string(), 2))?;
+            codara_agent::agent::run(cfg).map_err(|e| Fail(e, 1))
+        }
+        Cmd::CheckConfig => {
+            let mut cfg = Config::from_source(&src).map_err(|e| Fail(e.to_string(), 2))?;
+            cfg.check_without_side_effects().map_err(|e| Fail(e.to_string(), 2))?;
+            if let Some(f) = &cfg.env_file {
+                println!("# settings read from {} and the environment", f.display());
+            }
+            for (name, value) in cfg.effective_values() {
+                println!("{name}={value}");
+            }
+            println!("# configuration is valid");
+            Ok(())
+        }
+        Cmd::Discover => {
+            let cfg = Config::from_source(&src).map_err(|e| Fail(e.to_string(), 2))?;
+            let heard = codara_agent::discover::discover(&cfg, timeout).map_err(|e| Fail(e, 1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
+            } else if heard.is_empty() {
+                println!(
+                    "no agents heard in {} s on UDP port {} (probed {})",
+                    timeout.as_secs_f64(),
+                    cfg.discovery_port,
+                    cfg.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
+                );
+            } else {
+                print!("{}", codara_agent::discover::table(&heard));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_seconds(v: &str) -> Result<Duration, Fail> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(Fail(format!("--timeout {v:?}: expected seconds from 0 to 3600"), 2)),
+    }
 }
 
 fn print_help() {
