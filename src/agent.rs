@@ -23,7 +23,7 @@ use crate::{events, ws};
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
 
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
@@ -57,9 +57,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
 
     // The main thread waits for a signal, then drains.
-    let first = signals.forever().next();
+    let first = sig_rx.recv().ok();
     log::info!(
-        "received {}; draining: no new tasks, running ones get up to {} ms",
+        "received {}; draining: no new tasks, running ones get up to {} ms (a second signal stops them at once)",
         signal_text(first),
         cfg.shutdown_timeout.as_millis()
     );
@@ -67,14 +67,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if let Some(d) = discovery {
         d.stop(); // sends cluster_leave
     }
-    let handle = signals.handle();
-    let second = std::thread::Builder::new()
-        .name("signals".into())
-        .stack_size(64 * 1024)
-        .spawn(move || signals.forever().next().is_some())
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    drain_tasks(&reg, &cfg, second);
-    handle.close();
+    drain_tasks(&reg, &cfg, &sig_rx);
+    sig_handle.close();
+    let _ = sig_thread.join();
 
     http.stop();
     timer.stop();
@@ -96,13 +91,37 @@ fn signal_text(sig: Option<i32>) -> &'static str {
     }
 }
 
-/// Lets running tasks finish for up to `SHUTDOWN_TIMEOUT` (or until a second signal), then
-/// stops their groups: SIGTERM, SIGKILL after `KILL_GRACE`.
-fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, second: std::thread::JoinHandle<bool>) {
+/// Starts the `signals` thread: SIGTERM and SIGINT arrive on the returned channel.
+fn spawn_signal_thread(
+) -> Result<(crossbeam_channel::Receiver<i32>, signal_hook::iterator::Handle, std::thread::JoinHandle<()>), String> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let handle = signals.handle();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for sig in signals.forever() {
+                let _ = tx.send(sig);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok((rx, handle, thread))
+}
+
+/// Lets running tasks finish for up to `SHUTDOWN_TIMEOUT`, then stops their groups: SIGTERM,
+/// SIGKILL after `KILL_GRACE`. A second signal skips the wait and the grace.
+fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::Receiver<i32>) {
     let deadline = Instant::now() + cfg.shutdown_timeout;
-    while Instant::now() < deadline && !second.is_finished() {
+    let mut hurry = false;
+    while Instant::now() < deadline {
         if reg.wait_idle((Instant::now() + Duration::from_millis(100)).min(deadline)) {
             return;
+        }
+        if let Ok(sig) = signals.try_recv() {
+            log::warn!("received {} again: stopping running tasks now", signal_text(Some(sig)));
+            hurry = true;
+            break;
         }
     }
     let running = reg.running_tasks();
@@ -113,10 +132,15 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, second: std::thread::JoinHandl
     let why = "the agent shut down while the task was running".to_string();
     for task in &running {
         if task.request_stop(false, Some(why.clone())).is_ok() {
-            reg.timer.kill_after_grace(task);
+            if hurry {
+                task.signal_group(Signal::KILL);
+            } else {
+                reg.timer.kill_after_grace(task);
+            }
         }
     }
-    if !reg.wait_idle(Instant::now() + cfg.kill_grace + Duration::from_secs(2)) {
+    let grace = if hurry { Duration::ZERO } else { cfg.kill_grace };
+    if !reg.wait_idle(Instant::now() + grace + Duration::from_secs(2)) {
         for task in &running {
             task.signal_group(Signal::KILL);
         }
@@ -137,6 +161,9 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
                 }
             }
         }
+        // Its byte counts were last written at its start: take them from its log.
+        let [out, err] = crate::tasks::log::stream_sizes(&store.log_path(rec.id));
+        (rec.stdout_bytes, rec.stderr_bytes) = (out, err);
         let now = crate::protocol::now_ms();
         rec.status = TaskStatus::Failed;
         rec.error = Some("the agent stopped while the task was running".into());

@@ -127,3 +127,16 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// Bytes of each stream in the log at `path` (stdout, stderr); zeros when there is none.
+pub fn stream_sizes(path: &std::path::Path) -> [u64; 2] {
+    let mut sizes = [0u64; 2];
+    if let Ok(f) = File::open(path) {
+        let mut reader = LogReader::new(f);
+        let mut buf = Vec::new();
+        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
+            sizes[stream.index()] += buf.len() as u64;
+        }
+    }
+    sizes
+}
