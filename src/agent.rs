@@ -29,7 +29,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
     let (events_tx, events_rx) = events::channel();
     let store = Store::new(&cfg.data_dir);
-    let reg = Arc::new(Registry::new(Limits::from_config(&cfg), store.clone(), timer.clone(), events_tx, monitor));
+    let reg = Arc::new(Registry::new(
+        Limits::from_config(&cfg),
+        store.clone(),
+        timer.clone(),
+        events_tx,
+        monitor,
+        Arc::default(),
+    ));
     recover(&reg, &store);
 
     let (hub, hub_thread) =
@@ -50,7 +57,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             port: http.port,
             stats: Box::new(move || stats_ctx.stats()),
         };
-        Some(Discovery::start(&cfg, node).map_err(|e| format!("cannot start discovery: {e}"))?)
+        Some(
+            Discovery::start(&cfg, node, Arc::clone(&reg.metrics))
+                .map_err(|e| format!("cannot start discovery: {e}"))?,
+        )
     } else {
         log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
         None

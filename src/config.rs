@@ -60,6 +60,8 @@ pub struct Config {
     pub task_history: usize,
     pub max_output_bytes: usize,
     pub ws_allow_anonymous: bool,
+    /// `GET /metrics` needs the secret too.
+    pub metrics_require_secret: bool,
     /// Which `.env` file was read, if any (for the start-up summary).
     pub env_file: Option<PathBuf>,
 }
@@ -125,6 +127,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("TASK_HISTORY", "1000", "finished tasks kept"),
     ("MAX_OUTPUT_BYTES", "1048576", "bytes of each stream's tail returned in the task object"),
     ("WS_ALLOW_ANONYMOUS", "false", "let WebSocket clients connect without the secret"),
+    ("METRICS_REQUIRE_SECRET", "false", "true: GET /metrics needs the secret like the task endpoints"),
     ("RUST_LOG", "info", "log level"),
 ];
 
@@ -317,6 +320,7 @@ impl Config {
         let task_history = parse_int(src, "TASK_HISTORY", 1000usize, 1, 1_000_000)?;
         let max_output_bytes = parse_int(src, "MAX_OUTPUT_BYTES", 1_048_576usize, 0, 1 << 30)?;
         let ws_allow_anonymous = parse_bool(src, "WS_ALLOW_ANONYMOUS", false)?;
+        let metrics_require_secret = parse_bool(src, "METRICS_REQUIRE_SECRET", false)?;
 
         let (secret, secret_source) = match src.get("CLUSTER_SECRET") {
             Some(s) => {
@@ -348,6 +352,7 @@ impl Config {
             task_history,
             max_output_bytes,
             ws_allow_anonymous,
+            metrics_require_secret,
             env_file: src.env_file.clone(),
         })
     }
@@ -482,6 +487,7 @@ impl Config {
             ("TASK_HISTORY", self.task_history.to_string()),
             ("MAX_OUTPUT_BYTES", self.max_output_bytes.to_string()),
             ("WS_ALLOW_ANONYMOUS", self.ws_allow_anonymous.to_string()),
+            ("METRICS_REQUIRE_SECRET", self.metrics_require_secret.to_string()),
         ]
     }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{resolve_master, Config};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Announce, Leave, Stats, StatsPacket};
 
 /// Probe replies allowed per second, whatever arrives.
@@ -72,6 +73,7 @@ struct Sender {
     resolved_at: Instant,
     default_port: u16,
     failing: HashMap<SocketAddr, bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sender {
@@ -98,6 +100,11 @@ impl Sender {
 
     fn send_to(&mut self, bytes: &[u8], to: SocketAddr) {
         let result = self.socket.send_to(bytes, to);
+        crate::metrics::inc(if result.is_ok() {
+            &self.metrics.discovery_sent
+        } else {
+            &self.metrics.discovery_send_errors
+        });
         let was_failing = self.failing.get(&to).copied().unwrap_or(false);
         match result {
             Ok(_) if was_failing => {
@@ -128,7 +135,7 @@ pub struct Discovery {
 impl Discovery {
     /// Binds the socket and starts the thread. Never fatal: a port that cannot be shared is
     /// logged, and the agent still announces from another socket (it only cannot hear probes).
-    pub fn start(cfg: &Config, node: NodeInfo) -> std::io::Result<Discovery> {
+    pub fn start(cfg: &Config, node: NodeInfo, metrics: Arc<Metrics>) -> std::io::Result<Discovery> {
         let (socket, listening) = match bind_shared(cfg.discovery_port) {
             Ok(s) => (s, true),
             Err(e) => {
@@ -157,6 +164,7 @@ impl Discovery {
             resolved_at: Instant::now(),
             default_port: cfg.discovery_port,
             failing: HashMap::new(),
+            metrics,
         };
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let (announce_every, stats_every) = (cfg.announce_interval, cfg.stats_interval);

@@ -18,6 +18,7 @@ pub mod discover;
 pub mod discovery;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod monitor;
 pub mod protocol;
 pub mod secret;

@@ -67,6 +67,18 @@ pub fn stats(ctx: &Ctx) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &ctx.stats()))
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let clients = ctx.hub.clients.load(std::sync::atomic::Ordering::Acquire);
+    let text = ctx.reg.metrics.render(&ctx.stats(), clients);
+    Ok(Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        body: Body::Json(text.into_bytes()),
+        headers: Vec::new(),
+    })
+}
+
 /// Reads a body of at most [`MAX_BODY`] bytes.
 pub fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
     if rq.body_too_large() || rq.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
@@ -101,6 +113,13 @@ pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
 /// Admits a task, logging a refusal.
 pub fn admit(ctx: &Ctx, spec: crate::tasks::task::TaskSpec) -> Result<Arc<Task>, ApiError> {
     ctx.reg.admit(spec).map_err(|r| {
+        let m = &ctx.reg.metrics;
+        crate::metrics::inc(match &r {
+            Rejection::ShuttingDown => &m.rejected_shutdown,
+            Rejection::MaxTasks { .. } => &m.rejected_slots,
+            Rejection::Cpu { .. } => &m.rejected_cpu,
+            Rejection::Memory { .. } => &m.rejected_memory,
+        });
         match &r {
             Rejection::ShuttingDown => log::info!("refused a task: the agent is shutting down"),
             Rejection::MaxTasks { running, max } => {

@@ -6,6 +6,7 @@ use crate::http::error::ApiError;
 pub enum Route {
     Health,
     Stats,
+    Metrics,
     Execute,
     ExecuteJob,
     Tasks,
@@ -15,9 +16,10 @@ pub enum Route {
 }
 
 impl Route {
-    /// Needs no secret (CONTRACT.md §2): only `GET /health` and `GET /stats`.
-    pub fn is_public(self) -> bool {
-        matches!(self, Route::Health | Route::Stats)
+    /// Needs no secret (CONTRACT.md §2): `GET /health`, `GET /stats`, and `GET /metrics`
+    /// unless `METRICS_REQUIRE_SECRET` is set.
+    pub fn is_public(self, metrics_require_secret: bool) -> bool {
+        matches!(self, Route::Health | Route::Stats) || (self == Route::Metrics && !metrics_require_secret)
     }
 }
 
@@ -29,6 +31,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let (want, route): (&'static str, Result<Route, ApiError>) = match segs.as_slice() {
         ["health"] => ("GET", Ok(Route::Health)),
         ["stats"] => ("GET", Ok(Route::Stats)),
+        ["metrics"] => ("GET", Ok(Route::Metrics)),
         ["execute"] => ("POST", Ok(Route::Execute)),
         ["execute-job"] => ("POST", Ok(Route::ExecuteJob)),
         ["tasks"] => ("GET", Ok(Route::Tasks)),

@@ -115,8 +115,9 @@ pub fn handle(ctx: &Ctx, mut rq: Request) {
     let from = rq.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
 
     let routed = router::route(&method, path);
-    let public = matches!(routed, Ok(r) if r.is_public());
+    let public = matches!(routed, Ok(r) if r.is_public(ctx.cfg.metrics_require_secret));
     let reply = if !public && !auth::is_valid(auth::presented(rq.headers()), &ctx.cfg.secret) {
+        crate::metrics::inc(&ctx.reg.metrics.refused_requests);
         log::warn!("refused {method} {path} from {from}: invalid or missing cluster secret");
         Err(ApiError::Forbidden)
     } else {
@@ -135,6 +136,7 @@ fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from
     match route {
         Route::Health => handlers::health(ctx),
         Route::Stats => handlers::stats(ctx),
+        Route::Metrics => handlers::metrics(ctx),
         Route::Execute => {
             let body = handlers::read_body(rq)?;
             handlers::execute(ctx, &body, q)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::events::EventTx;
+use crate::metrics::{self, Metrics};
 use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
@@ -64,19 +65,28 @@ pub struct Registry {
     pub timer: Timer,
     pub events: EventTx,
     pub monitor: Arc<Monitor>,
+    pub metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     /// Signalled whenever the running count drops (shutdown waits on it).
     idle: Condvar,
 }
 
 impl Registry {
-    pub fn new(limits: Limits, store: Store, timer: Timer, events: EventTx, monitor: Arc<Monitor>) -> Registry {
+    pub fn new(
+        limits: Limits,
+        store: Store,
+        timer: Timer,
+        events: EventTx,
+        monitor: Arc<Monitor>,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
         Registry {
             limits,
             store,
             timer,
             events,
             monitor,
+            metrics,
             inner: Mutex::new(Inner {
                 tasks: BTreeMap::new(),
                 finished: BTreeSet::new(),
@@ -156,6 +166,7 @@ impl Registry {
         let task =
             Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
         inner.tasks.insert(id, Arc::clone(&task));
+        metrics::inc(&self.metrics.tasks_started);
         Ok(task)
     }
 

@@ -246,6 +246,16 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         let completed_at = task.lock().record.end.as_ref().map_or(0, |e| e.completed_at);
         job::finish(&job.dir, status, exit_code, completed_at, duration);
     }
+    let m = &reg.metrics;
+    crate::metrics::inc(match status {
+        TaskStatus::Completed => &m.tasks_completed,
+        TaskStatus::Cancelled => &m.tasks_cancelled,
+        _ => &m.tasks_failed,
+    });
+    if task.lock().record.timed_out {
+        crate::metrics::inc(&m.tasks_timed_out);
+    }
+    m.observe_duration(duration);
     task.notify();
     if !log_whole {
         log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);

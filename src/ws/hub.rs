@@ -203,6 +203,7 @@ impl Hub {
                 c.peer,
                 CLIENT_BUFFER_BYTES >> 20
             );
+            crate::metrics::inc(&self.reg.metrics.ws_kicked);
             c.queue.kicked.store(true, Ordering::Release);
             c.queue.push_control(Out::Close(CLOSE_TOO_SLOW, "client too slow"));
             // A client that stopped reading cannot take even the close frame; the writer

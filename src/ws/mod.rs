@@ -35,6 +35,7 @@ pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, R
     let (_, q) = query::split_url(rq.url());
     let presented = auth::presented(rq.headers()).or_else(|| query::get(&q, "secret"));
     if !ctx.cfg.ws_allow_anonymous && !auth::is_valid(presented, &ctx.cfg.secret) {
+        crate::metrics::inc(&ctx.reg.metrics.refused_requests);
         log::warn!("refused WebSocket upgrade from {from}: invalid or missing cluster secret");
         return Err((rq, Reply::error(&ApiError::Forbidden)));
     }
