@@ -385,71 +385,6 @@ pub fn check_secret(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn src(pairs: &[(&str, &str)]) -> Source {
-        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Source::from_maps(env, HashMap::new())
-    }
-
-    #[test]
-    fn defaults() {
-        let c = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef")])).unwrap();
-        assert_eq!(c.cluster_port, 4000);
-        assert_eq!(c.discovery_port, 4001);
-        assert_eq!(c.max_concurrent_tasks, 4);
-        assert_eq!(c.task_timeout, Some(Duration::from_millis(300_000)));
-        assert_eq!(c.discovery_addresses.len(), 2);
-        assert_eq!(c.discovery_addresses[0].addr, "255.255.255.255:4001".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("./data"));
-    }
-
-    #[test]
-    fn bad_values_name_the_variable() {
-        for (k, v) in [
-            ("CLUSTER_PORT", "70000"),
-            ("MAX_CPU_PERCENT", "0"),
-            ("MAX_CPU_PERCENT", "abc"),
-            ("TASK_TIMEOUT", "-1"),
-            ("DISCOVERY_ENABLED", "maybe"),
-            ("DISCOVERY_ADDRESSES", "not-an-ip"),
-            ("BIND_ADDRESS", "localhost"),
-            ("MASTER_SERVER", "host:notaport"),
-        ] {
-            let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)])).unwrap_err();
-            assert!(e.0.contains(k) && e.0.contains(v), "{e}");
-        }
-    }
-
-    #[test]
-    fn secret_rules() {
-        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", "short")])).is_err());
-        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", PLACEHOLDER_SECRET)])).is_err());
-        let c = Config::from_source(&src(&[])).unwrap();
-        assert!(matches!(c.secret_source, SecretSource::File { .. }));
-    }
-
-    #[test]
-    fn env_wins_over_dotenv() {
-        let env = [("CLUSTER_PORT".to_string(), "5000".to_string())].into_iter().collect();
-        let dot = [("CLUSTER_PORT".to_string(), "6000".to_string()), ("MAX_CONCURRENT_TASKS".into(), "7".into())]
-            .into_iter()
-            .collect();
-        let c = Config::from_source(&Source::from_maps(env, dot)).unwrap();
-        assert_eq!(c.cluster_port, 5000);
-        assert_eq!(c.max_concurrent_tasks, 7);
-    }
-
-    #[test]
-    fn targets_with_ports() {
-        let c = Config::from_source(&src(&[("DISCOVERY_ADDRESSES", "127.255.255.255, 127.0.0.1:9999")])).unwrap();
-        assert_eq!(c.discovery_addresses[0].addr, "127.255.255.255:4001".parse().unwrap());
-        assert_eq!(c.discovery_addresses[1].addr, "127.0.0.1:9999".parse().unwrap());
-    }
-}
-
 impl Config {
     /// Every effective setting as `(variable, value)`, the secret masked.
     pub fn effective_values(&self) -> Vec<(&'static str, String)> {
@@ -523,5 +458,70 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(pairs: &[(&str, &str)]) -> Source {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Source::from_maps(env, HashMap::new())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef")])).unwrap();
+        assert_eq!(c.cluster_port, 4000);
+        assert_eq!(c.discovery_port, 4001);
+        assert_eq!(c.max_concurrent_tasks, 4);
+        assert_eq!(c.task_timeout, Some(Duration::from_millis(300_000)));
+        assert_eq!(c.discovery_addresses.len(), 2);
+        assert_eq!(c.discovery_addresses[0].addr, "255.255.255.255:4001".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("CLUSTER_PORT", "70000"),
+            ("MAX_CPU_PERCENT", "0"),
+            ("MAX_CPU_PERCENT", "abc"),
+            ("TASK_TIMEOUT", "-1"),
+            ("DISCOVERY_ENABLED", "maybe"),
+            ("DISCOVERY_ADDRESSES", "not-an-ip"),
+            ("BIND_ADDRESS", "localhost"),
+            ("MASTER_SERVER", "host:notaport"),
+        ] {
+            let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)])).unwrap_err();
+            assert!(e.0.contains(k) && e.0.contains(v), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_rules() {
+        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", "short")])).is_err());
+        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", PLACEHOLDER_SECRET)])).is_err());
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert!(matches!(c.secret_source, SecretSource::File { .. }));
+    }
+
+    #[test]
+    fn env_wins_over_dotenv() {
+        let env = [("CLUSTER_PORT".to_string(), "5000".to_string())].into_iter().collect();
+        let dot = [("CLUSTER_PORT".to_string(), "6000".to_string()), ("MAX_CONCURRENT_TASKS".into(), "7".into())]
+            .into_iter()
+            .collect();
+        let c = Config::from_source(&Source::from_maps(env, dot)).unwrap();
+        assert_eq!(c.cluster_port, 5000);
+        assert_eq!(c.max_concurrent_tasks, 7);
+    }
+
+    #[test]
+    fn targets_with_ports() {
+        let c = Config::from_source(&src(&[("DISCOVERY_ADDRESSES", "127.255.255.255, 127.0.0.1:9999")])).unwrap();
+        assert_eq!(c.discovery_addresses[0].addr, "127.255.255.255:4001".parse().unwrap());
+        assert_eq!(c.discovery_addresses[1].addr, "127.0.0.1:9999".parse().unwrap());
     }
 }

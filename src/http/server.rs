@@ -104,9 +104,7 @@ fn lasts(rq: &Request) -> bool {
 /// Answers one request.
 pub fn handle(ctx: &Ctx, mut rq: Request) {
     if crate::ws::is_upgrade(&rq) {
-        if let Err((rq, reply)) = crate::ws::accept(ctx, &ctx.hub, rq) {
-            respond(rq, reply);
-        }
+        crate::ws::accept(ctx, &ctx.hub, rq);
         return;
     }
     let method = rq.method().as_str().to_ascii_uppercase();
@@ -156,7 +154,7 @@ fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
-fn respond(rq: Request, reply: Reply) {
+pub fn respond(rq: Request, reply: Reply) {
     let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 1);
     headers.extend(header("Content-Type", reply.content_type));
     for (k, v) in &reply.headers {

@@ -105,6 +105,19 @@ fn read_full_at(file: &File, buf: &mut [u8], mut offset: u64) -> io::Result<bool
     Ok(true)
 }
 
+/// Bytes of each stream in the log at `path` (stdout, stderr); zeros when there is none.
+pub fn stream_sizes(path: &std::path::Path) -> [u64; 2] {
+    let mut sizes = [0u64; 2];
+    if let Ok(f) = File::open(path) {
+        let mut reader = LogReader::new(f);
+        let mut buf = Vec::new();
+        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
+            sizes[stream.index()] += buf.len() as u64;
+        }
+    }
+    sizes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,17 +139,4 @@ mod tests {
         assert_eq!(r.next_record(&mut buf).unwrap(), None);
         std::fs::remove_file(&path).unwrap();
     }
-}
-
-/// Bytes of each stream in the log at `path` (stdout, stderr); zeros when there is none.
-pub fn stream_sizes(path: &std::path::Path) -> [u64; 2] {
-    let mut sizes = [0u64; 2];
-    if let Ok(f) = File::open(path) {
-        let mut reader = LogReader::new(f);
-        let mut buf = Vec::new();
-        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
-            sizes[stream.index()] += buf.len() as u64;
-        }
-    }
-    sizes
 }

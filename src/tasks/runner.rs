@@ -179,15 +179,12 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, readers_do
         Ok(status) => Outcome::from_status(status),
         Err(e) => Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() },
     };
-    match readers_done.recv_timeout(READER_GRACE) {
-        Err(RecvTimeoutError::Timeout) => {
-            log::warn!(
-                "task {}: its output pipes are still open {} ms after it exited (a process outside its group holds them); later output is dropped",
-                task.id,
-                READER_GRACE.as_millis()
-            );
-        }
-        _ => {}
+    if let Err(RecvTimeoutError::Timeout) = readers_done.recv_timeout(READER_GRACE) {
+        log::warn!(
+            "task {}: its output pipes are still open {} ms after it exited (a process outside its group holds them); later output is dropped",
+            task.id,
+            READER_GRACE.as_millis()
+        );
     }
     finish(reg, task, outcome);
 }

@@ -28,9 +28,15 @@ fn header<'a>(rq: &'a Request, name: &'static str) -> Option<&'a str> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim())
 }
 
-/// Checks, answers the handshake, and hands the connection to the hub. On refusal, the
-/// reply to send instead.
-pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Reply)> {
+/// Checks, answers the handshake, and hands the connection to the hub; or answers the refusal.
+pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) {
+    if let Err((rq, reply)) = upgrade(ctx, hub, rq) {
+        crate::http::server::respond(rq, reply);
+    }
+}
+
+#[allow(clippy::result_large_err)] // the error is answered right away, not passed around
+fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Reply)> {
     let from = rq.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
     let (_, q) = query::split_url(rq.url());
     let presented = auth::presented(rq.headers()).or_else(|| query::get(&q, "secret"));
