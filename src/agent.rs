@@ -24,6 +24,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
     let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
+    // Not dumpable: a task running as the same (non-root) user cannot read this process's
+    // memory or /proc/<pid>/environ, where CLUSTER_SECRET may be.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        log::warn!("cannot mark the agent non-dumpable: {e}");
+    }
 
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;

@@ -94,7 +94,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
     let src = Source::from_process(env_file.as_deref()).map_err(|e| Fail(e.to_string(), 2))?;
     match cmd {
         Cmd::Serve => {
-            init_logging();
+            init_logging(src.get("RUST_LOG"));
             let cfg = Config::load(&src).map_err(|e| Fail(e.to_string(), 2))?;
             codara_agent::agent::run(cfg).map_err(|e| Fail(e, 1))
         }
@@ -144,8 +144,12 @@ fn print_help() {
     }
 }
 
-/// Logs to stdout, one event a line, with a timestamp and level; `RUST_LOG` sets the level.
-fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or("info");
-    env_logger::Builder::from_env(env).target(env_logger::Target::Stdout).format_timestamp_millis().init();
+/// Logs to stdout, one event a line, with a timestamp and level; `RUST_LOG` (environment or
+/// `.env`) sets the level.
+fn init_logging(filter: Option<&str>) {
+    env_logger::Builder::new()
+        .parse_filters(filter.filter(|f| !f.trim().is_empty()).unwrap_or("info"))
+        .target(env_logger::Target::Stdout)
+        .format_timestamp_millis()
+        .init();
 }

@@ -345,10 +345,26 @@ pub const LEAVE: &str = "cluster_leave";
 
 /// The `type` of a discovery packet, if it is a JSON object with a string `type`.
 pub fn packet_type(bytes: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Typed {
-        #[serde(rename = "type")]
-        kind: String,
+    // Through `Value`: a derived struct would also accept `["cluster_probe"]`.
+    match serde_json::from_slice::<serde_json::Value>(bytes).ok()? {
+        serde_json::Value::Object(mut m) => match m.remove("type")? {
+            serde_json::Value::String(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
     }
-    serde_json::from_slice::<Typed>(bytes).ok().map(|t| t.kind)
+}
+
+#[cfg(test)]
+mod packet_tests {
+    use super::packet_type;
+
+    #[test]
+    fn only_objects_have_a_type() {
+        assert_eq!(packet_type(br#"{"type":"cluster_probe"}"#).as_deref(), Some("cluster_probe"));
+        for bad in [&br#"["cluster_probe"]"#[..], br#""cluster_probe""#, br#"{"type":1}"#, b"", b"\xff", br#"{"type":"#]
+        {
+            assert_eq!(packet_type(bad), None);
+        }
+    }
 }
