@@ -42,7 +42,7 @@ impl HttpServer {
             let (server, ctx, stopping) = (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(&stopping));
             let handle = std::thread::Builder::new()
                 .name(format!("http-{i}"))
-                .stack_size(512 * 1024)
+                .stack_size(2 << 20)
                 .spawn(move || worker(&server, &ctx, &stopping))
                 .map_err(|e| format!("cannot start HTTP worker: {e}"))?;
             workers.push(handle);
@@ -78,7 +78,7 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
             let ctx2 = Arc::clone(ctx);
             let spawned = std::thread::Builder::new()
                 .name("http-long".into())
-                .stack_size(256 * 1024)
+                .stack_size(2 << 20)
                 .spawn(move || handle(&ctx2, rq));
             if let Err(e) = spawned {
                 log::error!("cannot start a thread for a long request: {e}");

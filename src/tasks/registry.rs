@@ -56,6 +56,9 @@ struct Inner {
     finished: BTreeSet<u64>,
     next_id: u64,
     running: usize,
+    /// Tasks admitted whose end is not yet fully recorded (persisted, `completed` sent).
+    /// A slot frees before that; shutdown waits for this to reach zero.
+    unsettled: usize,
     accepting: bool,
 }
 
@@ -92,6 +95,7 @@ impl Registry {
                 finished: BTreeSet::new(),
                 next_id: 1,
                 running: 0,
+                unsettled: 0,
                 accepting: true,
             }),
             idle: Condvar::new(),
@@ -163,6 +167,7 @@ impl Registry {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.running += 1;
+        inner.unsettled += 1;
         let task =
             Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
         inner.tasks.insert(id, Arc::clone(&task));
@@ -225,10 +230,17 @@ impl Registry {
         self.lock().accepting = false;
     }
 
-    /// Waits until no task runs or `deadline` passes; true when none runs.
+    /// The task's end is recorded everywhere (its record written, `completed` sent).
+    pub fn settled(&self) {
+        self.lock().unsettled -= 1;
+        self.idle.notify_all();
+    }
+
+    /// Waits until every task has ended and its end is recorded, or `deadline` passes;
+    /// true when all have.
     pub fn wait_idle(&self, deadline: Instant) -> bool {
         let mut inner = self.lock();
-        while inner.running > 0 {
+        while inner.unsettled > 0 {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };

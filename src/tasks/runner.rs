@@ -211,7 +211,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         let mut st = task.lock();
         let job_started = st.output.job_log.is_some();
         if st.record.status != TaskStatus::Running {
-            return;
+            return; // ended already: `settled` was counted then
         }
         let now = protocol::now_ms();
         let duration = now.saturating_sub(st.record.started_at);
@@ -277,6 +277,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         signal.as_deref().unwrap_or("none"),
         duration
     );
+    reg.settled();
 }
 
 /// Writes the task's record; a failure is logged and the in-memory record stays.

@@ -22,11 +22,17 @@ pub const MAX_CLIENTS: usize = 4096;
 
 /// Messages to the broadcaster from clients, replays and the agent.
 pub enum Ctl {
+    /// Sent before the handshake's answer, so the client misses no event of a task started
+    /// right after it.
     Join {
         id: u64,
         queue: Queue,
-        stream: TcpStream,
         peer: String,
+    },
+    /// The upgraded socket, to shut down a client that falls behind.
+    Attach {
+        id: u64,
+        stream: TcpStream,
     },
     Leave {
         id: u64,
@@ -96,7 +102,7 @@ impl HubHandle {
 
 struct Client {
     queue: Queue,
-    stream: TcpStream,
+    stream: Option<TcpStream>,
     peer: String,
     /// `None`: every task (compat). `Some`: only these.
     subs: Option<HashSet<u64>>,
@@ -208,16 +214,23 @@ impl Hub {
             c.queue.push_control(Out::Close(CLOSE_TOO_SLOW, "client too slow"));
             // A client that stopped reading cannot take even the close frame; the writer
             // gives up after its write timeout. Stop its reads now.
-            let _ = c.stream.shutdown(Shutdown::Read);
+            if let Some(s) = &c.stream {
+                let _ = s.shutdown(Shutdown::Read);
+            }
             self.count.store(self.clients.len(), Ordering::Release);
         }
     }
 
     fn on_ctl(&mut self, msg: Ctl) {
         match msg {
-            Ctl::Join { id, queue, stream, peer } => {
+            Ctl::Join { id, queue, peer } => {
                 log::info!("websocket client {id} connected from {peer}");
-                self.clients.insert(id, Client { queue, stream, peer, subs: None, pending: HashMap::new() });
+                self.clients.insert(id, Client { queue, stream: None, peer, subs: None, pending: HashMap::new() });
+            }
+            Ctl::Attach { id, stream } => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.stream = Some(stream);
+                }
             }
             Ctl::Leave { id } => {
                 if let Some(c) = self.clients.remove(&id) {

@@ -67,19 +67,29 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     let response = Response::empty(101).with_header(
         Header::from_bytes("Sec-WebSocket-Accept", accept_key.as_bytes()).expect("base64 is a valid header value"),
     );
+    // Join before the 101 goes out: a task the client starts right after it must not run
+    // ahead of its registration. Events wait in the queue until the writer starts.
+    let id = hub.next_client_id();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
+    let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone() });
     let (stream, leftover) = match rq.upgrade_tcp("websocket", response) {
         Ok(s) => s,
         Err(e) => {
             log::info!("WebSocket upgrade from {from} failed: {e}");
+            let _ = hub.ctl.send(Ctl::Leave { id });
             return Ok(());
         }
     };
-    let id = hub.next_client_id();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
-    let Ok(kill) = stream.try_clone() else { return Ok(()) };
-    // Join before the threads start, so the hub knows the client before its first subscribe.
-    let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), stream: kill, peer: from.clone() });
+    match stream.try_clone() {
+        Ok(kill) => {
+            let _ = hub.ctl.send(Ctl::Attach { id, stream: kill });
+        }
+        Err(_) => {
+            let _ = hub.ctl.send(Ctl::Leave { id });
+            return Ok(());
+        }
+    }
     if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone()) {
         log::warn!("websocket client {id} ({from}): cannot start its threads: {e}");
         let _ = hub.ctl.send(Ctl::Leave { id });
