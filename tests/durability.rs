@@ -1,0 +1,491 @@
+//! Black-box tests of durability, shutdown and crash recovery (CONTRACT.md §6), against the
+//! real binary started by `tests/common`.
+//!
+//! Network: loopback only. The one test that turns discovery on sends to `127.255.255.255`
+//! on a UDP port that the test's own socket holds (bound first, on an ephemeral port).
+//! Every loop is bounded; time bounds are generous (2-core CI box, debug build) and no test
+//! asserts speed. Process markers used here: `sleep 3007`, `sleep 3011`, `sleep 3012`,
+//! `sleep 3014`, `sleep 3015`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Agent, TempDir};
+use serde_json::{json, Value};
+use socket2::{Domain, Protocol, Socket, Type};
+
+// ---------------------------------------------------------------------------
+// Helpers (local to this file).
+// ---------------------------------------------------------------------------
+
+/// Kills leftovers of a test by marker (cleanup only; the assertions come before).
+fn cleanup(marker: &str) {
+    let _ = Command::new("pkill").arg("-f").arg(marker).status();
+}
+
+/// Sends SIGTERM and asserts the agent exits with code 0.
+#[track_caller]
+fn stop(a: &mut Agent) {
+    a.signal("TERM");
+    let st = a.wait_exit(Duration::from_secs(60));
+    assert!(st.is_some(), "agent did not exit within 60 s of SIGTERM; logs:\n{}", a.log_text());
+    let st = st.unwrap();
+    assert_eq!(st.code(), Some(0), "agent exit status after SIGTERM: {st:?}; logs:\n{}", a.log_text());
+}
+
+/// Waits (bounded) until the agent has logged that it is draining (the line of the first
+/// SIGTERM: "received SIGTERM; draining ..."). The signal is handled on the agent's own
+/// thread, so the test must see this before it relies on the drain (or sends a 2nd signal).
+fn wait_draining(a: &Agent, timeout: Duration) -> bool {
+    let seen =
+        |a: &Agent| a.logs.lock().unwrap().iter().any(|l| l.contains("draining") || l.contains("received SIGTERM"));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if seen(a) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen(a)
+}
+
+/// Polls `GET /task/:id/output` until it contains `needle` (bounded).
+fn wait_output_contains(a: &Agent, id: u64, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = a.get(&format!("/task/{id}/output"));
+        let text = r.text();
+        if (r.status == 200 && text.contains(needle)) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn task_ids(list: &Value) -> Vec<u64> {
+    list["tasks"].as_array().expect("tasks array").iter().map(|t| t["id"].as_u64().expect("id")).collect()
+}
+
+/// A UDP socket bound like the agent's (`0.0.0.0:<ephemeral>`, SO_REUSEADDR + SO_REUSEPORT),
+/// so the agent can share the port; the socket holds the port for the test's whole life.
+fn shared_udp_socket() -> (UdpSocket, u16) {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).into()).unwrap();
+    let s: UdpSocket = s.into();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}
+
+/// Reads packets from `s` (bounded) until one has `type == ty`; returns it.
+fn recv_packet_of_type(s: &UdpSocket, ty: &str, timeout: Duration) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..100_000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(250)))).unwrap();
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&buf[..n]) {
+                if v["type"] == ty {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn list_dir(p: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(p)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", p.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Restart on the same DATA_DIR.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn restart_keeps_history_output_and_ids_grow() {
+    let data = TempDir::new("dur-restart");
+    let data_dir = data.path().join("data");
+
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&a);
+    let t1 = a.run_wait(json!({"command": "sh", "args": ["-c", "echo out-one; echo err-one >&2"]}));
+    let t2 = a.run_wait(json!({"command": "sh", "args": ["-c", "echo out-two; exit 4"]}));
+    let id1 = t1["id"].as_u64().unwrap();
+    let id2 = t2["id"].as_u64().unwrap();
+    assert_eq!(t1["status"], "completed", "{t1}");
+    assert_eq!(t2["status"], "failed", "{t2}");
+    stop(&mut a);
+    drop(_g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+
+    let r1 = b.get(&format!("/task/{id1}"));
+    assert_eq!(r1.status, 200, "task {id1} after restart: {}", r1.text());
+    let r1 = r1.json();
+    assert_eq!(r1["status"], "completed", "{r1}");
+    assert_eq!(r1["exitCode"], 0, "{r1}");
+    assert_eq!(r1["stdout"], "out-one\n", "{r1}");
+    assert_eq!(r1["stderr"], "err-one\n", "{r1}");
+    assert_eq!(r1["command"], "sh", "{r1}");
+
+    let r2 = b.get(&format!("/task/{id2}"));
+    assert_eq!(r2.status, 200, "task {id2} after restart: {}", r2.text());
+    let r2 = r2.json();
+    assert_eq!(r2["status"], "failed", "{r2}");
+    assert_eq!(r2["exitCode"], 4, "{r2}");
+    assert_eq!(r2["stdout"], "out-two\n", "{r2}");
+
+    let o1 = b.get(&format!("/task/{id1}/output"));
+    assert_eq!(o1.status, 200, "{}", o1.text());
+    let o1 = o1.text();
+    assert!(o1.contains("out-one\n") && o1.contains("err-one\n"), "output of task {id1}: {o1:?}");
+    let so = b.get(&format!("/task/{id1}/output?stream=stdout"));
+    assert_eq!(so.status, 200);
+    assert_eq!(so.text(), "out-one\n");
+    let se = b.get(&format!("/task/{id1}/output?stream=stderr"));
+    assert_eq!(se.status, 200);
+    assert_eq!(se.text(), "err-one\n");
+
+    let list = b.get("/tasks");
+    assert_eq!(list.status, 200);
+    let ids = task_ids(&list.json());
+    assert!(ids.contains(&id1) && ids.contains(&id2), "/tasks after restart: {ids:?}");
+
+    let t3 = b.run_wait(json!({"command": "true"}));
+    let id3 = t3["id"].as_u64().unwrap();
+    assert!(id3 > id1.max(id2), "new id {id3} must be larger than the earlier {id1}, {id2}");
+    let ids = task_ids(&b.get("/tasks").json());
+    assert_eq!(ids.first(), Some(&id3), "/tasks newest first: {ids:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Crash (SIGKILL) recovery.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigkill_crash_marks_running_task_failed_and_kills_leftovers() {
+    const M: &str = "sleep 3007";
+    let data = TempDir::new("dur-kill");
+    let data_dir = data.path().join("data");
+
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let g = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "echo before; sleep 3007 & sleep 3007"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+    let out = wait_output_contains(&a, id, "before", Duration::from_secs(20));
+    assert!(out.contains("before"), "output before the crash not logged: {out:?}");
+    a.signal("KILL");
+    assert!(a.wait_exit(Duration::from_secs(20)).is_some(), "agent did not die on SIGKILL");
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let gone = common::wait_gone(M, Duration::from_secs(10));
+    cleanup(M);
+    assert!(gone, "'{M}' still running 10 s after the restart");
+
+    let r = b.get(&format!("/task/{id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(t["status"], "failed", "{t}");
+    let err = t["error"].as_str().unwrap_or_else(|| panic!("no error string: {t}")).to_lowercase();
+    assert!(err.contains("agent") && err.contains("stop"), "error should say the agent stopped: {t}");
+    assert!(t["completedAt"].is_u64(), "{t}");
+    assert!(t["stdout"].as_str().unwrap_or("").contains("before"), "stdout before the crash: {t}");
+    let o = b.get(&format!("/task/{id}/output"));
+    assert_eq!(o.status, 200);
+    assert!(o.text().contains("before"), "output before the crash: {:?}", o.text());
+
+    let list = task_ids(&b.get("/tasks").json());
+    assert!(list.contains(&id), "{list:?}");
+    assert!(b.get("/tasks?status=running").json()["tasks"].as_array().unwrap().is_empty());
+    let next = b.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
+    assert!(next > id, "new id {next} after {id}");
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_drains_then_kills_stubborn_task_sends_leave_and_records_it() {
+    const M: &str = "sleep 3011";
+    let data = TempDir::new("dur-term");
+    let data_dir = data.path().join("data");
+    let (udp, udp_port) = shared_udp_socket();
+
+    let mut a = common::agent()
+        .data_dir(&data_dir)
+        .env("SHUTDOWN_TIMEOUT", "1000")
+        .env("KILL_GRACE", "1000")
+        .env("DISCOVERY_ENABLED", "true")
+        .env("DISCOVERY_ADDRESSES", "127.255.255.255")
+        .env("DISCOVERY_PORT", &udp_port.to_string())
+        .start();
+    let g = common::logs_on_panic(&a);
+    let hostname = a.get("/health").json()["hostname"].as_str().unwrap().to_string();
+    let id = a.run("sh", &["-c", "trap \"\" TERM; sleep 3011"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+
+    let t0 = Instant::now();
+    a.signal("TERM");
+    let st = a.wait_exit(Duration::from_secs(30));
+    let elapsed = t0.elapsed();
+    let left_over = !common::wait_gone(M, Duration::from_secs(3));
+    cleanup(M);
+    let st = st.unwrap_or_else(|| panic!("agent did not exit within 30 s of SIGTERM; logs:\n{}", a.log_text()));
+    assert_eq!(st.code(), Some(0), "exit status {st:?}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "exit took {elapsed:?}; SHUTDOWN_TIMEOUT 1000 + KILL_GRACE 1000 should end it well within 10 s"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "exit after {elapsed:?}: the running task should have had SHUTDOWN_TIMEOUT (1 s) and KILL_GRACE (1 s)"
+    );
+    assert!(!left_over, "'{M}' outlived the agent");
+
+    let leave = recv_packet_of_type(&udp, "cluster_leave", Duration::from_secs(5));
+    let leave = leave.unwrap_or_else(|| panic!("no cluster_leave on UDP port {udp_port}; logs:\n{}", a.log_text()));
+    assert_eq!(leave["port"], a.port, "{leave}");
+    assert_eq!(leave["hostname"], hostname.as_str(), "{leave}");
+    assert!(leave["timestamp"].is_u64(), "{leave}");
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["status"], "failed", "{t}");
+    let err = t["error"].as_str().unwrap_or_else(|| panic!("no error: {t}")).to_lowercase();
+    assert!(err.contains("agent") && err.contains("shut"), "error should say the agent shut down: {t}");
+}
+
+#[test]
+fn during_drain_execute_gets_503_and_health_answers() {
+    const M: &str = "sleep 3014";
+    let mut a = common::agent().env("SHUTDOWN_TIMEOUT", "3000").env("KILL_GRACE", "1000").start();
+    let _g = common::logs_on_panic(&a);
+    let id = a.run("sleep", &["3014"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+
+    a.signal("TERM");
+    // The agent logs when it starts draining; the signal is handled on its own thread.
+    let draining = wait_draining(&a, Duration::from_secs(10));
+    let r = a.post("/execute", &json!({"command": "echo", "args": ["too late"]}));
+    let health = a.get("/health");
+    let t = a.get(&format!("/task/{id}"));
+    let st = a.wait_exit(Duration::from_secs(30));
+    let gone = common::wait_gone(M, Duration::from_secs(5));
+    cleanup(M);
+
+    assert!(draining, "no 'draining' log line after SIGTERM");
+    assert_eq!(r.status, 503, "POST /execute during the drain: {} {}", r.status, r.text());
+    assert!(r.json()["error"].is_string(), "{}", r.text());
+    assert_eq!(health.status, 200, "GET /health during the drain: {}", health.text());
+    assert_eq!(health.json()["status"], "healthy");
+    assert_eq!(t.status, 200);
+    assert_eq!(t.json()["status"], "running", "the task keeps running during the drain");
+    let st = st.unwrap_or_else(|| panic!("agent did not exit"));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert!(gone, "'{M}' outlived the agent");
+}
+
+#[test]
+fn task_finishing_within_shutdown_timeout_completes() {
+    let data = TempDir::new("dur-finish");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).env("SHUTDOWN_TIMEOUT", "10000").start();
+    let g = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "sleep 1; echo finished"]);
+    let t0 = Instant::now();
+    a.signal("TERM");
+    let st = a.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("agent did not exit"));
+    let elapsed = t0.elapsed();
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["exitCode"], 0, "{t}");
+    assert_eq!(t["stdout"], "finished\n", "{t}");
+    assert!(t["error"].is_null(), "{t}");
+    // The agent waited for the task (it slept 1 s after the signal was sent at the earliest).
+    assert!(elapsed >= Duration::from_millis(500), "agent exited after {elapsed:?}, before the task could end");
+}
+
+#[test]
+fn second_sigterm_stops_tasks_at_once() {
+    const M: &str = "sleep 3012";
+    let data = TempDir::new("dur-twice");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).env("SHUTDOWN_TIMEOUT", "60000").env("KILL_GRACE", "60000").start();
+    let g = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "trap \"\" TERM; sleep 3012"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+
+    a.signal("TERM");
+    let draining = wait_draining(&a, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let still_up = a.child.try_wait().unwrap().is_none();
+    let still_running = common::process_running(M);
+    let t0 = Instant::now();
+    a.signal("TERM");
+    let st = a.wait_exit(Duration::from_secs(20));
+    let elapsed = t0.elapsed();
+    let gone = common::wait_gone(M, Duration::from_secs(3));
+    cleanup(M);
+
+    assert!(draining, "no 'draining' log line after the first SIGTERM");
+    assert!(still_up, "agent exited after the first SIGTERM although SHUTDOWN_TIMEOUT is 60 s");
+    assert!(still_running, "task killed after the first SIGTERM although SHUTDOWN_TIMEOUT is 60 s");
+    let st = st.unwrap_or_else(|| panic!("agent did not exit within 20 s of the second SIGTERM"));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert!(elapsed < Duration::from_secs(10), "exit {elapsed:?} after the second SIGTERM");
+    assert!(gone, "'{M}' outlived the agent");
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["status"], "failed", "{t}");
+    let err = t["error"].as_str().unwrap_or("").to_lowercase();
+    assert!(err.contains("shut"), "error should say the agent shut down: {t}");
+}
+
+// ---------------------------------------------------------------------------
+// TASK_HISTORY.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn task_history_bounds_memory_and_disk() {
+    let data = TempDir::new("dur-hist");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "5").start();
+    let g = common::logs_on_panic(&a);
+    let mut ids = Vec::new();
+    for i in 1..=12 {
+        let t = a.run_wait(json!({"command": "echo", "args": [format!("task-{i}")]}));
+        assert_eq!(t["status"], "completed", "{t}");
+        ids.push(t["id"].as_u64().unwrap());
+    }
+    assert_eq!(ids, (1..=12).collect::<Vec<u64>>(), "ids of a fresh DATA_DIR");
+
+    let listed = task_ids(&a.get("/tasks").json());
+    assert_eq!(listed, vec![12, 11, 10, 9, 8], "/tasks with TASK_HISTORY=5");
+    let r = a.get("/task/1");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"], "Task not found");
+    let r = a.get("/task/7");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = a.get("/task/8");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["stdout"], "task-8\n");
+
+    let tasks_dir = data_dir.join("tasks");
+    let want: BTreeSet<String> = (8..=12).flat_map(|i| [format!("{i}.json"), format!("{i}.log")]).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut files = list_dir(&tasks_dir);
+    while files != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        files = list_dir(&tasks_dir);
+    }
+    assert_eq!(files, want, "files in DATA_DIR/tasks with TASK_HISTORY=5");
+
+    stop(&mut a);
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "5").start();
+    let _g = common::logs_on_panic(&b);
+    let listed = task_ids(&b.get("/tasks").json());
+    assert_eq!(listed, vec![12, 11, 10, 9, 8], "/tasks after the restart");
+    assert_eq!(b.get("/task/8").json()["stdout"], "task-8\n");
+    let t = b.run_wait(json!({"command": "echo", "args": ["task-13"]}));
+    assert_eq!(t["id"], 13, "{t}");
+    let listed = task_ids(&b.get("/tasks").json());
+    assert_eq!(listed, vec![13, 12, 11, 10, 9], "/tasks after one more task");
+}
+
+// ---------------------------------------------------------------------------
+// DATA_DIR problems.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn unwritable_data_dir_stops_start_with_one_clear_line() {
+    let tmp = TempDir::new("dur-baddata");
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let data = file.join("data");
+    let cmd = common::base_command(tmp.path(), &data);
+    let out = common::run_binary(cmd, Duration::from_secs(30));
+    let st =
+        out.status.unwrap_or_else(|| panic!("agent did not exit; stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr));
+    assert!(!st.success(), "agent must not start with DATA_DIR under a regular file: {st:?}");
+    assert!(!out.stdout.contains("listening on"), "agent listened anyway:\n{}", out.stdout);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one line on stderr, got:\n{}", out.stderr);
+    assert!(lines[0].contains("DATA_DIR"), "the line should name DATA_DIR: {:?}", lines[0]);
+    assert!(lines[0].contains(&data.display().to_string()), "the line should name the path: {:?}", lines[0]);
+}
+
+#[test]
+fn write_failure_while_running_keeps_the_agent_going() {
+    let mut a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let before = a.run_wait(json!({"command": "echo", "args": ["ok"]}));
+    assert_eq!(before["status"], "completed");
+
+    let tasks_dir = a.data_dir.join("tasks");
+    std::fs::remove_dir_all(&tasks_dir).unwrap();
+    std::fs::write(&tasks_dir, b"in the way").unwrap();
+    let log_len = a.logs.lock().unwrap().len();
+
+    let r = a.post("/execute?wait=true", &json!({"command": "sh", "args": ["-c", "echo kept; echo oops >&2; exit 5"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["exitCode"], 5, "{t}");
+    assert_eq!(t["stdout"], "kept\n", "{t}");
+    assert_eq!(t["stderr"], "oops\n", "{t}");
+    let id = t["id"].as_u64().unwrap();
+
+    let g = a.get(&format!("/task/{id}"));
+    assert_eq!(g.status, 200, "{}", g.text());
+    assert_eq!(g.json()["stdout"], "kept\n");
+    assert_eq!(g.json()["exitCode"], 5);
+
+    let t2 = a.run_wait(json!({"command": "echo", "args": ["again"]}));
+    assert_eq!(t2["status"], "completed", "{t2}");
+    assert_eq!(t2["stdout"], "again\n", "{t2}");
+
+    a.assert_alive();
+    let new_lines: Vec<String> = a.logs.lock().unwrap()[log_len..].to_vec();
+    assert!(
+        new_lines.iter().any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "no warning logged for the write failure; new log lines:\n{}",
+        new_lines.join("\n")
+    );
+    assert!(std::fs::metadata(&tasks_dir).unwrap().is_file(), "test setup: tasks is still a file");
+}

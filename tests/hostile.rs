@@ -1,0 +1,502 @@
+//! Hostile and malformed input: each case is followed by `assert_alive()`.
+
+mod common;
+
+use common::{Agent, SECRET};
+use serde_json::json;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn post_raw(a: &Agent, body: &[u8]) -> common::Resp {
+    a.request("POST", "/execute", &[("X-Cluster-Secret", SECRET), ("Content-Type", "application/json")], body)
+}
+
+#[track_caller]
+fn assert_400(r: &common::Resp, what: &str) {
+    assert_eq!(r.status, 400, "{what}: {}", r.text());
+    assert!(r.json()["error"].as_str().is_some_and(|s| !s.is_empty()), "{what}: {}", r.text());
+}
+
+fn no_tasks(a: &Agent) -> bool {
+    a.get("/tasks").json()["tasks"].as_array().is_some_and(|t| t.is_empty())
+}
+
+/// The status of the answer on `s`, or None when the agent closed without one; panics if it
+/// neither answered nor closed within `timeout`.
+#[track_caller]
+fn answer_or_close(s: &mut TcpStream, timeout: Duration, what: &str) -> Option<u16> {
+    let (bytes, closed) = common::read_until_close(s, timeout);
+    match common::raw_status(&bytes) {
+        Some(st) => Some(st),
+        None => {
+            assert!(
+                closed,
+                "{what}: no answer and not closed within {timeout:?}: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn huge_content_length_is_413_or_closed() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let mut s = common::raw_connect(&a, Duration::from_secs(20));
+    let head = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Type: application/json\r\nContent-Length: 1000000000000000\r\n\r\n{{\"command\":"
+    );
+    let _ = s.write_all(head.as_bytes());
+    let st = answer_or_close(&mut s, Duration::from_secs(20), "Content-Length 1e15");
+    assert!(st.is_none() || st == Some(413), "status {st:?}");
+    drop(s);
+    // Also a Content-Length that does not fit in u64.
+    let mut s = common::raw_connect(&a, Duration::from_secs(20));
+    let head = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Length: 99999999999999999999999999\r\n\r\n"
+    );
+    let _ = s.write_all(head.as_bytes());
+    let st = answer_or_close(&mut s, Duration::from_secs(20), "Content-Length overflow");
+    assert!(st.is_none() || matches!(st, Some(400) | Some(413)), "status {st:?}");
+    drop(s);
+    // And a negative one.
+    let mut s = common::raw_connect(&a, Duration::from_secs(20));
+    let head = format!("POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Length: -5\r\n\r\n");
+    let _ = s.write_all(head.as_bytes());
+    let st = answer_or_close(&mut s, Duration::from_secs(20), "Content-Length -5");
+    assert!(st.is_none() || matches!(st, Some(400) | Some(413)), "status {st:?}");
+    drop(s);
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}
+
+#[test]
+fn two_mib_body_is_413() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let body = vec![b'a'; 2 * 1024 * 1024];
+    let head = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (r, raw) = common::send_raw(&a, head.as_bytes(), body, Duration::from_secs(30));
+    let r = r.unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&raw)));
+    assert_eq!(r.status, 413, "{}", r.text());
+    a.assert_alive();
+}
+
+#[test]
+fn chunked_body_over_one_mib_is_413() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let head = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = Vec::new();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..32 {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let (r, raw) = common::send_raw(&a, head.as_bytes(), body, Duration::from_secs(30));
+    match r {
+        Some(r) => assert_eq!(r.status, 413, "{}", r.text()),
+        None => panic!("closed without an answer to a 2 MiB chunked body: {:?}", String::from_utf8_lossy(&raw)),
+    }
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}
+
+#[test]
+fn malformed_json_is_400() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    for body in [
+        &b"{"[..],
+        b"}",
+        b"{\"command\":",
+        b"nul",
+        b"{'command':'echo'}",
+        b"\xef\xbb\xbf{\"command\":1",
+        b"{\"command\":\"echo\",}",
+    ] {
+        let r = post_raw(&a, body);
+        assert_400(&r, &String::from_utf8_lossy(body));
+        a.assert_alive();
+    }
+    assert!(no_tasks(&a));
+}
+
+#[test]
+fn invalid_utf8_body_is_400() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    for body in
+        [&b"\xff\xfe\xfd"[..], b"{\"command\":\"\xc3\x28\"}", b"{\"command\":\"echo\",\"args\":[\"\xed\xa0\x80\"]}"]
+    {
+        let r = post_raw(&a, body);
+        assert_400(&r, "invalid UTF-8");
+        a.assert_alive();
+    }
+    // A lone surrogate escape is not a valid string either.
+    let r = post_raw(&a, br#"{"command":"echo","args":["\ud800"]}"#);
+    assert_400(&r, "lone surrogate");
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}
+
+#[test]
+fn deeply_nested_json_is_400() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let deep = "[".repeat(100_000);
+    let r = post_raw(&a, deep.as_bytes());
+    assert_400(&r, "100,000 [");
+    a.assert_alive();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = post_raw(&a, deep.as_bytes());
+    assert_400(&r, "100,000 balanced []");
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}
+
+#[test]
+fn deeply_nested_json_inside_a_field_is_400() {
+    let cases = [
+        ("args", format!("{{\"command\":\"echo\",\"args\":{}", "[".repeat(100_000))),
+        ("env value arrays", format!("{{\"command\":\"echo\",\"env\":{{\"a\":{}", "[".repeat(100_000))),
+        ("env value objects", format!("{{\"command\":\"echo\",\"env\":{}}}", "{\"a\":".repeat(50_000))),
+        ("unknown field arrays", format!("{{\"command\":\"echo\",\"x\":{}", "[".repeat(100_000))),
+        (
+            "unknown field balanced",
+            format!("{{\"command\":\"echo\",\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut a = common::agent().start();
+    for (what, body) in cases {
+        if a.child.try_wait().unwrap().is_some() {
+            a = common::agent().start(); // the previous case killed it: go on with a new one
+        }
+        let Ok(mut s) = TcpStream::connect(a.addr()) else {
+            failures.push(format!("{what}: cannot connect: the agent is gone"));
+            continue;
+        };
+        let head = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body.as_bytes());
+        let (bytes, _) = common::read_until_close(&mut s, Duration::from_secs(20));
+        let st = common::raw_status(&bytes);
+        if st != Some(400) {
+            failures
+                .push(format!("{what}: status {st:?}, {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])));
+        }
+        if !a.health_ok() || a.child.try_wait().unwrap().is_some() {
+            failures.push(format!(
+                "{what}: the agent died or stopped answering; log: {}",
+                a.log_text().lines().filter(|l| l.starts_with("stderr")).collect::<Vec<_>>().join(" | ")
+            ));
+            let _ = a.wait_exit(Duration::from_secs(5));
+            continue;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}
+
+#[test]
+fn nul_bytes_are_400() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    for body in [
+        json!({"command": "echo\u{0}"}),
+        json!({"command": "\u{0}"}),
+        json!({"command": "echo", "args": ["\u{0}"]}),
+        json!({"command": "echo", "args": ["ok", "x\u{0}y"]}),
+        json!({"command": "echo", "env": {"K\u{0}": "v"}}),
+        json!({"command": "echo", "env": {"K": "v\u{0}"}}),
+        json!({"command": "echo", "cwd": "/\u{0}"}),
+    ] {
+        let r = a.post("/execute", &body);
+        assert_400(&r, &body.to_string());
+        a.assert_alive();
+    }
+    // A raw NUL byte in the body (not escaped) is malformed JSON.
+    let r = post_raw(&a, b"{\"command\":\"ec\0ho\"}");
+    assert_400(&r, "raw NUL");
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}
+
+#[test]
+fn wrong_types_are_400() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    for body in [
+        json!({"command": 1}),
+        json!({"command": "echo", "args": "x"}),
+        json!({"command": "echo", "args": [1, 2]}),
+        json!({"command": "echo", "args": [["x"]]}),
+        json!({"command": "echo", "env": []}),
+        json!({"command": "echo", "env": {"A": 1}}),
+        json!({"command": "echo", "env": {"A": ["x"]}}),
+        json!({"command": "echo", "env": {"A": true}}),
+        json!({"command": "echo", "cwd": []}),
+        json!({"command": "echo", "cwd": null, "args": 3}),
+        json!({"command": "echo", "timeout": "5"}),
+        json!({"command": "echo", "timeout": -100}),
+        json!({"command": "echo", "timeout": [1]}),
+        json!(null),
+        json!(42),
+        json!([{"command": "echo"}]),
+    ] {
+        let r = a.post("/execute", &body);
+        assert_400(&r, &body.to_string());
+        a.assert_alive();
+    }
+    assert!(no_tasks(&a));
+}
+
+#[test]
+fn odd_but_typed_inputs_do_not_crash() {
+    // Not specified as errors: either refused with 400 or run (and then it ends).
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    for body in [
+        json!({"command": "echo", "env": {"A=B": "1"}}),
+        json!({"command": "echo", "env": {"": "1"}}),
+        json!({"command": "echo", "timeout": 1.5}),
+        json!({"command": "echo", "timeout": 1e300}),
+        json!({"command": "echo", "timeout": 18446744073709551615u64}),
+        json!({"command": "echo", "cwd": ""}),
+        json!({"command": "echo", "unknownField": {"deep": [1, 2, 3]}}),
+        json!({"command": "echo", "args": ["x".repeat(200_000)]}),
+        json!({"command": "/", "args": []}),
+        json!({"command": ".", "args": []}),
+        json!({"command": "echo", "env": {"PATH": ""}}),
+    ] {
+        let r = a.post("/execute", &body);
+        assert!(r.status == 200 || r.status == 400, "{body}: {} {}", r.status, r.text());
+        if r.status == 200 {
+            let id = r.json()["taskId"].as_u64().unwrap();
+            let t = a.wait_task(id);
+            assert!(["completed", "failed"].contains(&t["status"].as_str().unwrap()), "{t}");
+        }
+        a.assert_alive();
+    }
+}
+
+#[test]
+fn garbage_instead_of_http_is_refused() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let garbage: Vec<Vec<u8>> = vec![
+        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(), // a TLS ClientHello start
+        b"\r\n\r\n\r\n\r\n".to_vec(),
+        b"GET\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        b"SSH-2.0-OpenSSH_9.0\r\n".to_vec(),
+        b"\0\0\0\0\0\0\0\0\r\n\r\n".to_vec(),
+    ];
+    for g in garbage {
+        let mut s = common::raw_connect(&a, Duration::from_secs(20));
+        let _ = s.write_all(&g);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let st = answer_or_close(&mut s, Duration::from_secs(20), "garbage");
+        assert!(st.is_none() || st.is_some_and(|c| (400..600).contains(&c)), "status {st:?}");
+        a.assert_alive();
+    }
+    assert!(no_tasks(&a));
+}
+
+#[test]
+fn request_line_of_100_kb_is_refused() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let mut s = common::raw_connect(&a, Duration::from_secs(20));
+    let req = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nConnection: close\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut w = w;
+        let _ = w.write_all(req.as_bytes());
+    });
+    let st = answer_or_close(&mut s, Duration::from_secs(20), "100 KB request line");
+    assert!(st.is_none() || st.is_some_and(|c| (400..500).contains(&c)), "status {st:?}");
+    drop(s);
+    let _ = writer.join();
+    a.assert_alive();
+    // A 100 KB header value.
+    let mut s = common::raw_connect(&a, Duration::from_secs(20));
+    let req =
+        format!("GET /tasks HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(100 * 1024));
+    let w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut w = w;
+        let _ = w.write_all(req.as_bytes());
+    });
+    let st = answer_or_close(&mut s, Duration::from_secs(20), "100 KB header");
+    assert!(st.is_none() || st.is_some_and(|c| (400..500).contains(&c)), "status {st:?}");
+    drop(s);
+    let _ = writer.join();
+    a.assert_alive();
+}
+
+#[test]
+fn invalid_utf8_in_headers_is_refused() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let cases: Vec<Vec<u8>> = vec![
+        b"GET /tasks HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: \xff\xfe\xfd\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xc3\x28\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /health HTTP/1.1\r\nHost: \xff\r\nX-\xfe: \xff\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /t\xffsk/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        [
+            b"POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: ".as_slice(),
+            SECRET.as_bytes(),
+            b"\xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        ]
+        .concat(),
+    ];
+    for (i, req) in cases.into_iter().enumerate() {
+        let mut s = common::raw_connect(&a, Duration::from_secs(20));
+        let _ = s.write_all(&req);
+        let st = answer_or_close(&mut s, Duration::from_secs(20), "invalid UTF-8 header");
+        // A secret that is not the secret is refused; nothing else is admitted by accident.
+        if i != 2 {
+            assert!(st.is_none() || matches!(st, Some(400) | Some(403) | Some(404)), "case {i}: status {st:?}");
+        }
+        a.assert_alive();
+    }
+    assert!(no_tasks(&a));
+}
+
+#[test]
+fn slowloris_does_not_starve_other_clients() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let test_start = Instant::now();
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for _ in 0..150 {
+        let Ok(mut s) = TcpStream::connect(a.addr()) else { break };
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(b"POST /execute HTTP/1.1\r\nHost: x\r\n");
+        conns.push(s);
+    }
+    assert!(conns.len() >= 100, "could only open {} connections", conns.len());
+    let mut worst = Duration::ZERO;
+    // ~10 s: one header byte a second on every connection, /health checked each round.
+    for round in 0..10 {
+        let b = b"X-Slow-Header: aaaaaaaaaaaa"[round % 27];
+        for s in &mut conns {
+            let _ = s.write_all(&[b]);
+        }
+        let t = Instant::now();
+        assert!(
+            a.health_ok(),
+            "round {round}: /health does not answer with {} slow clients; logs:\n{}",
+            conns.len(),
+            a.log_text()
+        );
+        let took = t.elapsed();
+        worst = worst.max(took);
+        assert!(took < Duration::from_secs(10), "round {round}: /health took {took:?}");
+        // An authenticated request too.
+        if round % 3 == 0 {
+            let r = a.get("/tasks");
+            assert_eq!(r.status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(1000).saturating_sub(took));
+        if test_start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+    }
+    let t = a.run_wait(json!({"command": "echo", "args": ["still"]}));
+    assert_eq!(t["stdout"], "still\n");
+    drop(conns);
+    a.assert_alive();
+    eprintln!("slowloris: worst /health latency {worst:?}");
+}
+
+#[test]
+fn half_body_then_stall_does_not_block_others() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut s = common::raw_connect(&a, Duration::from_secs(20));
+        let head = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"command\":\"ec"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(a.health_ok(), "/health blocked by stalled bodies");
+        assert!(t.elapsed() < Duration::from_secs(10));
+        let t = a.run_wait(json!({"command": "echo", "args": ["other"]}));
+        assert_eq!(t["stdout"], "other\n");
+    }
+    // None of the half bodies was taken as a task.
+    let tasks = a.get("/tasks").json();
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 5, "{tasks}");
+    drop(stalled);
+    a.assert_alive();
+}
+
+#[test]
+fn many_connections_closed_abruptly() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    assert!(a.health_ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let base = a.fd_count();
+    for i in 0..300 {
+        let Ok(mut s) = TcpStream::connect(a.addr()) else { continue };
+        match i % 5 {
+            0 => {}
+            1 => {
+                let _ = s.write_all(b"GET /heal");
+            }
+            2 => {
+                let _ = s.write_all(
+                    format!("POST /execute HTTP/1.1\r\nX-Cluster-Secret: {SECRET}\r\nContent-Length: 50\r\n\r\n{{")
+                        .as_bytes(),
+                );
+            }
+            3 => {
+                // A full request whose answer is never read.
+                let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+            _ => {
+                let _ = s.write_all(format!("GET /tasks HTTP/1.1\r\nX-Cluster-Secret: {SECRET}\r\n\r\n").as_bytes());
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        drop(s);
+    }
+    a.assert_alive();
+    // The agent lets go of them (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut now = a.fd_count();
+    while now > base + 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        now = a.fd_count();
+    }
+    assert!(now <= base + 10, "fds: {base} before, {now} after 300 abrupt connections");
+    assert!(no_tasks(&a));
+    a.assert_alive();
+}

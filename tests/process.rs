@@ -1,0 +1,353 @@
+//! CONTRACT.md §5 (processes), seen from outside. Each test uses its own `sleep 30NN` marker so
+//! leftover processes can be told apart (`common::process_running` / `wait_gone`).
+
+mod common;
+
+use common::{TempDir, SECRET};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn cancel(a: &common::Agent, id: u64) -> common::Resp {
+    a.request("POST", &format!("/task/{id}/cancel"), &[("X-Cluster-Secret", SECRET)], b"")
+}
+
+/// Kills what a test left behind (by pid) when it goes out of scope, even on panic.
+struct Cleanup(&'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        common::kill_matching(self.0);
+    }
+}
+
+#[test]
+fn no_shell_arguments_are_literal() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let t = a.run_wait(json!({"command": "echo", "args": ["$HOME", "a;b", "|", "`id`", "$(id)", "*", "'q'"]}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "$HOME a;b | `id` $(id) * 'q'\n", "{t}");
+    // A command with a space is a program name, not a shell line.
+    let t = a.run_wait(json!({"command": "echo hi"}));
+    assert_eq!(t["status"], "failed", "a shell ran `echo hi`: {t}");
+    assert!(t["error"].is_string(), "{t}");
+    a.assert_alive();
+}
+
+#[test]
+fn env_is_merged_over_the_agents_environment() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let t = a.run_wait(json!({
+        "command": "sh",
+        "args": ["-c", "echo \"foo=$FOO\"; echo \"path=$PATH\"; echo \"home=$HOME\"; echo \"sp=$SP\""],
+        "env": {"FOO": "bar", "HOME": "/overridden", "SP": "a b=c"},
+    }));
+    assert_eq!(t["status"], "completed", "{t}");
+    let out = t["stdout"].as_str().unwrap();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    assert!(out.contains("foo=bar\n"), "{out}");
+    assert!(out.contains(&format!("path={path}\n")), "PATH not inherited from the agent: {out}");
+    assert!(out.contains("home=/overridden\n"), "request env must win over the agent's: {out}");
+    assert!(out.contains("sp=a b=c\n"), "{out}");
+    // Without env, the agent's own variables (e.g. RUST_LOG from the harness) are inherited.
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "echo \"[$RUST_LOG]\""]}));
+    assert_eq!(t["stdout"], "[info]\n", "{t}");
+    a.assert_alive();
+}
+
+#[test]
+fn cluster_secret_is_invisible_to_tasks() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "echo \"[$CLUSTER_SECRET]\""]}));
+    assert_eq!(t["stdout"], "[]\n", "{t}");
+    let t = a.run_wait(json!({"command": "env"}));
+    assert_eq!(t["status"], "completed", "{t}");
+    let out = t["stdout"].as_str().unwrap();
+    assert!(!out.contains(SECRET), "secret visible in task env:\n{out}");
+    assert!(!out.contains("CLUSTER_SECRET"), "CLUSTER_SECRET in task env:\n{out}");
+    assert!(out.contains("PATH="), "{out}");
+    // Also when the task's own env is given.
+    let t = a.run_wait(json!({"command": "env", "env": {"X": "1"}}));
+    assert!(!t["stdout"].as_str().unwrap().contains(SECRET), "{t}");
+    // Nor through /proc of its parent... the agent's environ is the agent's business; but the
+    // task's own /proc/self/environ must not have it.
+    let t = a.run_wait(json!({"command": "cat", "args": ["/proc/self/environ"]}));
+    assert!(!t["stdout"].as_str().unwrap().contains(SECRET), "{t}");
+    a.assert_alive();
+}
+
+#[test]
+fn cluster_secret_from_dotenv_is_invisible_to_tasks() {
+    let cwd = TempDir::new("proc-dotenv");
+    let dsecret = "dotenv-secret-fedcba9876543210";
+    std::fs::write(cwd.path().join(".env"), format!("CLUSTER_SECRET={dsecret}\n")).unwrap();
+    let data = cwd.path().join("data");
+    let mut cmd = common::base_command(cwd.path(), &data);
+    cmd.env_remove("CLUSTER_SECRET");
+    let mut a = common::spawn_agent(cmd, cwd, data);
+    let _logs_a = common::logs_on_panic(&a);
+    let r = a.request(
+        "POST",
+        "/execute?wait=true",
+        &[("X-Cluster-Secret", dsecret), ("Content-Type", "application/json")],
+        json!({"command": "env"}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json()["stdout"].as_str().unwrap().to_string();
+    assert!(!out.contains(dsecret), "secret from .env visible to the task:\n{out}");
+    assert!(!out.contains("CLUSTER_SECRET"), "{out}");
+    a.assert_alive();
+}
+
+#[test]
+fn stdin_is_dev_null() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let t = a.run_wait(json!({"command": "cat", "timeout": 60000}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "", "{t}");
+    assert_eq!(t["timedOut"], false, "{t}");
+    let t = a.run_wait(json!({"command": "readlink", "args": ["/proc/self/fd/0"]}));
+    assert_eq!(t["stdout"], "/dev/null\n", "{t}");
+    a.assert_alive();
+}
+
+#[test]
+fn chatty_task_on_both_streams_completes_with_right_byte_counts() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    // Both streams at once, far more than any pipe buffer.
+    let script = "(yes e | head -c 3000000 >&2) & yes | head -c 5000000; wait";
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", script], "timeout": 120000}));
+    assert_eq!(t["status"], "completed", "{}", {
+        let mut t = t.clone();
+        t["stdout"] = json!("…");
+        t["stderr"] = json!("…");
+        t
+    });
+    assert_eq!(t["stdoutBytes"], 5_000_000, "stdoutBytes");
+    assert_eq!(t["stderrBytes"], 3_000_000, "stderrBytes");
+    // Default MAX_OUTPUT_BYTES = 1 MiB: the tail of each is kept.
+    let so = t["stdout"].as_str().unwrap();
+    let se = t["stderr"].as_str().unwrap();
+    assert_eq!(so.len(), 1_048_576);
+    assert_eq!(se.len(), 1_048_576);
+    assert!(so.ends_with("y\ny\n") && so.bytes().all(|b| b == b'y' || b == b'\n'));
+    assert!(se.bytes().all(|b| b == b'e' || b == b'\n'));
+    assert_eq!(t["stdoutTruncated"], true);
+    assert_eq!(t["stderrTruncated"], true);
+    // The log holds everything.
+    let r = a.get(&format!("/task/{}/output?stream=stdout", t["id"]));
+    assert_eq!(r.body.len(), 5_000_000);
+    let r = a.get(&format!("/task/{}/output?stream=stderr", t["id"]));
+    assert_eq!(r.body.len(), 3_000_000);
+    a.assert_alive();
+}
+
+#[test]
+fn cancel_kills_the_whole_group() {
+    let _c = Cleanup("sleep 3001");
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "sleep 3001 & sleep 3001; wait"]);
+    assert!(common::wait_running("sleep 3001", Duration::from_secs(10)));
+    // Both sleeps are up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::pids_matching("sleep 3001").len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = cancel(&a, id);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        common::wait_gone("sleep 3001", Duration::from_secs(10)),
+        "group not killed: {:?}",
+        common::pids_matching("sleep 3001")
+    );
+    let t = a.wait_task(id);
+    assert_eq!(t["status"], "cancelled", "{t}");
+    assert_eq!(a.request("GET", "/stats", &[], b"").json()["runningTasks"], 0);
+    a.assert_alive();
+}
+
+#[test]
+fn task_ignoring_term_is_killed_after_grace() {
+    let _c = Cleanup("sleep 3002");
+    let mut a = common::agent().env("KILL_GRACE", "1000").start();
+    let _logs_a = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "trap '' TERM; sleep 3002 & wait; sleep 3002"]);
+    assert!(common::wait_running("sleep 3002", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(200)); // let the trap be set before the cancel
+    let r = cancel(&a, id);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // TERM is ignored; KILL after 1 s must take everything.
+    assert!(
+        common::wait_gone("sleep 3002", Duration::from_secs(10)),
+        "not killed after the grace: {:?}",
+        common::pids_matching("sleep 3002")
+    );
+    let t = a.wait_task(id);
+    assert_eq!(t["status"], "cancelled", "{t}");
+    assert!(t["completedAt"].is_u64(), "end not recorded: {t}");
+    assert!(t["duration"].as_u64().is_some_and(|d| d >= 900), "killed before the grace: {t}");
+    assert_eq!(t["signal"], "SIGKILL", "{t}");
+    assert_eq!(a.request("GET", "/stats", &[], b"").json()["runningTasks"], 0);
+    a.assert_alive();
+}
+
+#[test]
+fn timeout_kills_the_whole_group() {
+    let _c = Cleanup("sleep 3003");
+    let mut a = common::agent().env("KILL_GRACE", "1000").start();
+    let _logs_a = common::logs_on_panic(&a);
+    let r =
+        a.post("/execute", &json!({"command": "sh", "args": ["-c", "sleep 3003 & sleep 3003; wait"], "timeout": 500}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["taskId"].as_u64().unwrap();
+    let t = a.wait_task(id);
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["timedOut"], true, "{t}");
+    assert!(
+        common::wait_gone("sleep 3003", Duration::from_secs(10)),
+        "group survived the timeout: {:?}",
+        common::pids_matching("sleep 3003")
+    );
+    a.assert_alive();
+}
+
+#[test]
+fn leftovers_in_the_group_are_killed_when_main_process_exits() {
+    let _c = Cleanup("sleep 3004");
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "sleep 3004 & echo started"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let t = loop {
+        let t = a.get(&format!("/task/{id}")).json();
+        if t["status"] != "running" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "task still running with a background child holding stdout: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "started\n", "{t}");
+    assert!(
+        common::wait_gone("sleep 3004", Duration::from_secs(10)),
+        "leftover in the group: {:?}",
+        common::pids_matching("sleep 3004")
+    );
+    assert_eq!(a.request("GET", "/stats", &[], b"").json()["runningTasks"], 0);
+    a.assert_alive();
+}
+
+#[test]
+fn escaped_grandchild_holding_pipes_cannot_hang_the_task() {
+    let _c = Cleanup("sleep 3005");
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "setsid sleep 3005 & echo done"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let t = loop {
+        let t = a.get(&format!("/task/{id}")).json();
+        if t["status"] != "running" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "task hung by a grandchild that holds the pipes: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(t["stdout"].as_str().unwrap().contains("done"), "{t}");
+    assert_eq!(a.request("GET", "/stats", &[], b"").json()["runningTasks"], 0);
+    // The slot is free: another task runs.
+    let t2 = a.run_wait(json!({"command": "echo", "args": ["next"]}));
+    assert_eq!(t2["stdout"], "next\n");
+    a.assert_alive();
+    common::kill_matching("sleep 3005");
+}
+
+#[test]
+fn spawn_failure_is_counted_once() {
+    let _c = Cleanup("sleep 3006");
+    let mut a = common::agent().env("MAX_CONCURRENT_TASKS", "2").start();
+    let _logs_a = common::logs_on_panic(&a);
+    let d = TempDir::new("noexec");
+    let noexec = d.path().join("script.sh");
+    std::fs::write(&noexec, "#!/bin/sh\necho hi\n").unwrap(); // mode 0644: no permission
+    for i in 0..20 {
+        let body = match i % 4 {
+            0 | 1 => json!({"command": format!("/no/such/program-{i}")}),
+            2 => json!({"command": "echo", "cwd": "/no/such/dir"}),
+            _ => json!({"command": noexec.to_str().unwrap()}),
+        };
+        let r = a.post("/execute?wait=true", &body);
+        assert_eq!(r.status, 200, "run {i}: {}", r.text());
+        let t = r.json();
+        assert_eq!(t["status"], "failed", "{t}");
+        assert!(t["error"].is_string(), "{t}");
+    }
+    // Plus some without ?wait, fired back to back (may be refused when both slots are
+    // momentarily taken by not-yet-failed tasks: that is allowed, a crash is not).
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = a.post("/execute", &json!({"command": format!("/no/such/quick-{i}")}));
+        assert!(r.status == 200 || r.status == 503, "{}", r.text());
+        if r.status == 200 {
+            ids.push(r.json()["taskId"].as_u64().unwrap());
+        }
+    }
+    for id in ids {
+        assert_eq!(a.wait_task(id)["status"], "failed");
+    }
+    let st = a.request("GET", "/stats", &[], b"").json();
+    assert_eq!(st["runningTasks"], 0, "{st}");
+    assert_eq!(st["availableSlots"], 2, "{st}");
+    let l = a.get("/tasks").json();
+    assert_eq!(l["running"], 0, "{l}");
+    // Exactly one record per spawn failure, each failed once.
+    assert!(l["tasks"].as_array().unwrap().iter().all(|t| t["status"] == "failed"), "{l}");
+    // Both slots admit running tasks, and a third is refused.
+    let s1 = a.run("sleep", &["3006"]);
+    let s2 = a.run("sleep", &["3006"]);
+    let r = a.post("/execute", &json!({"command": "sleep", "args": ["3006"]}));
+    assert_eq!(r.status, 503, "{}", r.text());
+    for id in [s1, s2] {
+        assert_eq!(cancel(&a, id).status, 200);
+        assert_eq!(a.wait_task(id)["status"], "cancelled");
+    }
+    assert!(common::wait_gone("sleep 3006", Duration::from_secs(10)));
+    assert_eq!(a.request("GET", "/stats", &[], b"").json()["runningTasks"], 0);
+    a.assert_alive();
+}
+
+#[test]
+fn a_thousand_sequential_tasks_leak_no_fds() {
+    let mut a = common::agent().start();
+    let _logs_a = common::logs_on_panic(&a);
+    // Warm up (log files, thread pools, history file) before the baseline.
+    for _ in 0..20 {
+        let t = a.run_wait(json!({"command": "/bin/true"}));
+        assert_eq!(t["status"], "completed");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let base = a.fd_count();
+    assert!(base > 0);
+    let started = Instant::now();
+    for i in 0..1000 {
+        let t = a.run_wait(json!({"command": "/bin/true"}));
+        assert_eq!(t["status"], "completed", "task {i}: {t}");
+        assert!(started.elapsed() < Duration::from_secs(600), "bounded: stopped after {i} tasks");
+    }
+    // Allow a little time for closed connections to be dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now = a.fd_count();
+    while now > base + 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        now = a.fd_count();
+    }
+    assert!(now <= base + 4, "fd count grew from {base} to {now}");
+    let st = a.request("GET", "/stats", &[], b"").json();
+    assert_eq!(st["runningTasks"], 0, "{st}");
+    a.assert_alive();
+}

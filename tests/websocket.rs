@@ -1,0 +1,1222 @@
+//! Black-box tests of the WebSocket side of the agent (CONTRACT.md §3), against the real
+//! binary started by `tests/common`. Clients are `tungstenite` over a std `TcpStream`, or
+//! raw bytes on a `TcpStream` where the test needs to misbehave. One test runs the
+//! independent Python client `tests/ws_independent.py` (package `websockets`).
+//!
+//! Network: loopback only. Every loop is bounded in count and in time; bounds are generous
+//! (a 2-core CI box, debug builds) and no test asserts speed.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Agent, SECRET};
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<TcpStream>;
+
+// ---------------------------------------------------------------------------
+// Helpers (local to this file).
+// ---------------------------------------------------------------------------
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// How a client presents the secret.
+#[derive(Clone, Copy, Debug)]
+enum Auth<'a> {
+    Header(&'a str),
+    Bearer(&'a str),
+    Query(&'a str),
+    Nothing,
+}
+
+/// Connects a tungstenite client. `Err((Some(status), ..))` when the server answered the
+/// handshake with an HTTP status other than 101.
+fn try_connect(a: &Agent, auth: Auth) -> Result<Ws, (Option<u16>, String)> {
+    let path = match auth {
+        Auth::Query(s) => format!("/?secret={s}"),
+        _ => "/".to_string(),
+    };
+    let mut req = format!("ws://127.0.0.1:{}{}", a.port, path).into_client_request().unwrap();
+    match auth {
+        Auth::Header(s) => {
+            req.headers_mut().insert("X-Cluster-Secret", HeaderValue::from_str(s).unwrap());
+        }
+        Auth::Bearer(s) => {
+            req.headers_mut().insert("Authorization", HeaderValue::from_str(&format!("Bearer {s}")).unwrap());
+        }
+        _ => {}
+    }
+    let stream = TcpStream::connect(a.addr()).map_err(|e| (None, format!("connect: {e}")))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = stream.set_nodelay(true);
+    match tungstenite::client::client(req, stream) {
+        Ok((ws, resp)) => {
+            assert_eq!(resp.status().as_u16(), 101);
+            Ok(ws)
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            Err((Some(r.status().as_u16()), body))
+        }
+        Err(e) => Err((None, e.to_string())),
+    }
+}
+
+/// A client whose socket has a small receive buffer (set before connecting, which turns
+/// off the kernel's autotuning), so a client that stops reading backs up into the agent
+/// quickly, whatever the host's TCP buffer settings.
+#[track_caller]
+fn connect_small_rcvbuf(a: &Agent) -> Ws {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let addr: std::net::SocketAddr = a.addr().parse().unwrap();
+    sock.connect(&SockAddr::from(addr)).expect("connect");
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("ws://127.0.0.1:{}/", a.port).into_client_request().unwrap();
+    req.headers_mut().insert("X-Cluster-Secret", HeaderValue::from_str(SECRET).unwrap());
+    tungstenite::client::client(req, stream).map(|(ws, _)| ws).unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+#[track_caller]
+fn connect(a: &Agent) -> Ws {
+    try_connect(a, Auth::Header(SECRET))
+        .unwrap_or_else(|e| panic!("WebSocket connect with the secret failed: {e:?}\nagent log:\n{}", a.log_text()))
+}
+
+fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).expect("send to the agent");
+}
+
+fn subscribe(ws: &mut Ws, task: u64, offset: u64, error_offset: u64) {
+    send_json(ws, json!({"type": "subscribe", "taskId": task, "offset": offset, "errorOffset": error_offset}));
+}
+
+/// What one read produced.
+#[derive(Debug)]
+enum Got {
+    Msg(Value),
+    /// A close frame (with its code) or the end of the connection (None).
+    Closed(Option<u16>, String),
+    Timeout,
+}
+
+fn read_one(ws: &mut Ws, deadline: Instant) -> Got {
+    for _ in 0..1_000_000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Got::Timeout;
+        }
+        ws.get_ref().set_read_timeout(Some(left.min(Duration::from_millis(500)))).unwrap();
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v = serde_json::from_str(t.as_str())
+                    .unwrap_or_else(|e| panic!("server sent a text message that is not JSON ({e}): {t}"));
+                return Got::Msg(v);
+            }
+            Ok(Message::Close(f)) => {
+                let (code, why) =
+                    f.map(|f| (Some(u16::from(f.code)), f.reason.to_string())).unwrap_or((None, String::new()));
+                return Got::Closed(code, format!("close frame {why}"));
+            }
+            Ok(Message::Binary(b)) => {
+                panic!("server sent a binary message ({} bytes); only JSON text is expected", b.len())
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) =>
+            {
+                continue
+            }
+            Err(e) => return Got::Closed(None, format!("connection ended: {e}")),
+        }
+    }
+    Got::Timeout
+}
+
+fn summary(msgs: &[Value]) -> String {
+    let mut s = format!("{} messages; last ones:\n", msgs.len());
+    for m in msgs.iter().rev().take(8).rev() {
+        let mut t = m.to_string();
+        if t.len() > 300 {
+            let mut cut = 300;
+            while !t.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            t.truncate(cut);
+            t.push_str("...");
+        }
+        s.push_str(&format!("  {t}\n"));
+    }
+    s
+}
+
+/// Reads messages until `stop` holds for one (included), for `timeout` at most.
+#[track_caller]
+fn collect_until(ws: &mut Ws, timeout: Duration, what: &str, mut stop: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut msgs = Vec::new();
+    loop {
+        match read_one(ws, deadline) {
+            Got::Msg(v) => {
+                let done = stop(&v);
+                msgs.push(v);
+                if done {
+                    return msgs;
+                }
+            }
+            Got::Closed(code, why) => {
+                panic!("connection closed ({code:?}, {why}) while waiting for {what}; {}", summary(&msgs))
+            }
+            Got::Timeout => panic!("no {what} within {timeout:?}; {}", summary(&msgs)),
+        }
+    }
+}
+
+fn is_completed_of(v: &Value, id: u64) -> bool {
+    v["taskId"].as_u64() == Some(id) && v["event"] == "completed"
+}
+
+#[track_caller]
+fn until_completed(ws: &mut Ws, id: u64, timeout: Duration) -> Vec<Value> {
+    collect_until(ws, timeout, &format!("`completed` of task {id}"), |v| is_completed_of(v, id))
+}
+
+/// Reads for `dur` and returns what arrived (the connection must stay open).
+#[track_caller]
+fn read_for(ws: &mut Ws, dur: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + dur;
+    let mut msgs = Vec::new();
+    loop {
+        match read_one(ws, deadline) {
+            Got::Msg(v) => msgs.push(v),
+            Got::Timeout => return msgs,
+            Got::Closed(code, why) => panic!("connection closed unexpectedly ({code:?}, {why}); {}", summary(&msgs)),
+        }
+    }
+}
+
+/// Checks the compat shape of one `task_update` message (CONTRACT.md §3).
+#[track_caller]
+fn check_shape(m: &Value, t0: u64) {
+    assert_eq!(m["type"], "task_update", "type must be \"task_update\": {m}");
+    let id = m["taskId"].as_u64().unwrap_or_else(|| panic!("taskId must be an integer: {m}"));
+    let ev = m["event"].as_str().unwrap_or_else(|| panic!("event must be a string: {m}"));
+    let ts = m["timestamp"].as_u64().unwrap_or_else(|| panic!("timestamp must be an integer (ms): {m}"));
+    assert!(
+        ts + 5_000 >= t0 && ts <= now_ms() + 5_000,
+        "timestamp {ts} is not ms since the epoch, near now ({t0}): {m}"
+    );
+    let d = &m["data"];
+    match ev {
+        "started" => {
+            assert!(d.is_object(), "started data must be the task object: {m}");
+            assert_eq!(d["id"].as_u64(), Some(id), "started data.id must be the taskId: {m}");
+            assert_eq!(d["status"], "running", "task object at start has status running: {m}");
+            assert!(d["command"].is_string(), "task object has command: {m}");
+            assert!(d["args"].is_array(), "task object has args: {m}");
+            assert!(d["cwd"].is_string(), "task object has cwd: {m}");
+            assert!(d["env"].is_object(), "task object has env: {m}");
+            let st = d["startedAt"].as_u64().unwrap_or_else(|| panic!("task object has startedAt (ms): {m}"));
+            assert!(st + 5_000 >= t0 && st <= now_ms() + 5_000, "startedAt {st} not ms near now: {m}");
+        }
+        "output" => {
+            assert!(d.is_string(), "output data must be a string: {m}");
+            assert!(m["offset"].is_u64(), "output messages carry an integer offset: {m}");
+        }
+        "error" => {
+            assert!(d.is_string(), "error data must be a string (a stderr chunk): {m}");
+            assert!(m.get("offset").is_none() || m["offset"].is_u64(), "offset must be an integer: {m}");
+        }
+        "failed" => {
+            let e = d["error"].as_str().unwrap_or_else(|| panic!("failed data must be {{\"error\": str}}: {m}"));
+            assert!(!e.is_empty(), "failed error must say why: {m}");
+        }
+        "completed" => {
+            let o = d.as_object().unwrap_or_else(|| panic!("completed data must be an object: {m}"));
+            for k in ["status", "exitCode", "signal", "duration"] {
+                assert!(o.contains_key(k), "completed data lacks {k}: {m}");
+            }
+            assert!(
+                ["completed", "failed", "cancelled"].contains(&d["status"].as_str().unwrap_or("")),
+                "completed status must be completed|failed|cancelled: {m}"
+            );
+            assert!(d["exitCode"].is_null() || d["exitCode"].is_i64(), "exitCode int or null: {m}");
+            assert!(d["signal"].is_null() || d["signal"].is_string(), "signal string or null: {m}");
+            assert!(d["duration"].is_u64(), "duration integer ms: {m}");
+        }
+        other => panic!("unknown event {other:?}: {m}"),
+    }
+}
+
+/// A task's events as one client saw them, after the per-task checks.
+struct Seen {
+    stdout: String,
+    stderr: String,
+    /// `(offset, chunk)` of each `output` message.
+    out_chunks: Vec<(u64, String)>,
+    err_chunks: Vec<(u64, String)>,
+    completed: Value,
+    failed: Option<Value>,
+    events: Vec<String>,
+}
+
+/// Checks task `id`'s messages in `msgs`: shapes; `started` first (when `live`); exactly one
+/// `completed`, last; `failed` only right before it; offsets of each stream equal to the
+/// bytes of that stream before the chunk, starting at `from` (stdout, stderr).
+#[track_caller]
+fn check_task(msgs: &[Value], id: u64, t0: u64, live: bool, from: (u64, u64)) -> Seen {
+    let mine: Vec<&Value> = msgs.iter().filter(|m| m["taskId"].as_u64() == Some(id)).collect();
+    assert!(!mine.is_empty(), "no message for task {id}");
+    let events: Vec<String> = mine.iter().map(|m| m["event"].as_str().unwrap_or("?").to_string()).collect();
+    for m in &mine {
+        check_shape(m, t0);
+    }
+    let n_completed = events.iter().filter(|e| *e == "completed").count();
+    assert_eq!(n_completed, 1, "task {id}: `completed` must come exactly once; events: {events:?}");
+    assert_eq!(events.last().unwrap(), "completed", "task {id}: `completed` must be last; events: {events:?}");
+    if live {
+        assert_eq!(events[0], "started", "task {id}: `started` must come first; events: {events:?}");
+        assert_eq!(events.iter().filter(|e| *e == "started").count(), 1, "task {id}: one `started`; {events:?}");
+    } else {
+        assert!(!events.iter().any(|e| e == "started"), "task {id}: replay sent `started` again? {events:?}");
+    }
+    let n_failed = events.iter().filter(|e| *e == "failed").count();
+    assert!(n_failed <= 1, "task {id}: `failed` more than once: {events:?}");
+    if n_failed == 1 {
+        assert_eq!(
+            events[events.len() - 2],
+            "failed",
+            "task {id}: `failed` must be right before `completed`: {events:?}"
+        );
+    }
+    let (mut out_pos, mut err_pos) = from;
+    let mut seen = Seen {
+        stdout: String::new(),
+        stderr: String::new(),
+        out_chunks: Vec::new(),
+        err_chunks: Vec::new(),
+        completed: Value::Null,
+        failed: None,
+        events: events.clone(),
+    };
+    for m in &mine {
+        match m["event"].as_str().unwrap() {
+            "output" => {
+                let d = m["data"].as_str().unwrap();
+                let off = m["offset"].as_u64().unwrap();
+                assert_eq!(off, out_pos, "task {id}: output offset {off} but {out_pos} stdout bytes came before it");
+                assert!(!d.is_empty(), "task {id}: empty output chunk: {m}");
+                out_pos += d.len() as u64;
+                seen.stdout.push_str(d);
+                seen.out_chunks.push((off, d.to_string()));
+            }
+            "error" => {
+                let d = m["data"].as_str().unwrap();
+                if let Some(off) = m["offset"].as_u64() {
+                    assert_eq!(off, err_pos, "task {id}: error offset {off} but {err_pos} stderr bytes came before it");
+                }
+                err_pos += d.len() as u64;
+                seen.stderr.push_str(d);
+                seen.err_chunks.push((m["offset"].as_u64().unwrap_or(u64::MAX), d.to_string()));
+            }
+            "completed" => seen.completed = m["data"].clone(),
+            "failed" => seen.failed = Some(m["data"].clone()),
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Every chunk but the last ends at a line end (CONTRACT.md §3).
+#[track_caller]
+fn check_line_chunks(chunks: &[(u64, String)], what: &str) {
+    for (i, (off, c)) in chunks.iter().enumerate() {
+        if i + 1 < chunks.len() {
+            assert!(
+                c.ends_with('\n'),
+                "{what}: chunk {i} at offset {off} does not end at a line end: ...{:?}",
+                &c[c.len().saturating_sub(40)..]
+            );
+        }
+    }
+}
+
+fn seq_text(from: u64, to: u64) -> String {
+    let mut s = String::with_capacity(((to - from + 1) * 7) as usize);
+    for i in from..=to {
+        s.push_str(&i.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// Does a raw WebSocket handshake on a new connection and returns the stream, positioned
+/// right after the 101 response.
+#[track_caller]
+fn raw_ws(a: &Agent) -> TcpStream {
+    let mut s = common::raw_connect(a, Duration::from_secs(20));
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Cluster-Secret: {SECRET}\r\n\r\n",
+        a.port
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "raw handshake not answered with 101: {head:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "wrong or missing Sec-WebSocket-Accept: {head:?}"
+    );
+    s
+}
+
+/// Reads an HTTP response head byte by byte (so no frame after it is consumed).
+fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Sends a raw upgrade request with `extra` headers on `path`; returns the HTTP status.
+fn raw_upgrade_status(a: &Agent, path: &str, extra: &str) -> (Option<u16>, String) {
+    let mut s = common::raw_connect(a, Duration::from_secs(20));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
+        a.port
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (bytes, _) = common::read_until_close(&mut s, Duration::from_secs(10));
+    (common::raw_status(&bytes), String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Message shapes.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn message_shapes_follow_the_compat_format() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    let mut ws = connect_synced(&a);
+    let id = a.run("sh", &["-c", "echo out1; echo err1 >&2; echo out2"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let seen = check_task(&msgs, id, t0, true, (0, 0));
+    let started = msgs.iter().find(|m| m["taskId"].as_u64() == Some(id) && m["event"] == "started").unwrap();
+    assert_eq!(started["data"]["command"], "sh", "{started}");
+    assert_eq!(started["data"]["args"], json!(["-c", "echo out1; echo err1 >&2; echo out2"]), "{started}");
+    assert_eq!(seen.stdout, "out1\nout2\n", "concatenated output chunks");
+    assert_eq!(seen.stderr, "err1\n", "concatenated error chunks (stderr)");
+    assert_eq!(seen.completed["status"], "completed", "{}", seen.completed);
+    assert_eq!(seen.completed["exitCode"], 0, "{}", seen.completed);
+    assert!(seen.completed["signal"].is_null(), "{}", seen.completed);
+    assert!(seen.failed.is_none(), "no `failed` for a program that started");
+    let t = a.wait_task(id);
+    assert_eq!(t["stdout"], seen.stdout.as_str());
+    assert_eq!(t["stderr"], seen.stderr.as_str());
+    assert_eq!(t["status"], seen.completed["status"]);
+    assert_eq!(t["duration"], seen.completed["duration"], "completed.duration is the task's duration");
+
+    // Non-zero exit: status failed, its exit code.
+    let id = a.run("sh", &["-c", "exit 3"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let seen = check_task(&msgs, id, t0, true, (0, 0));
+    assert_eq!(seen.completed["status"], "failed", "{}", seen.completed);
+    assert_eq!(seen.completed["exitCode"], 3, "{}", seen.completed);
+    assert!(seen.completed["signal"].is_null(), "{}", seen.completed);
+    assert!(seen.failed.is_none(), "`failed` event is only for spawn failures: {:?}", seen.events);
+
+    // Death by signal: exitCode null, signal named.
+    let id = a.run("sh", &["-c", "kill -TERM $$"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let seen = check_task(&msgs, id, t0, true, (0, 0));
+    assert_eq!(seen.completed["status"], "failed", "{}", seen.completed);
+    assert!(seen.completed["exitCode"].is_null(), "{}", seen.completed);
+    assert_eq!(seen.completed["signal"], "SIGTERM", "{}", seen.completed);
+}
+
+#[test]
+fn spawn_failure_sends_failed_then_completed() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    let mut ws = connect_synced(&a);
+    let id = a.run("/nonexistent/codara-no-such-program-7781", &["x"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let seen = check_task(&msgs, id, t0, has_started(&msgs, id), (0, 0));
+    let f =
+        seen.failed.unwrap_or_else(|| panic!("no `failed` event for a program that does not exist: {:?}", seen.events));
+    assert!(f["error"].as_str().unwrap().len() > 3, "{f}");
+    assert_eq!(seen.completed["status"], "failed", "{}", seen.completed);
+    let ev = &seen.events;
+    assert_eq!(&ev[ev.len() - 2..], ["failed", "completed"], "{ev:?}");
+    let t = a.wait_task(id);
+    assert_eq!(t["status"], "failed");
+    assert!(t["error"].is_string(), "{t}");
+
+    // A cwd that does not exist: same.
+    let r = a.post("/execute", &json!({"command": "true", "cwd": "/nonexistent/codara-no-such-dir-7781"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["taskId"].as_u64().unwrap();
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let seen = check_task(&msgs, id, t0, has_started(&msgs, id), (0, 0));
+    assert!(seen.failed.is_some(), "no `failed` event for a cwd that does not exist: {:?}", seen.events);
+    assert_eq!(seen.completed["status"], "failed", "{}", seen.completed);
+    // Nothing more about either task afterwards (completed is the last, exactly once).
+    let more = read_for(&mut ws, Duration::from_millis(700));
+    assert!(more.is_empty(), "messages after `completed`: {}", summary(&more));
+}
+
+/// Whether `started` of task `id` is among `msgs` (optional before a spawn failure, or when a
+/// client subscribed after the start; if it is there, it must be first).
+fn has_started(msgs: &[Value], id: u64) -> bool {
+    msgs.iter().any(|m| m["taskId"].as_u64() == Some(id) && m["event"] == "started")
+}
+
+// ---------------------------------------------------------------------------
+// Authentication.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn upgrade_refused_without_or_with_a_wrong_secret() {
+    let a = common::agent().start();
+    let wrong = "wrong-secret-0123456789abcdef";
+    for (path, extra, what) in [
+        ("/", String::new(), "no secret"),
+        ("/", format!("X-Cluster-Secret: {wrong}\r\n"), "wrong X-Cluster-Secret"),
+        ("/", format!("Authorization: Bearer {wrong}\r\n"), "wrong bearer token"),
+        (&*format!("/?secret={wrong}"), String::new(), "wrong ?secret="),
+        ("/", format!("Authorization: Basic {SECRET}\r\n"), "secret under another scheme than Bearer"),
+        ("/", "X-Cluster-Secret: \r\n".to_string(), "empty X-Cluster-Secret"),
+    ] {
+        let (status, text) = raw_upgrade_status(&a, path, &extra);
+        assert_eq!(status, Some(403), "{what}: expected HTTP 403 before the upgrade, got {status:?}: {text:?}");
+        assert!(!text.contains("101 Switching"), "{what}: upgraded anyway: {text:?}");
+    }
+    for auth in [Auth::Nothing, Auth::Header(wrong), Auth::Bearer(wrong), Auth::Query(wrong)] {
+        match try_connect(&a, auth) {
+            Ok(_) => panic!("{auth:?}: the agent accepted a WebSocket client without the right secret"),
+            Err((status, body)) => assert_eq!(status, Some(403), "{auth:?}: {body}"),
+        }
+    }
+    let mut a = a;
+    a.assert_alive();
+}
+
+#[test]
+fn upgrade_accepted_with_each_way_of_presenting_the_secret() {
+    let a = common::agent().start();
+    let mut clients: Vec<(String, Ws)> = Vec::new();
+    for auth in [Auth::Header(SECRET), Auth::Bearer(SECRET), Auth::Query(SECRET)] {
+        let ws = try_connect(&a, auth).unwrap_or_else(|e| panic!("{auth:?} refused: {e:?}"));
+        clients.push((format!("{auth:?}"), ws));
+    }
+    // Any path accepts an upgrade.
+    let mut req = format!("ws://127.0.0.1:{}/some/other/path", a.port).into_client_request().unwrap();
+    req.headers_mut().insert("X-Cluster-Secret", HeaderValue::from_str(SECRET).unwrap());
+    let s = TcpStream::connect(a.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (ws, _) = tungstenite::client::client(req, s).expect("upgrade on another path");
+    clients.push(("other path".into(), ws));
+    // All are known to the broadcaster once each got a task's `completed`.
+    let sync = a.run("true", &[]);
+    for (_, ws) in clients.iter_mut() {
+        until_completed(ws, sync, Duration::from_secs(30));
+    }
+
+    let t0 = now_ms();
+    let id = a.run("echo", &["authenticated"]);
+    for (what, ws) in clients.iter_mut() {
+        let msgs = until_completed(ws, id, Duration::from_secs(30));
+        let seen = check_task(&msgs, id, t0, true, (0, 0));
+        assert_eq!(seen.stdout, "authenticated\n", "{what}");
+    }
+}
+
+#[test]
+fn anonymous_clients_accepted_only_when_allowed_with_a_warning() {
+    let a = common::agent().env("WS_ALLOW_ANONYMOUS", "true").start();
+    let log = a.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.to_ascii_lowercase().contains("anonymous")),
+        "WS_ALLOW_ANONYMOUS=true must log a warning at start; log:\n{log}"
+    );
+    let t0 = now_ms();
+    let mut anon = try_connect(&a, Auth::Nothing).unwrap_or_else(|e| panic!("anonymous client refused: {e:?}"));
+    let mut with = connect(&a);
+    // Both are known to the broadcaster once each got a task's `completed`.
+    let sync = a.run("true", &[]);
+    for ws in [&mut anon, &mut with] {
+        until_completed(ws, sync, Duration::from_secs(30));
+    }
+    let id = a.run("echo", &["anon"]);
+    for ws in [&mut anon, &mut with] {
+        let msgs = until_completed(ws, id, Duration::from_secs(30));
+        assert_eq!(check_task(&msgs, id, t0, true, (0, 0)).stdout, "anon\n");
+    }
+    // HTTP still needs the secret.
+    let r = a.request("GET", "/tasks", &[], b"");
+    assert_eq!(r.status, 403, "WS_ALLOW_ANONYMOUS must not open the HTTP API: {}", r.text());
+
+    // Without the setting: no warning, and anonymous clients are refused.
+    let b = common::agent().start();
+    assert!(
+        !b.log_text().lines().any(|l| l.contains("WARN") && l.to_ascii_lowercase().contains("anonymous")),
+        "warning about anonymous clients without WS_ALLOW_ANONYMOUS:\n{}",
+        b.log_text()
+    );
+    let Err(e) = try_connect(&b, Auth::Nothing) else { panic!("anonymous client accepted by default") };
+    assert_eq!(e.0, Some(403), "{e:?}");
+}
+
+// ---------------------------------------------------------------------------
+// A client sees every event of a task started after its handshake.
+// ---------------------------------------------------------------------------
+
+/// Connects, then waits until the broadcaster demonstrably knows the client: a `true`
+/// task's `completed` reaches it. Tests whose subject is not the connect-time race use this,
+/// so a failure points at one bug; `events_of_tasks_started_after_the_handshake_all_arrive`
+/// tests that race itself.
+#[track_caller]
+fn connect_synced(a: &Agent) -> Ws {
+    let mut ws = connect(a);
+    sync_client(a, &mut ws);
+    ws
+}
+
+#[track_caller]
+fn sync_client(a: &Agent, ws: &mut Ws) {
+    let id = a.run("true", &[]);
+    until_completed(ws, id, Duration::from_secs(30));
+}
+
+#[test]
+fn events_of_tasks_started_after_the_handshake_all_arrive() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    // Some CPU pressure from the test process (bounded in time), as on a busy CI box.
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for i in 0..100 {
+        // The handshake is complete once `connect` returns: a task started now is "after".
+        let mut ws = connect(&a);
+        let id = a.run("echo", &[&format!("race {i}")]);
+        let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+        let events: Vec<&str> = msgs
+            .iter()
+            .filter(|m| m["taskId"].as_u64() == Some(id))
+            .map(|m| m["event"].as_str().unwrap_or("?"))
+            .collect();
+        if events.first() != Some(&"started") {
+            failures.push(format!("round {i}: task {id} events {events:?}"));
+        } else {
+            let seen = check_task(&msgs, id, t0, true, (0, 0));
+            assert_eq!(seen.stdout, format!("race {i}\n"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        let _ = s.join();
+    }
+    assert!(
+        failures.is_empty(),
+        "a client connected (101 received) before a task started missed the task's first events in {} of 100 \
+         rounds (CONTRACT §3: without a subscribe a connection gets every task's events):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Order, reassembly, chunking.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn concurrent_tasks_each_in_order_with_completed_last_once() {
+    let a = common::agent().env("MAX_CONCURRENT_TASKS", "6").start();
+    let t0 = now_ms();
+    let mut ws = connect_synced(&a);
+    let mut ids = Vec::new();
+    for k in 0..6 {
+        let script = format!(
+            "i=0; while [ $i -lt 300 ]; do echo \"t{k} out $i\"; echo \"t{k} err $i\" >&2; i=$((i+1)); done; echo \"t{k} end\""
+        );
+        ids.push((k, a.run("sh", &["-c", &script])));
+    }
+    let mut pending: Vec<u64> = ids.iter().map(|(_, id)| *id).collect();
+    let msgs = collect_until(&mut ws, Duration::from_secs(90), "`completed` of all 6 tasks", |v| {
+        if v["event"] == "completed" {
+            pending.retain(|id| v["taskId"].as_u64() != Some(*id));
+        }
+        pending.is_empty()
+    });
+    for (k, id) in &ids {
+        let seen = check_task(&msgs, *id, t0, true, (0, 0));
+        let mut out = String::new();
+        let mut err = String::new();
+        for i in 0..300 {
+            out.push_str(&format!("t{k} out {i}\n"));
+            err.push_str(&format!("t{k} err {i}\n"));
+        }
+        out.push_str(&format!("t{k} end\n"));
+        assert_eq!(seen.stdout, out, "task {id}: stdout reassembled from `output` chunks");
+        assert_eq!(seen.stderr, err, "task {id}: stderr reassembled from `error` chunks");
+        check_line_chunks(&seen.out_chunks, &format!("task {id} stdout"));
+        check_line_chunks(&seen.err_chunks, &format!("task {id} stderr"));
+        assert_eq!(seen.completed["status"], "completed");
+    }
+    let more = read_for(&mut ws, Duration::from_millis(700));
+    assert!(more.is_empty(), "messages after every task completed: {}", summary(&more));
+}
+
+#[test]
+fn seq_300000_reassembled_exactly_in_line_chunks_few_messages() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    let mut ws = connect_synced(&a);
+    let id = a.run("seq", &["1", "300000"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(120));
+    let seen = check_task(&msgs, id, t0, true, (0, 0));
+    let expected = seq_text(1, 300000);
+    assert_eq!(seen.stdout.len(), expected.len(), "reassembled stdout length");
+    assert!(seen.stdout == expected, "reassembled stdout differs from `seq 1 300000`");
+    assert_eq!(seen.stderr, "");
+    check_line_chunks(&seen.out_chunks, "seq stdout");
+    let n = seen.out_chunks.len();
+    assert!(n < 30_000, "{n} output messages for 300000 lines: many lines must travel in one message under load");
+    assert_eq!(seen.completed["status"], "completed");
+    assert_eq!(seen.completed["exitCode"], 0);
+}
+
+#[test]
+fn replay_after_the_task_ended_from_zero_and_from_a_chunk_boundary() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    let mut live = connect_synced(&a);
+    let id = a.run("sh", &["-c", "seq 1 150000; seq 150001 250000 >&2"]);
+    let msgs = until_completed(&mut live, id, Duration::from_secs(120));
+    let seen = check_task(&msgs, id, t0, true, (0, 0));
+    let out = seq_text(1, 150000);
+    let err = seq_text(150001, 250000);
+    assert!(seen.stdout == out, "live stdout differs");
+    assert!(seen.stderr == err, "live stderr differs");
+    a.wait_task(id);
+
+    // From the start.
+    let mut ws = connect(&a);
+    subscribe(&mut ws, id, 0, 0);
+    let r = until_completed(&mut ws, id, Duration::from_secs(60));
+    let rs = check_task(&r, id, t0, false, (0, 0));
+    assert!(rs.stdout == out, "replay from 0: stdout differs (len {} vs {})", rs.stdout.len(), out.len());
+    assert!(rs.stderr == err, "replay from 0: stderr differs (len {} vs {})", rs.stderr.len(), err.len());
+    assert_eq!(rs.completed, seen.completed, "replayed `completed` equals the live one");
+    assert!(r.iter().all(|m| m["taskId"].as_u64() == Some(id)), "replay sent other tasks: {}", summary(&r));
+    let more = read_for(&mut ws, Duration::from_millis(700));
+    assert!(more.is_empty(), "messages after the replayed `completed`: {}", summary(&more));
+
+    // From a chunk boundary in the middle of each stream.
+    let pick = |chunks: &[(u64, String)], what: &str| -> u64 {
+        assert!(chunks.len() >= 2, "{what}: only {} chunk(s), no middle boundary to replay from", chunks.len());
+        chunks[chunks.len() / 2].0
+    };
+    let mid_out = pick(&seen.out_chunks, "stdout");
+    let mid_err = if seen.err_chunks.len() >= 2 && seen.err_chunks[0].0 != u64::MAX {
+        pick(&seen.err_chunks, "stderr")
+    } else {
+        0
+    };
+    let mut ws = connect(&a);
+    subscribe(&mut ws, id, mid_out, mid_err);
+    let r = until_completed(&mut ws, id, Duration::from_secs(60));
+    let rs = check_task(&r, id, t0, false, (mid_out, mid_err));
+    assert!(rs.stdout == out[mid_out as usize..], "replay from {mid_out}: not exactly the rest of stdout");
+    assert!(rs.stderr == err[mid_err as usize..], "replay from errorOffset {mid_err}: not exactly the rest of stderr");
+    assert_eq!(rs.out_chunks.first().map(|c| c.0), Some(mid_out), "first replayed chunk starts at the offset");
+    let more = read_for(&mut ws, Duration::from_millis(700));
+    assert!(more.is_empty(), "messages after the replayed `completed`: {}", summary(&more));
+
+    // From the end: nothing but `completed`.
+    let mut ws = connect(&a);
+    subscribe(&mut ws, id, out.len() as u64, err.len() as u64);
+    let r = until_completed(&mut ws, id, Duration::from_secs(60));
+    let rs = check_task(&r, id, t0, false, (out.len() as u64, err.len() as u64));
+    assert_eq!(rs.events, ["completed"], "replay from the end");
+
+    // A spawn failure replays `failed` then `completed`.
+    let bad = a.run("/nonexistent/codara-no-such-program-7782", &[]);
+    a.wait_task(bad);
+    let mut ws = connect(&a);
+    subscribe(&mut ws, bad, 0, 0);
+    let r = until_completed(&mut ws, bad, Duration::from_secs(60));
+    let rs = check_task(&r, bad, t0, false, (0, 0));
+    assert_eq!(rs.events, ["failed", "completed"], "replay of a spawn failure");
+}
+
+// ---------------------------------------------------------------------------
+// Subscribe / unsubscribe.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn subscribe_narrows_the_connection_to_named_tasks() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    let mut all = connect_synced(&a);
+    // The first subscribe narrows the connection (to a task that has already ended; the
+    // connection is made after it ended, so its only `completed` is the replayed one).
+    let tx = a.run("true", &[]);
+    a.wait_task(tx);
+    until_completed(&mut all, tx, Duration::from_secs(30));
+    let mut narrow = connect(&a);
+    subscribe(&mut narrow, tx, 0, 0);
+    until_completed(&mut narrow, tx, Duration::from_secs(30));
+    let ta = a.run("sh", &["-c", "echo a1; sleep 3; echo a2"]);
+    // Subscribing while A runs: its output from 0 (replayed), then live.
+    subscribe(&mut narrow, ta, 0, 0);
+    let tb = a.run("sh", &["-c", "echo b1; echo b2 >&2"]);
+    let tb_end = a.wait_task(tb);
+    assert_eq!(tb_end["status"], "completed");
+    let got = until_completed(&mut narrow, ta, Duration::from_secs(60));
+    assert!(
+        !got.iter().any(|m| m["taskId"].as_u64() == Some(tb)),
+        "subscribed to task {ta} only, but got task {tb}'s events: {}",
+        summary(&got)
+    );
+    let seen = check_task(&got, ta, t0, has_started(&got, ta), (0, 0));
+    assert_eq!(seen.stdout, "a1\na2\n", "subscribed task's output, replayed then live");
+    // The unsubscribed connection got both (compat: every task).
+    let all_msgs = until_completed(&mut all, ta, Duration::from_secs(60));
+    assert_eq!(check_task(&all_msgs, tb, t0, true, (0, 0)).stdout, "b1\n");
+    assert_eq!(check_task(&all_msgs, ta, t0, true, (0, 0)).stdout, "a1\na2\n");
+    // A later task is not sent to the narrowed connection either.
+    let tc = a.run("echo", &["c"]);
+    a.wait_task(tc);
+    until_completed(&mut all, tc, Duration::from_secs(30));
+    let more = read_for(&mut narrow, Duration::from_millis(1000));
+    assert!(more.is_empty(), "narrowed connection got events of unsubscribed tasks: {}", summary(&more));
+}
+
+#[test]
+fn unsubscribe_stops_a_tasks_events() {
+    let a = common::agent().start();
+    let t0 = now_ms();
+    // Narrow the connection first (to a task that has ended before it connected), so A's
+    // events come only through its subscription.
+    let tx = a.run("true", &[]);
+    a.wait_task(tx);
+    let mut ws = connect(&a);
+    subscribe(&mut ws, tx, 0, 0);
+    until_completed(&mut ws, tx, Duration::from_secs(30));
+    let ta = a.run("sh", &["-c", "echo a-start; sleep 3; echo a-end"]);
+    subscribe(&mut ws, ta, 0, 0);
+    let got = collect_until(&mut ws, Duration::from_secs(30), "task A's first output", |v| {
+        v["taskId"].as_u64() == Some(ta) && v["event"] == "output"
+    });
+    assert!(got.iter().all(|m| m["taskId"].as_u64() == Some(ta)));
+    send_json(&mut ws, json!({"type": "unsubscribe", "taskId": ta}));
+    // D ends well after A; subscribe to it to keep the connection narrowed to something.
+    let td = a.run("sh", &["-c", "sleep 5; echo d-end"]);
+    subscribe(&mut ws, td, 0, 0);
+    let end_a = a.wait_task(ta);
+    assert_eq!(end_a["stdout"], "a-start\na-end\n");
+    let rest = until_completed(&mut ws, td, Duration::from_secs(60));
+    let of_a: Vec<&Value> = rest.iter().filter(|m| m["taskId"].as_u64() == Some(ta)).collect();
+    assert!(of_a.is_empty(), "events of task {ta} after unsubscribing from it: {of_a:?}");
+    assert_eq!(check_task(&rest, td, t0, has_started(&rest, td), (0, 0)).stdout, "d-end\n");
+}
+
+#[test]
+fn subscribe_to_an_unknown_task_gets_an_error() {
+    let a = common::agent().start();
+    let mut ws = connect(&a);
+    subscribe(&mut ws, 987654, 0, 0);
+    let got = collect_until(&mut ws, Duration::from_secs(30), "an error message", |v| v["type"] == "error");
+    let e = got.last().unwrap();
+    assert_eq!(e, &json!({"type": "error", "error": "Task not found", "taskId": 987654}));
+}
+
+// ---------------------------------------------------------------------------
+// Slow clients, many clients, hostile clients, ping.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stalled_client_does_not_slow_the_task_or_other_clients_and_is_closed() {
+    let mut a = common::agent().start();
+    let pid = a.pid();
+    // A: never reads, never subscribes (gets every task's events).
+    let mut stalled_all = connect_small_rcvbuf(&a);
+    // B: reads everything, as fast as it can, doing little per message.
+    let mut reader = connect(&a);
+    let task_id = Arc::new(AtomicU64::new(0));
+    let reader_thread = {
+        let task_id = Arc::clone(&task_id);
+        std::thread::spawn(move || -> Result<(Duration, u64, u64), String> {
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs(120);
+            let (mut bytes, mut n) = (0u64, 0u64);
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(format!("no `completed` within 120 s ({n} messages, {bytes} bytes)"));
+                }
+                reader.get_ref().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                match reader.read() {
+                    Ok(Message::Text(t)) => {
+                        n += 1;
+                        bytes += t.len() as u64;
+                        if t.len() < 4096 && t.contains("\"completed\"") {
+                            let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
+                            let id = task_id.load(Ordering::Acquire);
+                            if id != 0 && is_completed_of(&v, id) {
+                                return Ok((start.elapsed(), n, bytes));
+                            }
+                        }
+                    }
+                    Ok(Message::Close(f)) => {
+                        return Err(format!("reading client was closed: {f:?} after {n} messages"))
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) => return Err(format!("reading client's connection ended: {e} after {n} messages")),
+                }
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut max = 0u64;
+            let start = Instant::now();
+            while !stop.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(300) {
+                if let Some(k) = vm_rss_kib(pid) {
+                    max = max.max(k);
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            max
+        })
+    };
+    let baseline = vm_rss_kib(pid).unwrap_or(0);
+    let started = Instant::now();
+    let id = a.run("sh", &["-c", "yes aaaaaaaa | head -c 67108864"]);
+    task_id.store(id, Ordering::Release);
+    // C: subscribes to the big task, then never reads.
+    let mut stalled_sub = connect_small_rcvbuf(&a);
+    subscribe(&mut stalled_sub, id, 0, 0);
+
+    // The task itself is not held back by the stalled clients.
+    let deadline = started + Duration::from_secs(60);
+    let t = loop {
+        let t = a.get(&format!("/task/{id}")).json();
+        if t["status"] != "running" {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "64 MiB task still running after 60 s with stalled WebSocket clients: {t}\nlog:\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(t["status"], "completed", "{t}");
+    let task_time = started.elapsed();
+
+    // The reading client gets `completed`.
+    let r = reader_thread.join().unwrap();
+    let (reader_time, n, bytes) =
+        r.unwrap_or_else(|e| panic!("reading client: {e}\n(task took {task_time:?})\nlog:\n{}", a.log_text()));
+    assert!(bytes >= 67_108_864, "reading client got only {bytes} bytes of messages for 64 MiB of output");
+    assert!(
+        reader_time < Duration::from_secs(90),
+        "reading client got `completed` only after {reader_time:?} ({n} messages)"
+    );
+    stop.store(true, Ordering::Release);
+    let max_rss = sampler.join().unwrap();
+    eprintln!(
+        "stalled-client test: task {task_time:?}, reader {reader_time:?} ({n} messages), RSS baseline {baseline} KiB, max {max_rss} KiB"
+    );
+    // Budget: 3 clients (2 stalled, 1 reading) × 8 MiB of queue, plus 24 MiB for pipes,
+    // log writes, channels and allocator slack, over the baseline. 64 MiB of output held
+    // for a stalled client (an unbounded queue) would go over it.
+    let bound = baseline + (3 * 8 + 24) * 1024;
+    assert!(
+        max_rss < bound,
+        "agent RSS reached {max_rss} KiB (baseline {baseline} KiB, bound {bound} KiB) with stalled clients: \
+         queues are not bounded by the 8 MiB per-client budget"
+    );
+
+    // The stalled clients were closed: after reading what was buffered, a close frame with
+    // code 1008 or the end of the connection.
+    for (what, ws) in
+        [("stalled client (all tasks)", &mut stalled_all), ("stalled client (subscribed)", &mut stalled_sub)]
+    {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut n = 0u64;
+        let mut saw_completed = false;
+        let end = loop {
+            match read_one(ws, deadline) {
+                Got::Msg(v) => {
+                    n += 1;
+                    saw_completed |= is_completed_of(&v, id);
+                }
+                Got::Closed(code, why) => break (code, why),
+                Got::Timeout => panic!(
+                    "{what}: still open 90 s after resuming ({n} messages read, `completed` seen: {saw_completed}); it fell far behind and must be closed"
+                ),
+            }
+        };
+        if let Some(code) = end.0 {
+            assert_eq!(code, 1008, "{what}: closed with code {code} ({}); expected 1008", end.1);
+        }
+        eprintln!("{what}: {n} messages then {end:?}");
+    }
+    let log = a.log_text();
+    assert!(
+        log.lines().any(|l| l.to_ascii_lowercase().contains("behind")),
+        "no log line saying a WebSocket client fell behind; log:\n{log}"
+    );
+    a.assert_alive();
+}
+
+#[test]
+fn two_hundred_clients_all_get_completed() {
+    let a = common::agent().start();
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let ws = try_connect(&a, Auth::Header(SECRET))
+            .unwrap_or_else(|e| panic!("client {i} could not connect: {e:?}\nlog:\n{}", a.log_text()));
+        clients.push(ws);
+    }
+    // All are known to the broadcaster once each got a task's `completed`.
+    let sync = a.run("true", &[]);
+    for ws in clients.iter_mut() {
+        until_completed(ws, sync, Duration::from_secs(60));
+    }
+    let t0 = now_ms();
+    let id = a.run("sh", &["-c", "echo many; echo clients"]);
+    let handles: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut msgs = Vec::new();
+                loop {
+                    match read_one(&mut ws, deadline) {
+                        Got::Msg(v) => {
+                            let done = is_completed_of(&v, id);
+                            msgs.push(v);
+                            if done {
+                                return Ok(msgs);
+                            }
+                        }
+                        other => return Err(format!("client {i}: {other:?} before `completed`; {}", summary(&msgs))),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for h in handles {
+        match h.join().unwrap() {
+            Ok(msgs) => {
+                let seen = check_task(&msgs, id, t0, true, (0, 0));
+                assert_eq!(seen.stdout, "many\nclients\n");
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 200 clients did not get `completed`: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
+fn garbage_frames_close_only_the_client_that_sent_them() {
+    let mut a = common::agent().start();
+    let t0 = now_ms();
+    let mut good = connect_synced(&a);
+    let garbage: Vec<(&str, Vec<u8>)> = vec![
+        // A client frame must be masked.
+        ("unmasked text frame", b"\x81\x05hello".to_vec()),
+        // Opcode 3 is reserved.
+        ("reserved opcode 0x3", vec![0x83, 0x80 | 4, 1, 2, 3, 4, b'x' ^ 1, b'y' ^ 2, b'z' ^ 3, b'!' ^ 4]),
+        // RSV bits set without an extension.
+        ("random bytes", vec![0x7f, 0xe3, 0x19, 0xa4, 0x00, 0xff, 0x5c, 0x33, 0x91, 0x02, 0x6e, 0xd8, 0x47]),
+        // A frame claiming 1 TiB.
+        ("huge length", vec![0x82, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 9, 9, 9, 9]),
+        // A text frame that is not UTF-8.
+        ("invalid UTF-8 text", vec![0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28]),
+    ];
+    for (what, bytes) in &garbage {
+        let mut s = raw_ws(&a);
+        s.write_all(bytes).unwrap();
+        let (_, closed) = common::read_until_close(&mut s, Duration::from_secs(30));
+        assert!(closed, "{what}: the agent did not close the connection that sent it within 30 s");
+    }
+    // Garbage, then the socket left open without more: the others are unaffected.
+    let mut lingering = raw_ws(&a);
+    lingering.write_all(b"\x81\x05hello").unwrap();
+    a.assert_alive();
+    let id = a.run("echo", &["still here"]);
+    let msgs = until_completed(&mut good, id, Duration::from_secs(30));
+    assert_eq!(check_task(&msgs, id, t0, true, (0, 0)).stdout, "still here\n");
+    // And new clients are still accepted.
+    let mut late = connect_synced(&a);
+    let id = a.run("echo", &["again"]);
+    for ws in [&mut good, &mut late] {
+        let msgs = until_completed(ws, id, Duration::from_secs(30));
+        assert_eq!(check_task(&msgs, id, t0, true, (0, 0)).stdout, "again\n");
+    }
+    drop(lingering);
+    a.assert_alive();
+}
+
+#[test]
+fn server_answers_ping_with_pong() {
+    let a = common::agent().start();
+    let mut ws = connect(&a);
+    for payload in [&b"codara-ping-1"[..], &b""[..], &[0u8, 255, 1, 2][..]] {
+        ws.send(Message::Ping(tungstenite::Bytes::copy_from_slice(payload))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = None;
+        for _ in 0..1000 {
+            if Instant::now() >= deadline {
+                break;
+            }
+            ws.get_ref().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            match ws.read() {
+                Ok(Message::Pong(p)) => {
+                    got = Some(p);
+                    break;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("connection ended while waiting for a pong: {e}"),
+            }
+        }
+        let p = got.expect("no pong within 20 s");
+        assert_eq!(&p[..], payload, "pong must echo the ping's payload");
+    }
+    // A clean close is answered with a close frame.
+    ws.close(None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    match read_one(&mut ws, deadline) {
+        Got::Closed(..) => {}
+        other => panic!("no close answer: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The independent client (Python `websockets`).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn independent_python_websockets_client() {
+    let a = common::agent().start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_independent.py");
+    let probe = Command::new("python3")
+        .args(["-c", "import websockets, sys; sys.stdout.write(websockets.__version__)"])
+        .output();
+    match probe {
+        Err(e) => panic!(
+            "python3 is needed for this test and could not be run ({e}); install python3 and `pip install websockets`"
+        ),
+        Ok(o) if !o.status.success() => panic!(
+            "the Python package `websockets` is missing: run `pip install websockets` (python3 said: {})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Ok(_) => {}
+    }
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(a.port.to_string())
+        .arg(SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let te = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (to.join().unwrap(), te.join().unwrap());
+    let status = status
+        .unwrap_or_else(|| panic!("ws_independent.py did not finish in 300 s\nstdout:\n{stdout}\nstderr:\n{stderr}"));
+    if status.code() == Some(3) {
+        panic!("ws_independent.py: the Python package `websockets` is missing: run `pip install websockets`\n{stdout}{stderr}");
+    }
+    assert!(
+        status.success(),
+        "ws_independent.py failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}\nagent log:\n{}",
+        a.log_text()
+    );
+    for check in ["OK handshake", "OK shapes", "OK seq", "OK order", "OK replay", "ALL OK"] {
+        assert!(
+            stdout.contains(check),
+            "ws_independent.py did not report {check:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}
