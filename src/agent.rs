@@ -34,7 +34,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
     let (events_tx, events_rx) = events::channel();
-    let store = Store::new(&cfg.data_dir);
+    let store = Store::open(&cfg.data_dir)
+        .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;
     let reg = Arc::new(Registry::new(
         Limits::from_config(&cfg),
         store.clone(),
@@ -189,12 +190,11 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
             completed_at: now,
             duration: now.saturating_sub(rec.started_at),
         });
-        if let Err(e) = store.save(rec, true) {
-            log::warn!("task {}: cannot write its record: {e}", rec.id);
-        }
     }
     let count = records.len();
     reg.load_history(records);
+    // Start from a clean journal: one line per kept task, no line cut short by a crash.
+    reg.compact();
     if count > 0 {
         log::info!("loaded {count} task(s) from history; next task id {}", reg.next_id());
     }

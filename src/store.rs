@@ -1,11 +1,19 @@
-//! Task records and output logs under `DATA_DIR/tasks`: `<id>.json` (the record, replaced
-//! atomically) and `<id>.log` (the output, see [`crate::tasks::log`]).
+//! Task history under `DATA_DIR/tasks`: `journal.jsonl`, one task record a line, appended at
+//! each task's start and end (the last line of an id wins), and `<id>.log`, each task's output
+//! (see [`crate::tasks::log`]). Appending to one open file costs one write per change, where a
+//! file per record cost a create and a rename. The journal is rewritten (temporary file, then
+//! rename) at every start and whenever it has grown past a few times `TASK_HISTORY`, so it
+//! holds about what the agent keeps.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::TaskRecord;
+
+const JOURNAL: &str = "journal.jsonl";
 
 /// Creates `DATA_DIR` when missing and checks that files can be written in it.
 pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
@@ -19,76 +27,138 @@ pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
     result
 }
 
-#[derive(Clone, Debug)]
+struct Journal {
+    /// `None` after a failure to reopen it: records then stay in memory only.
+    file: Option<File>,
+    lines: usize,
+}
+
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
+    journal: Arc<Mutex<Journal>>,
 }
 
 impl Store {
     /// The store inside `data_dir` (created by [`prepare_data_dir`]).
-    pub fn new(data_dir: &Path) -> Store {
-        Store { dir: data_dir.join("tasks") }
+    pub fn open(data_dir: &Path) -> io::Result<Store> {
+        let dir = data_dir.join("tasks");
+        let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
+        Ok(Store { dir, journal: Arc::new(Mutex::new(Journal { file: Some(file), lines: 0 })) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("{id}.log"))
     }
 
-    fn record_path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    /// Appends `rec` as one line, in one write.
+    pub fn append(&self, rec: &TaskRecord) -> io::Result<()> {
+        let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut j = self.lock();
+        let file = j.file.as_mut().ok_or_else(|| io::Error::other("the journal could not be reopened"))?;
+        file.write_all(&line)?;
+        j.lines += 1;
+        Ok(())
     }
 
-    /// Writes `rec` through a temporary file and a rename, so a reader or a crash sees either
-    /// the old record or the new one. `sync` makes the new one survive a power loss.
-    pub fn save(&self, rec: &TaskRecord, sync: bool) -> io::Result<()> {
-        let json = serde_json::to_vec(rec).map_err(io::Error::other)?;
-        let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(&json)?;
-        if sync {
-            f.sync_data()?;
+    /// Whether the journal holds many more lines than the `kept` tasks need.
+    pub fn wants_compaction(&self, kept: usize) -> bool {
+        self.lock().lines > 4 * kept + 64
+    }
+
+    /// Replaces the journal with one line per record of `records()`, which is called with
+    /// the journal locked, so no append can fall between reading the records and the swap.
+    pub fn rewrite(&self, records: impl FnOnce() -> Vec<TaskRecord>) -> io::Result<()> {
+        let mut j = self.lock();
+        let records = records();
+        let tmp = self.dir.join(format!(".{JOURNAL}.tmp"));
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        for rec in &records {
+            serde_json::to_writer(&mut out, rec).map_err(io::Error::other)?;
+            out.write_all(b"\n")?;
         }
-        drop(f);
-        fs::rename(&tmp, self.record_path(rec.id))
+        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        fs::rename(&tmp, self.dir.join(JOURNAL))?;
+        j.file = Some(OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?);
+        j.lines = records.len();
+        Ok(())
     }
 
-    /// Deletes a task's record and log.
-    pub fn remove(&self, id: u64) {
-        for path in [self.record_path(id), self.log_path(id)] {
-            if let Err(e) = fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("cannot delete {}: {e}", path.display());
-                }
+    /// Deletes a task's output log.
+    pub fn remove_log(&self, id: u64) {
+        let path = self.log_path(id);
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot delete {}: {e}", path.display());
             }
         }
     }
 
-    /// Every readable record, oldest first. Unreadable ones are logged and skipped.
+    /// The latest record of every task in the journal, oldest first. A line that does not
+    /// parse (cut short by a crash) is skipped.
     pub fn load_all(&self) -> Vec<TaskRecord> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                let _ = fs::remove_file(&path);
+        let path = self.dir.join(JOURNAL);
+        let Ok(f) = File::open(&path) else { return Vec::new() };
+        let mut latest: BTreeMap<u64, TaskRecord> = BTreeMap::new();
+        let mut bad = 0usize;
+        for line in BufReader::new(f).split(b'\n') {
+            let Ok(line) = line else { break };
+            if line.is_empty() {
                 continue;
             }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<TaskRecord>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(rec) => out.push(rec),
-                Err(e) => log::warn!("skipping unreadable task record {}: {e}", path.display()),
+            match serde_json::from_slice::<TaskRecord>(&line) {
+                Ok(rec) => {
+                    latest.insert(rec.id, rec);
+                }
+                Err(_) => bad += 1,
             }
         }
-        out.sort_by_key(|r| r.id);
-        out
+        if bad > 0 {
+            log::warn!("{}: skipped {bad} unreadable line(s)", path.display());
+        }
+        latest.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TaskStatus;
+
+    fn rec(id: u64, status: TaskStatus) -> TaskRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "command": "x", "args": [], "cwd": "/", "env": {}, "status": status, "startedAt": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn last_line_wins_and_rewrite_compacts() {
+        let dir = std::env::temp_dir().join(format!("codara-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        prepare_data_dir(&dir).unwrap();
+        let s = Store::open(&dir).unwrap();
+        s.append(&rec(1, TaskStatus::Running)).unwrap();
+        s.append(&rec(2, TaskStatus::Running)).unwrap();
+        s.append(&rec(1, TaskStatus::Completed)).unwrap();
+        // A line cut short by a crash, then a later good one.
+        s.lock().file.as_mut().unwrap().write_all(b"{\"id\":3,\"comm").unwrap();
+        s.lock().file.as_mut().unwrap().write_all(b"\n").unwrap();
+        s.append(&rec(4, TaskStatus::Failed)).unwrap();
+        let all = s.load_all();
+        assert_eq!(
+            all.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+            vec![(1, TaskStatus::Completed), (2, TaskStatus::Running), (4, TaskStatus::Failed)]
+        );
+        s.rewrite(|| vec![rec(4, TaskStatus::Failed)]).unwrap();
+        s.append(&rec(5, TaskStatus::Running)).unwrap();
+        let ids: Vec<u64> = Store::open(&dir).unwrap().load_all().iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![4, 5]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -137,7 +137,7 @@ impl Registry {
             Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
         }
         for id in evict {
-            self.store.remove(id);
+            self.store.remove_log(id);
         }
     }
 
@@ -168,6 +168,7 @@ impl Registry {
         inner.next_id += 1;
         inner.running += 1;
         inner.unsettled += 1;
+        self.monitor.tasks_running(1);
         let task =
             Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
         inner.tasks.insert(id, Arc::clone(&task));
@@ -185,12 +186,27 @@ impl Registry {
         {
             let mut inner = self.lock();
             inner.running -= 1;
+            self.monitor.tasks_running(-1);
             inner.finished.insert(task.id);
             Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
         }
         self.idle.notify_all();
         for id in evict {
-            self.store.remove(id);
+            self.store.remove_log(id);
+        }
+        if self.store.wants_compaction(self.limits.history + self.limits.max_tasks) {
+            self.compact();
+        }
+    }
+
+    /// Rewrites the journal with the records of the tasks kept now.
+    pub fn compact(&self) {
+        let result = self.store.rewrite(|| {
+            let tasks: Vec<Arc<Task>> = self.lock().tasks.values().cloned().collect();
+            tasks.iter().map(|t| t.record()).collect()
+        });
+        if let Err(e) = result {
+            log::warn!("cannot rewrite the task journal: {e}");
         }
     }
 
@@ -208,8 +224,16 @@ impl Registry {
 
     /// Tasks newest first, optionally only those with `status`, at most `limit`.
     pub fn list(&self, status: Option<TaskStatus>, limit: Option<usize>) -> Vec<Arc<Task>> {
-        let tasks: Vec<Arc<Task>> = self.lock().tasks.values().rev().cloned().collect();
-        tasks.into_iter().filter(|t| status.is_none_or(|s| t.status() == s)).take(limit.unwrap_or(usize::MAX)).collect()
+        let limit = limit.unwrap_or(usize::MAX);
+        match status {
+            // No filter: take the newest under the lock, without touching the others.
+            None => self.lock().tasks.values().rev().take(limit).cloned().collect(),
+            // A task's status sits behind its own lock: never take it under the registry's.
+            Some(s) => {
+                let all: Vec<Arc<Task>> = self.lock().tasks.values().rev().cloned().collect();
+                all.into_iter().filter(|t| t.status() == s).take(limit).collect()
+            }
+        }
     }
 
     pub fn running(&self) -> usize {
