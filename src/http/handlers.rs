@@ -25,6 +25,9 @@ pub enum Body {
     Json(Vec<u8>),
     /// A body of unknown length, sent chunked and flushed chunk by chunk.
     Stream(Box<dyn Read + Send>),
+    /// `?wait=true`: the final task object, sent by the task's own thread when it has
+    /// ended, so no thread waits for it.
+    WhenDone(Arc<Task>),
 }
 
 pub struct Reply {
@@ -38,6 +41,10 @@ impl Reply {
     pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
         let body = serde_json::to_vec(v).expect("replies serialise: plain JSON values");
         Reply { status, content_type: "application/json", body: Body::Json(body), headers: Vec::new() }
+    }
+
+    pub fn when_done(task: Arc<Task>) -> Reply {
+        Reply { status: 200, content_type: "application/json", body: Body::WhenDone(task), headers: Vec::new() }
     }
 
     pub fn error(e: &ApiError) -> Reply {
@@ -104,8 +111,7 @@ pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
     let task = admit(ctx, spec)?;
     runner::start(&ctx.reg, &task);
     if query::flag(q, "wait") {
-        task.wait_ended(None);
-        return Ok(Reply::json(200, &task.to_json(true)));
+        return Ok(Reply::when_done(task));
     }
     Ok(Reply::json(200, &json!({ "taskId": task.id, "status": "started" })))
 }
@@ -213,8 +219,7 @@ pub fn execute_job(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError>
     let task = admit(ctx, spec)?;
     runner::start(&ctx.reg, &task);
     if query::flag(q, "wait") {
-        task.wait_ended(None);
-        return Ok(Reply::json(200, &task.to_json(true)));
+        return Ok(Reply::when_done(task));
     }
     Ok(Reply::json(200, &json!({ "taskId": task.id, "jobId": job_id, "status": "started" })))
 }

@@ -12,6 +12,7 @@ use crate::http::error::ApiError;
 use crate::http::handlers::{self, Body, Reply};
 use crate::http::router::{self, Route};
 use crate::http::{auth, query, Ctx};
+use crate::tasks::task::Task;
 
 /// Worker threads taking requests.
 pub const WORKERS: usize = 4;
@@ -93,16 +94,17 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
 const PREREAD_BODY: usize = 64 * 1024;
 
 /// Whether a request may take long: it then gets its own thread, so the workers stay free.
-/// That is waiting and following, and bodies tiny_http has not read yet (a slow upload).
+/// That is following output, and bodies tiny_http has not read yet (a slow upload).
+/// (`?wait=true` needs none: the task's own thread answers it.)
 fn lasts(rq: &Request) -> bool {
     let (path, q) = query::split_url(rq.url());
     (path.ends_with("/output") && query::flag(&q, "follow"))
-        || (path.starts_with("/execute") && query::flag(&q, "wait"))
         || (!rq.body_too_large() && rq.body_length().is_none_or(|n| n > PREREAD_BODY) && rq.method().as_str() == "POST")
 }
 
 /// Answers one request.
 pub fn handle(ctx: &Ctx, mut rq: Request) {
+    ctx.reg.monitor.touch();
     if crate::ws::is_upgrade(&rq) {
         crate::ws::accept(ctx, &ctx.hub, rq);
         return;
@@ -167,6 +169,10 @@ pub fn respond(rq: Request, reply: Reply) {
             rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None))
         }
         Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
+        Body::WhenDone(task) => {
+            task.on_end(Box::new(move |t: &Task| respond(rq, Reply::json(200, &t.to_json(true)))));
+            return;
+        }
     };
     if let Err(e) = result {
         log::debug!("http: could not send a response: {e}");

@@ -47,14 +47,20 @@ impl Stream {
 
 const HEADER: usize = 5;
 
-/// Appends one record in a single write, so a concurrent reader sees it whole or not at all.
-pub fn append(file: &mut File, stream: Stream, data: &[u8], scratch: &mut Vec<u8>) -> io::Result<()> {
+/// Appends one record, header and data in one `writev`, so a concurrent reader sees it whole
+/// or not at all (and no buffer outlives the call).
+pub fn append(file: &mut File, stream: Stream, data: &[u8]) -> io::Result<()> {
     debug_assert!(data.len() <= u32::MAX as usize);
-    scratch.clear();
-    scratch.push(stream.tag());
-    scratch.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    scratch.extend_from_slice(data);
-    file.write_all(scratch)
+    let len = (data.len() as u32).to_le_bytes();
+    let head = [stream.tag(), len[0], len[1], len[2], len[3]];
+    let total = HEADER + data.len();
+    let written = file.write_vectored(&[io::IoSlice::new(&head), io::IoSlice::new(data)])?;
+    if written < total {
+        // Short write (a full disk, a signal): finish it plainly.
+        let rest = head[..].iter().chain(data).copied().skip(written).collect::<Vec<u8>>();
+        file.write_all(&rest)?;
+    }
+    Ok(())
 }
 
 /// Reads records from a log, from the start; tolerates a log that is still growing.
@@ -126,9 +132,8 @@ mod tests {
     fn round_trip_and_partial_tail() {
         let path = std::env::temp_dir().join(format!("codara-log-{}", std::process::id()));
         let mut f = File::create(&path).unwrap();
-        let mut scratch = Vec::new();
-        append(&mut f, Stream::Stdout, b"a\n", &mut scratch).unwrap();
-        append(&mut f, Stream::Stderr, b"err\n", &mut scratch).unwrap();
+        append(&mut f, Stream::Stdout, b"a\n").unwrap();
+        append(&mut f, Stream::Stderr, b"err\n").unwrap();
         f.write_all(&[b'o', 10, 0, 0, 0, b'x']).unwrap(); // cut short
         let mut r = LogReader::new(File::open(&path).unwrap());
         let mut buf = Vec::new();

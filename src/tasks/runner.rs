@@ -257,8 +257,8 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     if !log_whole {
         log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);
     }
-    // Not synced: the rename makes it atomic, and an agent crash (rather than the machine's)
-    // loses nothing in the page cache. A per-task fsync would cost more than the task.
+    // Not synced: an agent crash (rather than the machine's) loses nothing in the page cache,
+    // and a per-task fsync would cost more than the task.
     persist(reg, task);
     if outcome.spawn_failed {
         let error = outcome.error.as_deref().unwrap_or("could not start");
@@ -278,12 +278,13 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         duration
     );
     reg.settled();
+    task.run_on_end();
 }
 
 /// Writes the task's record; a failure is logged and the in-memory record stays.
 fn persist(reg: &Registry, task: &Task) {
     let rec = task.record();
-    if let Err(e) = reg.store.save(&rec, false) {
+    if let Err(e) = reg.store.append(&rec) {
         log::warn!("task {}: cannot write its record: {e}", task.id);
     }
 }

@@ -85,11 +85,15 @@ pub struct Output {
     pub job_log: Option<JobLog>,
     /// Set when the task has ended: output arriving later is dropped, so `completed` stays last.
     closed: bool,
-    scratch: Vec<u8>,
 }
+
+/// Called once with the task when it has ended.
+pub type OnEnd = Box<dyn FnOnce(&Task) + Send>;
 
 pub struct State {
     pub record: TaskRecord,
+    /// Run by the task's own thread once its end is recorded.
+    on_end: Vec<OnEnd>,
     /// A cancel was asked for: the task ends `cancelled` whatever its exit.
     pub cancelled: bool,
     /// Why the agent ended it, when it did (shutdown).
@@ -151,6 +155,7 @@ impl Task {
             spec,
             state: Mutex::new(State {
                 record,
+                on_end: Vec::new(),
                 cancelled: false,
                 killed_because: None,
                 pgid: None,
@@ -161,7 +166,6 @@ impl Task {
                     tails: [Tail::new(max_output), Tail::new(max_output)],
                     job_log: None,
                     closed,
-                    scratch: Vec::new(),
                 },
             }),
             changed: Condvar::new(),
@@ -186,6 +190,25 @@ impl Task {
     /// Marks the slot free; true only the first time, so the running count moves once.
     pub fn take_slot(&self) -> bool {
         !self.slot_released.swap(true, Ordering::AcqRel)
+    }
+
+    /// Runs `f` once the task has ended: now if it has, else from its own thread at the end.
+    pub fn on_end(&self, f: OnEnd) {
+        let mut st = self.lock();
+        if st.record.status == TaskStatus::Running {
+            st.on_end.push(f);
+            return;
+        }
+        drop(st);
+        f(self);
+    }
+
+    /// Runs what waited for the end (see [`Task::on_end`]).
+    pub fn run_on_end(&self) {
+        let waiting = std::mem::take(&mut self.lock().on_end);
+        for f in waiting {
+            f(self);
+        }
     }
 
     /// Wakes everyone waiting on this task.
@@ -285,7 +308,7 @@ impl Task {
                 }
             }
             if let Some(f) = out.log.as_mut() {
-                if let Err(e) = outlog::append(f, stream, data, &mut out.scratch) {
+                if let Err(e) = outlog::append(f, stream, data) {
                     log::warn!(
                         "task {}: cannot write output log {}: {e}; output kept in memory only",
                         self.id,
