@@ -1,16 +1,18 @@
 //! The `discovery` thread: announces the node over UDP (CONTRACT.md §4) and answers probes.
 //!
 //! One socket, bound to `DISCOVERY_PORT` with address and port reuse (a main server may share
-//! the host), broadcast on, multicast TTL 1. The thread sleeps in `recv_from` until the next
-//! packet is due, so an idle agent wakes only to announce.
+//! the host), broadcast on, multicast TTL 1. The thread sleeps in `poll` until the next packet
+//! is due, a datagram arrives, or it is told to stop, so an idle agent wakes only to announce.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{resolve_master, Config};
@@ -128,7 +130,8 @@ fn unresolved() -> SocketAddr {
 
 /// Handle to stop the thread; stopping sends `cluster_leave`.
 pub struct Discovery {
-    stop: crossbeam_channel::Sender<()>,
+    /// Closing it wakes the thread (its read end polls as hung up).
+    wake: OwnedFd,
     handle: JoinHandle<()>,
 }
 
@@ -166,19 +169,21 @@ impl Discovery {
             failing: HashMap::new(),
             metrics,
         };
-        let (stop, stopped) = crossbeam_channel::bounded(1);
+        // CLOEXEC: a task inheriting the write end would keep the pipe from ever hanging up.
+        let (wake_rx, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        sender.socket.set_nonblocking(true)?;
         let (announce_every, stats_every) = (cfg.announce_interval, cfg.stats_interval);
         let node = Arc::new(node);
         let handle = std::thread::Builder::new()
             .name("discovery".into())
             .stack_size(256 * 1024)
-            .spawn(move || run(sender, &node, listening, announce_every, stats_every, &stopped))?;
-        Ok(Discovery { stop, handle })
+            .spawn(move || run(sender, &node, listening, announce_every, stats_every, &wake_rx))?;
+        Ok(Discovery { wake, handle })
     }
 
     /// Sends `cluster_leave` and stops the thread.
     pub fn stop(self) {
-        let _ = self.stop.send(());
+        drop(self.wake);
         let _ = self.handle.join();
     }
 }
@@ -193,7 +198,7 @@ fn run(
     listening: bool,
     announce_every: Duration,
     stats_every: Duration,
-    stopped: &crossbeam_channel::Receiver<()>,
+    wake: &OwnedFd,
 ) {
     let start = Instant::now();
     let mut next_announce = start + FIRST_ANNOUNCE;
@@ -202,9 +207,6 @@ fn run(
     let mut replies = 0u32;
     let mut buf = vec![0u8; 65536];
     loop {
-        if stopped.try_recv().is_ok() {
-            break;
-        }
         let now = Instant::now();
         if now >= next_announce {
             sender.send(&to_json(&node.announce(false)));
@@ -221,34 +223,49 @@ fn run(
             sender.send(&to_json(&packet));
             next_stats = now + stats_every;
         }
-        // Wake for the next packet due, or at least every 250 ms to notice a stop.
-        let wait = next_announce.min(next_stats).saturating_duration_since(Instant::now());
-        let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(250));
-        if !listening {
-            if stopped.recv_timeout(wait).is_ok() {
-                break;
+        // Sleep until the next packet is due, a datagram arrives, or the stop pipe closes:
+        // an idle agent wakes only to announce.
+        let wait =
+            next_announce.min(next_stats).saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let timeout = Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
+        let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
+        if listening {
+            fds.push(PollFd::new(&sender.socket, PollFlags::IN));
+        }
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                log::warn!("discovery: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
             }
+        }
+        if !fds[0].revents().is_empty() {
+            break;
+        }
+        if fds.get(1).is_none_or(|f| f.revents().is_empty()) {
             continue;
         }
-        let _ = sender.socket.set_read_timeout(Some(wait));
-        match sender.socket.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                if protocol::packet_type(&buf[..n]).as_deref() != Some(protocol::PROBE) {
-                    continue;
+        drop(fds);
+        loop {
+            let (n, from) = match sender.socket.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("discovery: receive failed: {e}");
+                    break;
                 }
-                if window.elapsed() >= Duration::from_secs(1) {
-                    window = Instant::now();
-                    replies = 0;
-                }
-                if replies < PROBE_REPLIES_PER_SEC {
-                    replies += 1;
-                    sender.send_to(&to_json(&node.announce(true)), from);
-                }
+            };
+            if protocol::packet_type(&buf[..n]).as_deref() != Some(protocol::PROBE) {
+                continue;
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-            Err(e) => {
-                log::debug!("discovery: receive failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
+            if window.elapsed() >= Duration::from_secs(1) {
+                window = Instant::now();
+                replies = 0;
+            }
+            if replies < PROBE_REPLIES_PER_SEC {
+                replies += 1;
+                sender.send_to(&to_json(&node.announce(true)), from);
             }
         }
     }

@@ -1,15 +1,22 @@
 //! The `monitor` thread: samples CPU and memory (never processes: a full refresh costs ~20 ms)
-//! about once a second into a snapshot that requests read without waiting.
+//! into a snapshot that requests read without waiting: once a second while tasks run or
+//! requests come, every 5 s when idle.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use sysinfo::System;
 
-/// How often CPU and memory are sampled.
+/// How often CPU and memory are sampled while the agent is busy: a task runs, or a request
+/// came in the last [`BUSY_FOR`].
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often while idle: an idle agent should cost nothing.
+pub const IDLE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a request keeps the sampler at the busy rate.
+pub const BUSY_FOR: Duration = Duration::from_secs(10);
 
 /// The node's load at the last sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -48,6 +55,11 @@ pub struct HostInfo {
 pub struct Monitor {
     snapshot: Mutex<Snapshot>,
     pub host: HostInfo,
+    started: Instant,
+    /// Milliseconds after `started` of the last request.
+    last_request: AtomicU64,
+    /// Tasks running (kept by the registry).
+    running: AtomicUsize,
 }
 
 /// Handle that stops the sampler thread.
@@ -74,7 +86,13 @@ impl Monitor {
         let hostname = System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string());
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let host = HostInfo { hostname, cpus, total_memory: sys.total_memory() };
-        let monitor = Arc::new(Monitor { snapshot: Mutex::new(sample(&sys)), host });
+        let monitor = Arc::new(Monitor {
+            snapshot: Mutex::new(sample(&sys)),
+            host,
+            started: Instant::now(),
+            last_request: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+        });
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let m = Arc::clone(&monitor);
         let handle = std::thread::Builder::new()
@@ -87,11 +105,35 @@ impl Monitor {
     pub fn snapshot(&self) -> Snapshot {
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A request came in: sample at the busy rate for a while.
+    pub fn touch(&self) {
+        self.last_request.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The registry's running count moved by `delta` (+1 or -1).
+    pub fn tasks_running(&self, delta: isize) {
+        if delta > 0 {
+            self.running.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        let since =
+            self.started.elapsed().saturating_sub(Duration::from_millis(self.last_request.load(Ordering::Relaxed)));
+        if self.running.load(Ordering::Relaxed) > 0 || since < BUSY_FOR {
+            SAMPLE_INTERVAL
+        } else {
+            IDLE_SAMPLE_INTERVAL
+        }
+    }
 }
 
 fn run(monitor: &Monitor, mut sys: System, stopped: Receiver<()>) {
     loop {
-        match stopped.recv_timeout(SAMPLE_INTERVAL) {
+        match stopped.recv_timeout(monitor.interval()) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }

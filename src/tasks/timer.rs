@@ -3,11 +3,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::process::Signal;
 
 use crate::protocol::TaskStatus;
@@ -45,35 +44,63 @@ impl Ord for Entry {
     }
 }
 
-enum Msg {
-    Schedule(Instant, Weak<Task>, Action),
-    Stop,
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    /// The heap is swept of ended tasks when it reaches this size.
+    purge_at: usize,
+    stop: bool,
 }
 
 /// Handle to the timer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Timer {
-    tx: Sender<Msg>,
+    shared: Arc<Shared>,
     grace: Duration,
 }
 
 impl Timer {
     /// Starts the thread. `grace` is `KILL_GRACE`.
     pub fn spawn(grace: Duration) -> std::io::Result<(Timer, JoinHandle<()>)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { heap: BinaryHeap::new(), seq: 0, purge_at: 64, stop: false }),
+            wake: Condvar::new(),
+        });
+        let s = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("task-timer".into())
             .stack_size(128 * 1024)
-            .spawn(move || run(rx, grace))?;
-        Ok((Timer { tx, grace }, handle))
+            .spawn(move || run(&s, grace))?;
+        Ok((Timer { shared, grace }, handle))
     }
 
     pub fn grace(&self) -> Duration {
         self.grace
     }
 
+    /// Adds a deadline. The thread is woken only when it becomes the earliest, so the usual
+    /// timeout of a short task costs no context switch.
     pub fn schedule(&self, at: Instant, task: &Arc<Task>, action: Action) {
-        let _ = self.tx.send(Msg::Schedule(at, Arc::downgrade(task), action));
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let earliest = st.heap.peek().is_none_or(|Reverse(e)| at < e.at);
+        st.seq += 1;
+        let seq = st.seq;
+        st.heap.push(Reverse(Entry { at, seq, task: Arc::downgrade(task), action }));
+        // Short tasks leave their timeouts behind; sweep them out now and then so the heap
+        // tracks running tasks, not every task of the last TASK_TIMEOUT.
+        if st.heap.len() >= st.purge_at {
+            st.heap.retain(|Reverse(e)| e.task.upgrade().is_some_and(|t| t.status() == TaskStatus::Running));
+            st.purge_at = (st.heap.len() * 2).max(64);
+        }
+        drop(st);
+        if earliest {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// SIGKILL for `task`'s group once the grace has passed.
@@ -86,67 +113,73 @@ impl Timer {
     }
 
     pub fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.shared.wake.notify_one();
     }
 }
 
-fn run(rx: Receiver<Msg>, grace: Duration) {
-    let mut heap: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut purge_at = 64;
+fn run(shared: &Shared, grace: Duration) {
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let msg = match heap.peek() {
-            Some(Reverse(next)) => rx.recv_deadline(next.at),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match msg {
-            Ok(Msg::Schedule(at, task, action)) => {
-                seq += 1;
-                heap.push(Reverse(Entry { at, seq, task, action }));
-                // Short tasks leave their timeouts behind; sweep them out now and then so
-                // the heap tracks running tasks, not every task of the last TASK_TIMEOUT.
-                if heap.len() >= purge_at {
-                    heap.retain(|Reverse(e)| e.task.upgrade().is_some_and(|t| t.status() == TaskStatus::Running));
-                    purge_at = (heap.len() * 2).max(64);
-                }
-            }
-            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {}
+        if st.stop {
+            return;
         }
         let now = Instant::now();
-        while heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
-            let Reverse(e) = heap.pop().expect("peeked");
-            let Some(task) = e.task.upgrade() else {
-                continue;
+        let Some(Reverse(next)) = st.heap.peek() else {
+            st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        if next.at > now {
+            let wait = next.at - now;
+            st = shared.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+            continue;
+        }
+        let Reverse(e) = st.heap.pop().expect("peeked");
+        // Signal without holding the timer's lock: a task's lock is taken below.
+        drop(st);
+        if let Some(kill_at) = fire(e.task.upgrade(), e.action, now, grace) {
+            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.seq += 1;
+            let seq = s.seq;
+            s.heap.push(Reverse(Entry { at: kill_at, seq, task: e.task, action: Action::Kill }));
+            st = s;
+        } else {
+            st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Acts on one deadline; returns when to send SIGKILL, for a timeout with a grace.
+fn fire(task: Option<Arc<Task>>, action: Action, now: Instant, grace: Duration) -> Option<Instant> {
+    let task = task?;
+    match action {
+        Action::Timeout => {
+            let stopping = {
+                let mut st = task.lock();
+                if st.record.status == TaskStatus::Running && st.pgid.is_some() {
+                    st.record.timed_out = true;
+                    true
+                } else {
+                    false
+                }
             };
-            match e.action {
-                Action::Timeout => {
-                    let stopping = {
-                        let mut st = task.lock();
-                        if st.record.status == TaskStatus::Running && st.pgid.is_some() {
-                            st.record.timed_out = true;
-                            true
-                        } else {
-                            false
-                        }
-                    };
-                    if stopping {
-                        log::warn!("task {} timed out; sending SIGTERM to its process group", task.id);
-                        task.signal_group(Signal::TERM);
-                        if grace.is_zero() {
-                            task.signal_group(Signal::KILL);
-                        } else {
-                            seq += 1;
-                            heap.push(Reverse(Entry { at: now + grace, seq, task: e.task, action: Action::Kill }));
-                        }
-                    }
-                }
-                Action::Kill => {
-                    if task.signal_group(Signal::KILL) {
-                        log::warn!("task {} still running after the grace; sent SIGKILL to its process group", task.id);
-                    }
-                }
+            if !stopping {
+                return None;
             }
+            log::warn!("task {} timed out; sending SIGTERM to its process group", task.id);
+            task.signal_group(Signal::TERM);
+            if grace.is_zero() {
+                task.signal_group(Signal::KILL);
+                None
+            } else {
+                Some(now + grace)
+            }
+        }
+        Action::Kill => {
+            if task.signal_group(Signal::KILL) {
+                log::warn!("task {} still running after the grace; sent SIGKILL to its process group", task.id);
+            }
+            None
         }
     }
 }
