@@ -276,10 +276,17 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the agent the way an operator would, so its tasks die with it even when a test
+    /// failed half-way: SIGTERM twice (the second skips the drain), SIGKILL as a last resort.
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.signal("TERM");
+            std::thread::sleep(Duration::from_millis(50));
+            self.signal("TERM");
+            if self.wait_exit(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }
