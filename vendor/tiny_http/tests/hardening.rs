@@ -810,7 +810,8 @@ fn unix_socket_server_still_works() {
     });
     let mut s = UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\n\r\nGET /up HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\nGET /up HTTP/1.1\r\n\r\n")
+        .unwrap();
     let mut r = BufReader::new(s);
     assert_eq!(read_response(&mut r).unwrap().body, b"unix");
     assert_eq!(read_response(&mut r).unwrap().status, 500);
