@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod log;
+pub mod pool;
 pub mod reader;
 pub mod registry;
 pub mod runner;

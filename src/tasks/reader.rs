@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use crate::tasks::log::Stream;
+use crate::tasks::pool::Pool;
 use crate::tasks::task::Task;
 
 /// Bytes read from a pipe at once.
@@ -15,19 +16,20 @@ pub const READ_BLOCK: usize = 64 * 1024;
 /// An unterminated line longer than this is passed on in pieces, to bound memory.
 pub const MAX_CARRY: usize = 256 * 1024;
 
-/// Starts `task-N-out` / `task-N-err`. `done` is dropped when the pipe reaches its end.
+/// Reads the pipe on a thread of `pool` named `task-N-out` / `task-N-err`. `done` is dropped
+/// when the pipe reaches its end.
 pub fn spawn<R: Read + Send + 'static>(
+    pool: &Pool,
     task: Arc<Task>,
     stream: Stream,
     pipe: R,
     done: Sender<()>,
 ) -> std::io::Result<()> {
     let name = format!("task-{}-{}", task.id, if stream == Stream::Stdout { "out" } else { "err" });
-    std::thread::Builder::new().name(name).stack_size(64 * 1024).spawn(move || {
+    pool.spawn(name, move || {
         read_loop(pipe, |chunk| task.push_output(stream, chunk));
         drop(done);
-    })?;
-    Ok(())
+    })
 }
 
 /// Reads `pipe` to its end, handing `emit` chunks that end at a line end where possible.

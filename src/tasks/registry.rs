@@ -11,6 +11,7 @@ use crate::metrics::{self, Metrics};
 use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
+use crate::tasks::pool::Pool;
 use crate::tasks::task::{Task, TaskSpec};
 use crate::tasks::timer::Timer;
 
@@ -69,6 +70,8 @@ pub struct Registry {
     pub events: EventTx,
     pub monitor: Arc<Monitor>,
     pub metrics: Arc<Metrics>,
+    /// Threads for the tasks' waiters and pipe readers.
+    pub pool: Pool,
     inner: Mutex<Inner>,
     /// Signalled whenever the running count drops (shutdown waits on it).
     idle: Condvar,
@@ -90,6 +93,7 @@ impl Registry {
             events,
             monitor,
             metrics,
+            pool: Pool::new(128 * 1024),
             inner: Mutex::new(Inner {
                 tasks: BTreeMap::new(),
                 finished: BTreeSet::new(),

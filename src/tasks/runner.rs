@@ -80,8 +80,8 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let started = reader::spawn(Arc::clone(task), Stream::Stdout, stdout, done_tx.clone())
-        .and_then(|_| reader::spawn(Arc::clone(task), Stream::Stderr, stderr, done_tx));
+    let started = reader::spawn(&reg.pool, Arc::clone(task), Stream::Stdout, stdout, done_tx.clone())
+        .and_then(|_| reader::spawn(&reg.pool, Arc::clone(task), Stream::Stderr, stderr, done_tx));
     if let Err(e) = started {
         abandon(reg, task, child, format!("cannot start a reader thread: {e}"));
         return;
@@ -90,12 +90,9 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         reg.timer.schedule(Instant::now() + timeout, task, Action::Timeout);
     }
     let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
-    let waiter = std::thread::Builder::new()
-        .name(format!("task-{}", task.id))
-        .stack_size(64 * 1024)
-        .spawn(move || supervise(&reg2, &task2, child, done_rx));
+    let waiter = reg.pool.spawn(format!("task-{}", task.id), move || supervise(&reg2, &task2, child, done_rx));
     if let Err(e) = waiter {
-        // The child moved into the failed closure; the group is still ours to kill.
+        // The child was dropped with the job; the group is still ours to kill.
         log::error!("task {}: cannot start its waiter thread: {e}; killing it", task.id);
         task.signal_group(Signal::KILL);
         finish(reg, task, Outcome { error: Some(format!("cannot start a waiter thread: {e}")), ..Outcome::default() });
