@@ -71,21 +71,27 @@ impl Store {
         self.lock().lines > 4 * kept + 64
     }
 
-    /// Replaces the journal with one line per record of `records()`, which is called with
-    /// the journal locked, so no append can fall between reading the records and the swap.
-    pub fn rewrite(&self, records: impl FnOnce() -> Vec<TaskRecord>) -> io::Result<()> {
+    /// Replaces the journal with the records that `records` hands to the writer it gets. It
+    /// runs with the journal locked, so no append can fall between reading the records and
+    /// the swap; records are written one by one, never all held at once.
+    pub fn rewrite(
+        &self,
+        records: impl FnOnce(&mut dyn FnMut(&TaskRecord) -> io::Result<()>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut j = self.lock();
-        let records = records();
         let tmp = self.dir.join(format!(".{JOURNAL}.tmp"));
         let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for rec in &records {
+        let mut lines = 0;
+        records(&mut |rec| {
             serde_json::to_writer(&mut out, rec).map_err(io::Error::other)?;
             out.write_all(b"\n")?;
-        }
+            lines += 1;
+            Ok(())
+        })?;
         out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
         fs::rename(&tmp, self.dir.join(JOURNAL))?;
         j.file = Some(OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?);
-        j.lines = records.len();
+        j.lines = lines;
         Ok(())
     }
 
@@ -155,7 +161,7 @@ mod tests {
             all.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
             vec![(1, TaskStatus::Completed), (2, TaskStatus::Running), (4, TaskStatus::Failed)]
         );
-        s.rewrite(|| vec![rec(4, TaskStatus::Failed)]).unwrap();
+        s.rewrite(|write| write(&rec(4, TaskStatus::Failed))).unwrap();
         s.append(&rec(5, TaskStatus::Running)).unwrap();
         let ids: Vec<u64> = Store::open(&dir).unwrap().load_all().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![4, 5]);

@@ -205,9 +205,9 @@ impl Registry {
 
     /// Rewrites the journal with the records of the tasks kept now.
     pub fn compact(&self) {
-        let result = self.store.rewrite(|| {
+        let result = self.store.rewrite(|write| {
             let tasks: Vec<Arc<Task>> = self.lock().tasks.values().cloned().collect();
-            tasks.iter().map(|t| t.record()).collect()
+            tasks.iter().try_for_each(|t| write(&t.lock().record))
         });
         if let Err(e) = result {
             log::warn!("cannot rewrite the task journal: {e}");
