@@ -4,10 +4,8 @@
 //! task (stack, guard pages, signal stack, name). An idle thread exits after [`IDLE_FOR`].
 
 use std::ffi::CString;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long an idle thread waits for work before it exits.
 pub const IDLE_FOR: Duration = Duration::from_secs(10);
@@ -20,10 +18,19 @@ pub struct Work {
     pub job: Job,
 }
 
+/// Where a job is handed to one idle thread. A mutex and condition variable rather than a
+/// channel: channels spin and yield before they sleep, which on a 2-core node costs more than
+/// the handoff.
+#[derive(Default)]
+struct Slot {
+    work: Mutex<Option<Work>>,
+    ready: Condvar,
+}
+
 #[derive(Clone)]
 pub struct Pool {
-    /// One sender per idle thread; taking one hands that thread the next job.
-    idle: Arc<Mutex<Vec<Sender<Work>>>>,
+    /// The slots of idle threads; taking one hands that thread the next job.
+    idle: Arc<Mutex<Vec<Arc<Slot>>>>,
     stack_size: usize,
 }
 
@@ -34,54 +41,59 @@ impl Pool {
 
     /// Runs `job` on an idle thread, or on a new one.
     pub fn spawn(&self, name: String, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-        let mut work = Work { name, job: Box::new(job) };
-        loop {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some(tx) = idle else { break };
-            match tx.send(work) {
-                Ok(()) => return Ok(()),
-                // That thread has just exited: try another.
-                Err(e) => work = e.0,
-            }
+        let work = Work { name, job: Box::new(job) };
+        // A thread leaves the idle list only under its lock, before it exits: a slot taken
+        // from the list always has a thread waiting on it.
+        // (A statement of its own: the list's lock must be released before the slot's is
+        // taken, the reverse of the order an idle thread leaving takes them in.)
+        let taken = lock(&self.idle).pop();
+        if let Some(slot) = taken {
+            *lock(&slot.work) = Some(work);
+            slot.ready.notify_one();
+            return Ok(());
         }
-        let (tx, rx) = crossbeam_channel::bounded::<Work>(1);
         let idle = Arc::clone(&self.idle);
         std::thread::Builder::new()
             .name("task-pool".into())
             .stack_size(self.stack_size)
-            .spawn(move || worker(work, &tx, &rx, &idle))?;
+            .spawn(move || worker(work, &idle))?;
         Ok(())
     }
 }
 
-fn worker(first: Work, tx: &Sender<Work>, rx: &Receiver<Work>, idle: &Mutex<Vec<Sender<Work>>>) {
-    set_name(&first.name);
-    (first.job)();
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
+    let slot = Arc::new(Slot::default());
+    let mut work = first;
     loop {
-        idle.lock().unwrap_or_else(|p| p.into_inner()).push(tx.clone());
-        let work = match rx.recv_timeout(IDLE_FOR) {
-            Ok(w) => w,
-            Err(RecvTimeoutError::Timeout) => {
-                let mut list = idle.lock().unwrap_or_else(|p| p.into_inner());
-                match list.iter().position(|s| s.same_channel(tx)) {
-                    Some(i) => {
-                        list.swap_remove(i);
-                        return;
-                    }
-                    // Someone took this thread just now: its job is on the way.
-                    None => {
-                        drop(list);
-                        match rx.recv() {
-                            Ok(w) => w,
-                            Err(_) => return,
-                        }
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
         set_name(&work.name);
         (work.job)();
+        lock(idle).push(Arc::clone(&slot));
+        let deadline = Instant::now() + IDLE_FOR;
+        let mut w = lock(&slot.work);
+        loop {
+            if let Some(next) = w.take() {
+                work = next;
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // Leave the idle list, unless someone has just taken this slot: then its job
+                // is on the way, and this thread stays for it.
+                let mut list = lock(idle);
+                if let Some(i) = list.iter().position(|s| Arc::ptr_eq(s, &slot)) {
+                    list.swap_remove(i);
+                    return;
+                }
+                drop(list);
+                w = slot.ready.wait_while(w, |w| w.is_none()).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            w = slot.ready.wait_timeout(w, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
     }
 }
 

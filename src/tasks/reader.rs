@@ -5,8 +5,6 @@
 use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-
 use crate::tasks::log::Stream;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::Task;
@@ -16,19 +14,13 @@ pub const READ_BLOCK: usize = 64 * 1024;
 /// An unterminated line longer than this is passed on in pieces, to bound memory.
 pub const MAX_CARRY: usize = 256 * 1024;
 
-/// Reads the pipe on a thread of `pool` named `task-N-out` / `task-N-err`. `done` is dropped
-/// when the pipe reaches its end.
-pub fn spawn<R: Read + Send + 'static>(
-    pool: &Pool,
-    task: Arc<Task>,
-    stream: Stream,
-    pipe: R,
-    done: Sender<()>,
-) -> std::io::Result<()> {
+/// Reads the pipe on a thread of `pool` named `task-N-out` / `task-N-err`, and tells the task
+/// when the pipe has reached its end ([`Task::reader_done`]).
+pub fn spawn<R: Read + Send + 'static>(pool: &Pool, task: Arc<Task>, stream: Stream, pipe: R) -> std::io::Result<()> {
     let name = format!("task-{}-{}", task.id, if stream == Stream::Stdout { "out" } else { "err" });
     pool.spawn(name, move || {
         read_loop(pipe, |chunk| task.push_output(stream, chunk));
-        drop(done);
+        task.reader_done();
     })
 }
 

@@ -13,7 +13,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::events::EventKind;
@@ -77,11 +76,10 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     task.emit(EventKind::Started, "started", task.to_json(false));
     log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
 
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let started = reader::spawn(&reg.pool, Arc::clone(task), Stream::Stdout, stdout, done_tx.clone())
-        .and_then(|_| reader::spawn(&reg.pool, Arc::clone(task), Stream::Stderr, stderr, done_tx));
+    let started = reader::spawn(&reg.pool, Arc::clone(task), Stream::Stdout, stdout)
+        .and_then(|_| reader::spawn(&reg.pool, Arc::clone(task), Stream::Stderr, stderr));
     if let Err(e) = started {
         abandon(reg, task, child, format!("cannot start a reader thread: {e}"));
         return;
@@ -90,7 +88,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         reg.timer.schedule(Instant::now() + timeout, task, Action::Timeout);
     }
     let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
-    let waiter = reg.pool.spawn(format!("task-{}", task.id), move || supervise(&reg2, &task2, child, done_rx));
+    let waiter = reg.pool.spawn(format!("task-{}", task.id), move || supervise(&reg2, &task2, child));
     if let Err(e) = waiter {
         // The child was dropped with the job; the group is still ours to kill.
         log::error!("task {}: cannot start its waiter thread: {e}; killing it", task.id);
@@ -152,7 +150,7 @@ fn spawn_process(task: &Task, env: &BTreeMap<String, String>) -> Result<Child, S
 }
 
 /// Waits for the process, cleans up its group, waits for the readers, and ends the task.
-fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, readers_done: Receiver<()>) {
+fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
     let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
     // Wait for the exit without reaping: the zombie keeps the group id ours while we kill
     // whatever the task left running in it.
@@ -176,7 +174,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, readers_do
         Ok(status) => Outcome::from_status(status),
         Err(e) => Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() },
     };
-    if let Err(RecvTimeoutError::Timeout) = readers_done.recv_timeout(READER_GRACE) {
+    if !task.wait_readers(READER_GRACE) {
         log::warn!(
             "task {}: its output pipes are still open {} ms after it exited (a process outside its group holds them); later output is dropped",
             task.id,

@@ -102,6 +102,8 @@ pub struct State {
     /// so a signal can never reach a group that reused the id.
     pub pgid: Option<Pid>,
     pub output: Output,
+    /// Pipe readers still reading.
+    readers_open: u8,
 }
 
 pub struct Task {
@@ -167,6 +169,7 @@ impl Task {
                     job_log: None,
                     closed,
                 },
+                readers_open: 2,
             }),
             changed: Condvar::new(),
             slot_released: AtomicBool::new(slot_released),
@@ -190,6 +193,28 @@ impl Task {
     /// Marks the slot free; true only the first time, so the running count moves once.
     pub fn take_slot(&self) -> bool {
         !self.slot_released.swap(true, Ordering::AcqRel)
+    }
+
+    /// A pipe reader reached the end of its pipe.
+    pub fn reader_done(&self) {
+        let mut st = self.lock();
+        st.readers_open = st.readers_open.saturating_sub(1);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `grace` for both pipe readers to finish; false if one is still reading
+    /// (a process outside the group holds the pipe).
+    pub fn wait_readers(&self, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        let mut st = self.lock();
+        while st.readers_open > 0 {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) else {
+                return false;
+            };
+            st = self.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
     }
 
     /// Runs `f` once the task has ended: now if it has, else from its own thread at the end.
