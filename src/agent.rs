@@ -33,7 +33,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
-    let (events_tx, events_rx) = events::channel();
+    let (events_tx, events_rx, listeners) = events::channel();
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;
     let reg = Arc::new(Registry::new(
@@ -46,8 +46,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     ));
     recover(&reg, &store);
 
-    let (hub, hub_thread) =
-        ws::hub::spawn(Arc::clone(&reg), events_rx).map_err(|e| format!("cannot start the broadcaster: {e}"))?;
+    let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
+        .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
     if cfg.ws_allow_anonymous {
         log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
     }

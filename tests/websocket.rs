@@ -1220,3 +1220,27 @@ fn independent_python_websockets_client() {
         );
     }
 }
+
+/// Output a running task produced while no client was connected (the agent then builds no
+/// events at all) is replayed from its log on subscribe, and the live rest follows with no gap
+/// and no repeat: offsets run on from 0 and the text is exactly the task's stdout.
+#[test]
+fn subscribe_to_a_running_task_replays_what_came_before_the_client() {
+    let a = common::agent().start();
+    let script = "for i in $(seq 1 40); do echo line-$i; sleep 0.05; done";
+    let id = a.run("sh", &["-c", script]);
+    // About a third of the lines are out before any client exists.
+    std::thread::sleep(Duration::from_millis(700));
+    let mut ws = connect(&a);
+    subscribe(&mut ws, id, 0, 0);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let mut text = String::new();
+    for m in msgs.iter().filter(|m| m["taskId"].as_u64() == Some(id) && m["event"] == "output") {
+        assert_eq!(m["offset"].as_u64(), Some(text.len() as u64), "offsets must run on without gap or repeat: {m}");
+        text.push_str(m["data"].as_str().unwrap());
+    }
+    let expected: String = (1..=40).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(text, expected, "{}", summary(&msgs));
+    let completed = msgs.iter().filter(|m| is_completed_of(m, id)).count();
+    assert_eq!(completed, 1, "{}", summary(&msgs));
+}

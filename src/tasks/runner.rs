@@ -58,7 +58,9 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         Ok(c) => c,
         Err(error) => {
             persist(reg, task);
-            task.emit(EventKind::Started, "started", task.to_json(false));
+            if task.events_wanted() {
+                task.emit(EventKind::Started, "started", task.to_json(false));
+            }
             log::info!("task {} failed to start: {error}", task.id);
             finish(reg, task, Outcome::spawn_failure(error));
             return;
@@ -73,7 +75,9 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         st.pgid = pgid;
     }
     persist(reg, task);
-    task.emit(EventKind::Started, "started", task.to_json(false));
+    if task.events_wanted() {
+        task.emit(EventKind::Started, "started", task.to_json(false));
+    }
     log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
 
     let stdout = child.stdout.take().expect("stdout is piped");

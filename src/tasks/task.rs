@@ -296,8 +296,17 @@ impl Task {
 
     /// Emits an event that is not output (`started`, `failed`, `completed`).
     pub fn emit(&self, kind: EventKind, event: &str, data: impl serde::Serialize) {
+        if !self.events.wanted() {
+            return;
+        }
         let json = protocol::task_update(self.id, event, data, None);
-        let _ = self.events.send(Event { task_id: self.id, kind, json: json.into() });
+        self.events.send(Event { task_id: self.id, kind, json: json.into() });
+    }
+
+    /// Whether anyone listens for events (see [`EventTx::wanted`]); `emit` checks it too,
+    /// this spares building what would be sent.
+    pub fn events_wanted(&self) -> bool {
+        self.events.wanted()
     }
 
     /// Takes one chunk from a reader: counts it, logs it, keeps its tail, and emits it, all
@@ -348,11 +357,12 @@ impl Task {
         if let Some(job_log) = out.job_log.as_mut() {
             job_log.write(stream, data);
         }
-        let text = String::from_utf8_lossy(data);
-        let json = protocol::task_update(self.id, stream.event(), &*text, Some(offset));
-        let kind = EventKind::Output { stream, offset, len: data.len() as u64 };
-        let _ = self.events.send(Event { task_id: self.id, kind, json: json.into() });
-        drop(text);
+        if self.events.wanted() {
+            let text = String::from_utf8_lossy(data);
+            let json = protocol::task_update(self.id, stream.event(), &*text, Some(offset));
+            let kind = EventKind::Output { stream, offset, len: data.len() as u64 };
+            self.events.send(Event { task_id: self.id, kind, json: json.into() });
+        }
         self.changed.notify_all();
     }
 

@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::events::{Event, EventKind, EventRx};
-use crate::tasks::log::Stream;
 use crate::tasks::registry::Registry;
 use crate::ws::client::{Out, Queue, CLIENT_BUFFER_BYTES, CLOSE_GOING_AWAY, CLOSE_TOO_SLOW};
 use crate::ws::replay;
@@ -48,10 +47,13 @@ pub enum Ctl {
         id: u64,
         task_id: u64,
     },
-    /// A replay has queued everything up to where live events take over.
+    /// A replay has queued the task's output up to `cut` (stdout, stderr bytes), and its end
+    /// when `ended`; held-back live events before that are dropped, the rest sent.
     ReplayDone {
         id: u64,
         task_id: u64,
+        cut: [u64; 2],
+        ended: bool,
     },
     Stop,
 }
@@ -107,30 +109,27 @@ struct Client {
     /// `None`: every task (compat). `Some`: only these.
     subs: Option<HashSet<u64>>,
     /// Tasks being replayed to this client: their live events wait here until the replay
-    /// is done, so nothing is reordered.
-    pending: HashMap<u64, Vec<Arc<str>>>,
-}
-
-/// Where a running task's streams stand, as far as the broadcaster has forwarded them.
-#[derive(Clone, Copy, Default)]
-pub struct LiveEnds {
-    pub stdout: u64,
-    pub stderr: u64,
+    /// is done, so nothing is lost, repeated or reordered.
+    pending: HashMap<u64, Vec<Event>>,
 }
 
 struct Hub {
     reg: Arc<Registry>,
     ctl_tx: Sender<Ctl>,
     clients: HashMap<u64, Client>,
+    /// Connected clients; raised by the upgrade before `Join`, lowered here.
     count: Arc<AtomicUsize>,
-    live: HashMap<u64, LiveEnds>,
 }
 
-pub fn spawn(reg: Arc<Registry>, events: EventRx) -> std::io::Result<(HubHandle, JoinHandle<()>)> {
+/// Starts the broadcaster. `count` is the client count the tasks' events are gated on.
+pub fn spawn(
+    reg: Arc<Registry>,
+    events: EventRx,
+    count: Arc<AtomicUsize>,
+) -> std::io::Result<(HubHandle, JoinHandle<()>)> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-    let count = Arc::new(AtomicUsize::new(0));
     let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), next_id: Arc::new(AtomicU64::new(1)) };
-    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, live: HashMap::new() };
+    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count };
     let join = std::thread::Builder::new()
         .name("broadcaster".into())
         .stack_size(256 * 1024)
@@ -159,22 +158,6 @@ impl Hub {
     }
 
     fn on_event(&mut self, ev: Event) {
-        match ev.kind {
-            EventKind::Started => {
-                self.live.insert(ev.task_id, LiveEnds::default());
-            }
-            EventKind::Output { stream, offset, len } => {
-                let ends = self.live.entry(ev.task_id).or_default();
-                match stream {
-                    Stream::Stdout => ends.stdout = offset + len,
-                    Stream::Stderr => ends.stderr = offset + len,
-                }
-            }
-            EventKind::Failed => {}
-            EventKind::Completed => {
-                self.live.remove(&ev.task_id);
-            }
-        }
         if self.clients.is_empty() {
             return;
         }
@@ -188,7 +171,7 @@ impl Hub {
                     kick.push(*id);
                 } else {
                     c.queue.queued.fetch_add(ev.json.len(), Ordering::AcqRel);
-                    p.push(Arc::clone(&ev.json));
+                    p.push(ev.clone());
                 }
                 continue;
             }
@@ -217,7 +200,7 @@ impl Hub {
             if let Some(s) = &c.stream {
                 let _ = s.shutdown(Shutdown::Read);
             }
-            self.count.store(self.clients.len(), Ordering::Release);
+            self.count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -234,6 +217,7 @@ impl Hub {
             }
             Ctl::Leave { id } => {
                 if let Some(c) = self.clients.remove(&id) {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
                     log::info!("websocket client {id} ({}) disconnected", c.peer);
                 }
             }
@@ -244,13 +228,11 @@ impl Hub {
                     return; // a replay of it is already under way
                 }
                 c.pending.insert(task_id, Vec::new());
-                let upto = self.live.get(&task_id).copied();
                 let job = replay::Job {
                     reg: Arc::clone(&self.reg),
                     client: id,
                     task_id,
                     from: (offset, error_offset),
-                    upto,
                     queue: c.queue.clone(),
                     done: self.ctl_tx.clone(),
                 };
@@ -263,21 +245,28 @@ impl Hub {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.subs.get_or_insert_with(HashSet::new).remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
-                        let bytes: usize = p.iter().map(|s| s.len()).sum();
+                        let bytes: usize = p.iter().map(|e| e.json.len()).sum();
                         c.queue.queued.fetch_sub(bytes, Ordering::AcqRel);
                     }
                 }
             }
-            Ctl::ReplayDone { id, task_id } => {
+            Ctl::ReplayDone { id, task_id, cut, ended } => {
                 let Some(c) = self.clients.get_mut(&id) else { return };
                 let Some(p) = c.pending.remove(&task_id) else { return };
-                for json in p {
-                    // Already counted in `queued` when it was held back.
-                    let _ = c.queue.tx.send(Out::Text(json));
+                for ev in p {
+                    // Counted in `queued` when it was held back.
+                    let replayed = match ev.kind {
+                        EventKind::Output { stream, offset, .. } => offset < cut[stream.index()],
+                        EventKind::Started | EventKind::Failed | EventKind::Completed => ended,
+                    };
+                    if replayed {
+                        c.queue.queued.fetch_sub(ev.json.len(), Ordering::AcqRel);
+                    } else {
+                        let _ = c.queue.tx.send(Out::Text(ev.json));
+                    }
                 }
             }
             Ctl::Stop => {}
         }
-        self.count.store(self.clients.len(), Ordering::Release);
     }
 }

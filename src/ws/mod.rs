@@ -72,6 +72,8 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     let id = hub.next_client_id();
     let (tx, rx) = crossbeam_channel::unbounded();
     let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
+    // Counted first, so tasks start producing events before the client can start a task.
+    hub.clients.fetch_add(1, Ordering::AcqRel);
     let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone() });
     let (stream, leftover) = match rq.upgrade_tcp("websocket", response) {
         Ok(s) => s,

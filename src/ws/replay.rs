@@ -1,7 +1,8 @@
-//! A `ws-replay` thread per subscribe: sends a task's output from the client's offsets up
-//! to where the broadcaster's live events take over (or to the end, and `completed`, when
-//! the task has ended), reading the task's log. It waits for a slow client instead of
-//! overfilling its queue.
+//! A `ws-replay` thread per subscribe: sends a task's output from the client's offsets up to
+//! a cut taken under the task's lock (the bytes it has produced so far; all of them, and
+//! `completed`, when it has ended), reading the task's log. The broadcaster holds the task's
+//! live events meanwhile and, told the cut, drops those the replay covered. It waits for a
+//! slow client instead of overfilling its queue.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use crate::protocol::{self, CompletedData, TaskStatus};
 use crate::tasks::log::LogReader;
 use crate::tasks::registry::Registry;
 use crate::ws::client::{Out, Queue, WRITE_TIMEOUT};
-use crate::ws::hub::{Ctl, LiveEnds};
+use crate::ws::hub::Ctl;
 
 pub struct Job {
     pub reg: Arc<Registry>,
@@ -21,8 +22,6 @@ pub struct Job {
     pub task_id: u64,
     /// Offsets in stdout and stderr to replay from.
     pub from: (u64, u64),
-    /// Where live events start, when the task was running at the subscribe.
-    pub upto: Option<LiveEnds>,
     pub queue: Queue,
     pub done: Sender<Ctl>,
 }
@@ -30,8 +29,8 @@ pub struct Job {
 pub fn spawn(job: Job) -> std::io::Result<()> {
     std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
         let (done, client, task_id) = (job.done.clone(), job.client, job.task_id);
-        run(&job);
-        let _ = done.send(Ctl::ReplayDone { id: client, task_id });
+        let (cut, ended) = run(&job);
+        let _ = done.send(Ctl::ReplayDone { id: client, task_id, cut, ended });
     })?;
     Ok(())
 }
@@ -54,42 +53,43 @@ fn push(queue: &Queue, json: String) -> bool {
     queue.push(Out::Text(json.into()))
 }
 
-fn run(job: &Job) {
+/// Replays; returns the cut (stdout, stderr bytes covered) and whether the end was sent.
+fn run(job: &Job) -> ([u64; 2], bool) {
     let Some(task) = job.reg.get(job.task_id) else {
+        // Unknown (or not yet created): whatever comes live is new.
         let msg = serde_json::json!({ "type": "error", "error": "Task not found", "taskId": job.task_id });
         push(&job.queue, msg.to_string());
-        return;
+        return ([0, 0], false);
     };
+    // Under the task's lock, its byte counts and its log agree: the log holds exactly the
+    // chunks below the counts, and every later chunk comes live.
     let record = task.record();
-    if job.upto.is_none() && record.status == TaskStatus::Running {
-        // The broadcaster has not seen it start yet: every event of it is still to come live.
-        return;
-    }
-    let limit = job.upto.map_or([u64::MAX; 2], |u| [u.stdout, u.stderr]);
+    let ended = record.status != TaskStatus::Running;
+    let cut = [record.stdout_bytes, record.stderr_bytes];
     let from = [job.from.0, job.from.1];
-    if let Ok(f) = File::open(job.reg.log_path(job.task_id)) {
-        let mut reader = LogReader::new(f);
-        let mut pos = [0u64; 2];
-        let mut buf = Vec::new();
-        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
-            let s = stream.index();
-            let start = pos[s];
-            let end = start + buf.len() as u64;
-            pos[s] = end;
-            let lo = start.max(from[s]);
-            let hi = end.min(limit[s]);
-            if lo < hi {
-                let text = String::from_utf8_lossy(&buf[(lo - start) as usize..(hi - start) as usize]);
-                if !push(&job.queue, protocol::task_update(job.task_id, stream.event(), &*text, Some(lo))) {
-                    return;
+    if from[0] < cut[0] || from[1] < cut[1] {
+        if let Ok(f) = File::open(job.reg.log_path(job.task_id)) {
+            let mut reader = LogReader::new(f);
+            let mut pos = [0u64; 2];
+            let mut buf = Vec::new();
+            while pos[0] < cut[0] || pos[1] < cut[1] {
+                let Ok(Some(stream)) = reader.next_record(&mut buf) else { break };
+                let s = stream.index();
+                let start = pos[s];
+                let end = start + buf.len() as u64;
+                pos[s] = end;
+                let lo = start.max(from[s]);
+                let hi = end.min(cut[s]);
+                if lo < hi {
+                    let text = String::from_utf8_lossy(&buf[(lo - start) as usize..(hi - start) as usize]);
+                    if !push(&job.queue, protocol::task_update(job.task_id, stream.event(), &*text, Some(lo))) {
+                        return (cut, ended);
+                    }
                 }
-            }
-            if job.upto.is_some() && pos[0] >= limit[0] && pos[1] >= limit[1] {
-                break;
             }
         }
     }
-    if job.upto.is_none() {
+    if ended {
         if record.pid.is_none() {
             if let Some(error) = &record.error {
                 push(
@@ -112,4 +112,5 @@ fn run(job: &Job) {
         };
         push(&job.queue, protocol::task_update(job.task_id, "completed", data, None));
     }
+    (cut, ended)
 }
