@@ -68,63 +68,12 @@ impl AgentBuilder {
     pub fn start(self) -> Agent {
         let dir = TempDir::new("agent");
         let data = self.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_codara-agent"));
-        cmd.args(&self.args)
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
-            .env("HOME", dir.path())
-            .env("CLUSTER_PORT", "0")
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("CLUSTER_SECRET", SECRET)
-            .env("DATA_DIR", &data)
-            .env("JOBS_BASE_PATH", dir.path().join("jobs"))
-            // Never the defaults (255.255.255.255, 224.0.0.1) on these machines.
-            .env("DISCOVERY_ENABLED", "false")
-            .env("DISCOVERY_ADDRESSES", "127.255.255.255")
-            .env("MAX_CPU_PERCENT", "100")
-            .env("MAX_MEMORY_PERCENT", "100")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = base_command(dir.path(), &data);
+        cmd.args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start codara-agent");
-        let logs = Arc::new(Mutex::new(Vec::<String>::new()));
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let l = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let port: u16 = rest
-                        .split(':')
-                        .nth(1)
-                        .and_then(|p| p.split(' ').next())
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0);
-                    let _ = port_tx.send(port);
-                }
-                l.lock().unwrap().push(line);
-            }
-        });
-        let l = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(format!("stderr: {line}"));
-            }
-        });
-        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(p) if p != 0 => p,
-            _ => {
-                let _ = child.kill();
-                panic!("agent did not start; output:\n{}", logs.lock().unwrap().join("\n"));
-            }
-        };
-        Agent { child, port, dir, data_dir: data, logs }
+        spawn_agent(cmd, dir, data)
     }
 }
 
