@@ -1,5 +1,6 @@
 //! Builds the parts, starts their threads, and takes them down in order on shutdown.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
     let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
+    detach_from_terminal();
     // Not dumpable: a task running as the same (non-root) user cannot read this process's
     // memory or /proc/<pid>/environ, where CLUSTER_SECRET may be.
     #[cfg(target_os = "linux")]
@@ -52,7 +54,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
     }
 
-    let ctx = Arc::new(Ctx { cfg: Arc::clone(&cfg), reg: Arc::clone(&reg), hub: hub.clone(), started: Instant::now() });
+    let ctx = Arc::new(Ctx {
+        cfg: Arc::clone(&cfg),
+        reg: Arc::clone(&reg),
+        hub: hub.clone(),
+        started: Instant::now(),
+        long_requests: AtomicUsize::new(0),
+    });
     let http = HttpServer::start(Arc::clone(&ctx))?;
     log_summary(&cfg, http.port, reg.next_id());
     let discovery = if cfg.discovery_enabled {
@@ -99,6 +107,48 @@ pub fn run(cfg: Config) -> Result<(), String> {
     log::info!("stopped");
     Ok(())
 }
+
+/// Gives up the controlling terminal when the agent was started by hand in one: tasks then
+/// have none either, so a task that opens `/dev/tty` (git or ssh asking for a password) fails
+/// at once instead of writing to the operator's screen or stopping on SIGTTIN until its
+/// timeout. (posix_spawn cannot start a task in a session of its own without giving up the
+/// fast path.) Ctrl-C still reaches the agent: the terminal signals its process group.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+))]
+fn detach_from_terminal() {
+    const TIOCNOTTY: rustix::ioctl::Opcode = 0x5422;
+    // A session leader giving up its terminal would send SIGHUP to the foreground group,
+    // itself included: leave that case alone.
+    if rustix::process::getsid(None).ok() == Some(rustix::process::getpid()) {
+        return;
+    }
+    let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return };
+    // SAFETY: TIOCNOTTY takes no argument; it only drops this process's controlling terminal.
+    match unsafe { rustix::ioctl::ioctl(&tty, rustix::ioctl::NoArg::<TIOCNOTTY>::new()) } {
+        Ok(()) => log::info!("gave up the controlling terminal: tasks cannot read or write /dev/tty"),
+        Err(e) => log::warn!("cannot give up the controlling terminal: {e}; tasks may prompt on it"),
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+)))]
+fn detach_from_terminal() {}
 
 fn signal_text(sig: Option<i32>) -> &'static str {
     match sig {
@@ -179,7 +229,7 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
             }
         }
         // Its byte counts were last written at its start: take them from its log.
-        let [out, err] = crate::tasks::log::stream_sizes(&store.log_path(rec.id));
+        let [out, err] = crate::tasks::output_log::stream_sizes(&store.log_path(rec.id));
         (rec.stdout_bytes, rec.stderr_bytes) = (out, err);
         let now = crate::protocol::now_ms();
         rec.status = TaskStatus::Failed;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::tasks::log::Stream;
+use crate::tasks::output_log::Stream;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {

@@ -1,6 +1,6 @@
 //! Task history under `DATA_DIR/tasks`: `journal.jsonl`, one task record a line, appended at
 //! each task's start and end (the last line of an id wins), and `<id>.log`, each task's output
-//! (see [`crate::tasks::log`]). Appending to one open file costs one write per change, where a
+//! (see [`crate::tasks::output_log`]). Appending to one open file costs one write per change, where a
 //! file per record cost a create and a rename. The journal is rewritten (temporary file, then
 //! rename) at every start and whenever it has grown past a few times `TASK_HISTORY`, so it
 //! holds about what the agent keeps.

@@ -57,15 +57,13 @@ pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<Tas
             })?,
         Some(_) => return Err(bad("args must be an array of strings")),
     };
+    // An empty cwd is the agent's own, as the old agent's `cwd || process.cwd()` had it.
     let cwd = match body.get("cwd") {
         None | Some(Value::Null) => default_cwd.to_string(),
-        Some(v) => {
-            let s = text(v, "cwd")?;
-            if s.is_empty() {
-                return Err(bad("cwd must not be empty"));
-            }
-            s.to_string()
-        }
+        Some(v) => match text(v, "cwd")? {
+            "" => default_cwd.to_string(),
+            s => s.to_string(),
+        },
     };
     let env = parse_env(body.get("env"))?;
     let timeout_ms = match body.get("timeout") {

@@ -13,7 +13,7 @@ use crate::http::query;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
-use crate::tasks::log::Stream;
+use crate::tasks::output_log::Stream;
 use crate::tasks::registry::Rejection;
 use crate::tasks::runner;
 use crate::tasks::task::{JobSpec, Task};

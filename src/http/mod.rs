@@ -1,8 +1,10 @@
 //! The HTTP API and the WebSocket upgrade, on one tiny_http server.
 //!
 //! A request goes: `server` (worker threads on `recv()`) → `router::route` → auth →
-//! `handlers::*` → `Reply` → tiny_http response. Requests that last (`?wait=true`,
-//! `?follow=true`, WebSocket upgrades) get a thread of their own so the workers stay free.
+//! `handlers::*` → `Reply` → tiny_http response. `?follow=true` and uploads tiny_http has not
+//! pre-read get a thread of their own (at most `server::MAX_LONG_REQUESTS`); `?wait=true`
+//! holds none (the task's waiter answers it); a WebSocket upgrade is answered on the worker,
+//! which then hands the socket to `ws::client`'s two threads.
 
 pub mod auth;
 pub mod error;
@@ -13,6 +15,7 @@ pub mod query;
 pub mod router;
 pub mod server;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +30,8 @@ pub struct Ctx {
     pub reg: Arc<Registry>,
     pub hub: HubHandle,
     pub started: Instant,
+    /// Requests being served on a thread of their own (see `server::MAX_LONG_REQUESTS`).
+    pub long_requests: AtomicUsize,
 }
 
 impl Ctx {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::TaskStatus;
-use crate::tasks::log::{LogReader, Stream};
+use crate::tasks::output_log::{LogReader, Stream};
 use crate::tasks::task::Task;
 
 /// How long a follower sleeps before looking again when nothing wakes it.

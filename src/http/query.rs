@@ -28,6 +28,14 @@ pub fn flag(q: &[(String, String)], key: &str) -> bool {
     matches!(get(q, key), Some("" | "true" | "1" | "yes"))
 }
 
+/// Percent-decoding of a path (where `+` is a plus).
+pub fn decode_path(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    decode(&s.replace('+', "%2B"))
+}
+
 /// Percent-decoding (and `+` as space); invalid escapes are kept as they are.
 pub fn decode(s: &str) -> String {
     let b = s.as_bytes();

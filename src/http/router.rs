@@ -1,6 +1,7 @@
 //! Which endpoint a method and path name: a pure function, testable without sockets.
 
 use crate::http::error::ApiError;
+use crate::http::query;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -25,8 +26,11 @@ impl Route {
 
 /// Routes a request. `Err` carries 404 (unknown path, or a task id that is not a number)
 /// or 405 (known path, other method).
+/// Like Express (the old agent), paths match without regard to case, and percent-escapes are
+/// decoded first (`/task/%31` is task 1).
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let path = query::decode_path(path).to_ascii_lowercase();
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(&path);
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let (want, route): (&'static str, Result<Route, ApiError>) = match segs.as_slice() {
         ["health"] => ("GET", Ok(Route::Health)),
@@ -66,6 +70,8 @@ mod tests {
         assert_eq!(route("GET", "/health/"), Ok(Route::Health));
         assert_eq!(route("POST", "/execute"), Ok(Route::Execute));
         assert_eq!(route("GET", "/task/12"), Ok(Route::Task(12)));
+        assert_eq!(route("GET", "/task/%31%32"), Ok(Route::Task(12)));
+        assert_eq!(route("GET", "/HEALTH"), Ok(Route::Health));
         assert_eq!(route("GET", "/task/12/output"), Ok(Route::TaskOutput(12)));
         assert_eq!(route("POST", "/task/12/cancel"), Ok(Route::CancelTask(12)));
         assert_eq!(route("GET", "/task/abc"), Err(ApiError::NotFound("Task not found")));

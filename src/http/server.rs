@@ -16,6 +16,9 @@ use crate::tasks::task::Task;
 
 /// Worker threads taking requests.
 pub const WORKERS: usize = 4;
+/// Requests with a thread of their own (`?follow=true`, large uploads) open at once; more get
+/// 503.
+pub const MAX_LONG_REQUESTS: usize = 256;
 
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
@@ -76,12 +79,23 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
             }
         };
         if lasts(&rq) {
+            // Bounded: a follower cannot tell that its client left while the task is silent
+            // (it has nothing to write), so each one holds a thread until the task ends.
+            if ctx.long_requests.fetch_add(1, Ordering::AcqRel) >= MAX_LONG_REQUESTS {
+                ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
+                log::warn!("refused a streaming request: {MAX_LONG_REQUESTS} already open");
+                let mut r = Reply::json(503, &serde_json::json!({ "error": "Too many streaming requests" }));
+                r.headers.push(("Retry-After", "5".into()));
+                respond(rq, r);
+                continue;
+            }
             let ctx2 = Arc::clone(ctx);
-            let spawned = std::thread::Builder::new()
-                .name("http-long".into())
-                .stack_size(2 << 20)
-                .spawn(move || handle(&ctx2, rq));
+            let spawned = std::thread::Builder::new().name("http-long".into()).stack_size(2 << 20).spawn(move || {
+                handle(&ctx2, rq);
+                ctx2.long_requests.fetch_sub(1, Ordering::AcqRel);
+            });
             if let Err(e) = spawned {
+                ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
                 log::error!("cannot start a thread for a long request: {e}");
             }
         } else {

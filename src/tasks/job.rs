@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::protocol::TaskStatus;
-use crate::tasks::log::Stream;
+use crate::tasks::output_log::Stream;
 
 /// Where a job's folder is, or why the request is refused (a 400).
 pub fn resolve(base: &Path, job_id: &str, job_path: Option<&str>) -> Result<PathBuf, String> {

@@ -1,8 +1,8 @@
 //! Tasks: admission and history ([`registry`]), the process and its group ([`runner`]), the
-//! pipes ([`reader`]), the output log ([`log`]), and deadlines ([`timer`]).
+//! pipes ([`reader`]), the output log ([`output_log`]), and deadlines ([`timer`]).
 
 pub mod job;
-pub mod log;
+pub mod output_log;
 pub mod pool;
 pub mod reader;
 pub mod registry;

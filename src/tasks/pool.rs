@@ -71,6 +71,7 @@ fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
     loop {
         set_name(&work.name);
         (work.job)();
+        set_name("task-pool");
         lock(idle).push(Arc::clone(&slot));
         let deadline = Instant::now() + IDLE_FOR;
         let mut w = lock(&slot.work);

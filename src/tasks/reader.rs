@@ -1,11 +1,16 @@
 //! A reader thread per pipe: reads large blocks so a chatty task never blocks on a full pipe,
 //! and cuts them at line ends, so many lines travel in one chunk under load and no line is
-//! split between chunks (except a line longer than [`MAX_CARRY`], or the last one).
+//! split between chunks, except a line longer than [`MAX_CARRY`] and a partial line after
+//! which the task goes quiet for [`IDLE_FLUSH`] (a prompt, a progress bar, the last line).
 
 use std::io::{ErrorKind, Read};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use std::sync::Arc;
 
-use crate::tasks::log::Stream;
+use crate::tasks::output_log::Stream;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::Task;
 
@@ -13,22 +18,63 @@ use crate::tasks::task::Task;
 pub const READ_BLOCK: usize = 64 * 1024;
 /// An unterminated line longer than this is passed on in pieces, to bound memory.
 pub const MAX_CARRY: usize = 256 * 1024;
+/// A partial line is passed on when no more output comes for this long: prompts and `\r`
+/// progress bars show while the task waits, not at its end.
+pub const IDLE_FLUSH: Duration = Duration::from_millis(100);
+/// While its pipe is silent, a reader looks this often whether its task has ended without it
+/// (a process that escaped the group holds the pipe open).
+pub const ABANDON_CHECK: Duration = Duration::from_secs(1);
 
 /// Reads the pipe on a thread of `pool` named `task-N-out` / `task-N-err`, and tells the task
 /// when the pipe has reached its end ([`Task::reader_done`]).
-pub fn spawn<R: Read + Send + 'static>(pool: &Pool, task: Arc<Task>, stream: Stream, pipe: R) -> std::io::Result<()> {
+pub fn spawn<R: Read + AsFd + Send + 'static>(
+    pool: &Pool,
+    task: Arc<Task>,
+    stream: Stream,
+    pipe: R,
+) -> std::io::Result<()> {
     let name = format!("task-{}-{}", task.id, if stream == Stream::Stdout { "out" } else { "err" });
     pool.spawn(name, move || {
-        read_loop(pipe, |chunk| task.push_output(stream, chunk));
+        let fd = pipe.as_fd().try_clone_to_owned();
+        let wait = |timeout: Duration| fd.as_ref().map_or(true, |fd| readable(fd, timeout));
+        read_loop(pipe, wait, |chunk| task.push_output(stream, chunk), || task.output_closed());
         task.reader_done();
     })
 }
 
+/// Whether `fd` has data (or its end, or an error) within `timeout`.
+fn readable(fd: &impl AsFd, timeout: Duration) -> bool {
+    let t = Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    match poll(&mut fds, Some(&t)) {
+        Ok(n) => n > 0,
+        Err(rustix::io::Errno::INTR) => false,
+        Err(_) => true, // let the read report it
+    }
+}
+
 /// Reads `pipe` to its end, handing `emit` chunks that end at a line end where possible.
-pub fn read_loop<R: Read>(mut pipe: R, mut emit: impl FnMut(&[u8])) {
+/// `wait(timeout)` says whether the pipe has something to read within `timeout`;
+/// `abandoned()` whether the task has ended without this reader (it then stops, closing its
+/// end of the pipe: later output is dropped).
+pub fn read_loop<R: Read>(
+    mut pipe: R,
+    mut wait: impl FnMut(Duration) -> bool,
+    mut emit: impl FnMut(&[u8]),
+    mut abandoned: impl FnMut() -> bool,
+) {
     let mut buf = vec![0u8; READ_BLOCK];
     let mut carry: Vec<u8> = Vec::new();
     loop {
+        if !carry.is_empty() && !wait(IDLE_FLUSH) {
+            emit(&carry);
+            carry.clear();
+        }
+        while !wait(ABANDON_CHECK) {
+            if abandoned() {
+                return;
+            }
+        }
         let n = match pipe.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -103,7 +149,7 @@ mod tests {
 
     fn chunks(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        read_loop(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), |c| out.push(c.to_vec()));
+        read_loop(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), |_| true, |c| out.push(c.to_vec()), || false);
         out
     }
 
@@ -122,6 +168,27 @@ mod tests {
         let out = chunks(&pieces);
         assert!(out.iter().all(|c| c.len() <= MAX_CARRY + READ_BLOCK));
         assert_eq!(out.concat(), big);
+    }
+
+    #[test]
+    fn partial_line_is_passed_on_when_the_pipe_goes_quiet() {
+        // The pipe says "nothing more for now" once, after "Password: ".
+        let mut quiet = vec![false];
+        let mut out = Vec::new();
+        read_loop(
+            Pieces(vec![b"Password: ".to_vec(), b"x\n".to_vec()]),
+            |t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
+            |c| out.push(c.to_vec()),
+            || false,
+        );
+        assert_eq!(out, vec![b"Password: ".to_vec(), b"x\n".to_vec()]);
+    }
+
+    #[test]
+    fn an_abandoned_reader_stops() {
+        let mut out = Vec::new();
+        read_loop(Pieces(vec![b"never read\n".to_vec()]), |_| false, |c| out.push(c.to_vec()), || true);
+        assert!(out.is_empty());
     }
 
     #[test]

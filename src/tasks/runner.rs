@@ -18,7 +18,7 @@ use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOpt
 use crate::events::EventKind;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
 use crate::tasks::job;
-use crate::tasks::log::Stream;
+use crate::tasks::output_log::Stream;
 use crate::tasks::reader;
 use crate::tasks::registry::Registry;
 use crate::tasks::task::Task;
@@ -38,6 +38,9 @@ pub struct Outcome {
     /// Set when the program could not be started (or the agent ended it).
     pub error: Option<String>,
     pub spawn_failed: bool,
+    /// When the main process exited (ms since the epoch); the end is recorded at it, not
+    /// after the readers' grace.
+    pub exited_at: Option<u64>,
 }
 
 impl Outcome {
@@ -168,6 +171,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
             }
         }
     }
+    let exited_at = protocol::now_ms();
     {
         let mut st = task.lock();
         if let Some(pgid) = st.pgid.take() {
@@ -175,7 +179,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
         }
     }
     let outcome = match child.wait() {
-        Ok(status) => Outcome::from_status(status),
+        Ok(status) => Outcome { exited_at: Some(exited_at), ..Outcome::from_status(status) },
         Err(e) => Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() },
     };
     if !task.wait_readers(READER_GRACE) {
@@ -212,7 +216,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         if st.record.status != TaskStatus::Running {
             return; // ended already: `settled` was counted then
         }
-        let now = protocol::now_ms();
+        let now = outcome.exited_at.unwrap_or_else(protocol::now_ms);
         let duration = now.saturating_sub(st.record.started_at);
         let status = if st.cancelled {
             TaskStatus::Cancelled

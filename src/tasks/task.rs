@@ -14,7 +14,7 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use crate::events::{Event, EventKind, EventTx};
 use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
 use crate::tasks::job::JobLog;
-use crate::tasks::log::{self as outlog, LogReader, Stream};
+use crate::tasks::output_log::{self, LogReader, Stream};
 
 /// A validated request to run something.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +195,11 @@ impl Task {
         !self.slot_released.swap(true, Ordering::AcqRel)
     }
 
+    /// Whether the task has ended and takes no more output (a reader still reading then stops).
+    pub fn output_closed(&self) -> bool {
+        self.lock().output.closed
+    }
+
     /// A pipe reader reached the end of its pipe.
     pub fn reader_done(&self) {
         let mut st = self.lock();
@@ -342,7 +347,7 @@ impl Task {
                 }
             }
             if let Some(f) = out.log.as_mut() {
-                if let Err(e) = outlog::append(f, stream, data) {
+                if let Err(e) = output_log::append(f, stream, data) {
                     log::warn!(
                         "task {}: cannot write output log {}: {e}; output kept in memory only",
                         self.id,

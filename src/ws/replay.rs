@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::protocol::{self, CompletedData, TaskStatus};
-use crate::tasks::log::LogReader;
+use crate::tasks::output_log::LogReader;
 use crate::tasks::registry::Registry;
 use crate::ws::client::{Out, Queue, WRITE_TIMEOUT};
 use crate::ws::hub::Ctl;
