@@ -351,3 +351,84 @@ fn a_thousand_sequential_tasks_leak_no_fds() {
     assert_eq!(st["runningTasks"], 0, "{st}");
     a.assert_alive();
 }
+
+/// A partial line (a prompt) shows while the task waits, not only at its end.
+#[test]
+fn a_prompt_without_newline_shows_while_the_task_waits() {
+    let a = common::agent().start();
+    let id = a.run("sh", &["-c", "printf 'Username: '; sleep 3"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = a.get(&format!("/task/{id}")).json();
+        if t["stdout"] == "Username: " {
+            assert_eq!(t["status"], "running", "the prompt should show before the task ends: {t}");
+            assert_eq!(t["stdoutBytes"], 10, "{t}");
+            break;
+        }
+        assert!(t["status"] == "running" && Instant::now() < deadline, "prompt never shown while running: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.wait_task(id);
+}
+
+/// A daemon that escaped the task's group and holds its pipes neither hangs the task nor
+/// keeps the agent's reader threads and pipe ends once the task has ended.
+#[test]
+fn an_escaped_daemon_holds_no_fd_of_the_agent() {
+    const M: &str = "sleep 3019";
+    let a = common::agent().start();
+    // Settle the pool and tiny_http's threads before counting.
+    a.run_wait(json!({"command": "true"}));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = a.fd_count();
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "setsid sleep 3019 & sleep 0.3; echo started"]}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(t["duration"].as_u64().unwrap() < 1000, "duration runs to the main process's exit: {t}");
+    assert!(common::process_running(M), "the escaped daemon should still run");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.fd_count() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = a.fd_count();
+    common::kill_matching(M);
+    assert!(after <= before, "fds {before} before, {after} with the daemon still holding the task's pipes");
+}
+
+/// Started by hand in a terminal, the agent gives it up: a task opening /dev/tty fails at once
+/// instead of prompting there or stopping until its timeout.
+#[test]
+fn tasks_have_no_controlling_terminal() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        panic!("`script` (util-linux / bsdutils) is needed to give the agent a terminal; install it");
+    }
+    let dir = TempDir::new("tty");
+    let data = dir.path().join("data");
+    let marker = dir.path().join("tty-marker.env");
+    std::fs::write(&marker, "").unwrap();
+    // `script` runs the agent on a new pseudo-terminal, as an operator's shell would.
+    // The harness's safe environment, for the agent `script` starts.
+    let cmd = common::base_command(dir.path(), &data);
+    let inner = format!("{} --env-file {}", env!("CARGO_BIN_EXE_codara-agent"), marker.display());
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
+    let mut script = std::process::Command::new("script");
+    script.args(["-qfec", &inner, "/dev/null"]).current_dir(dir.path()).env_clear().envs(envs);
+    script
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let a = common::spawn_agent(script, dir, data);
+    let marker_text = marker.display().to_string();
+    let t = a.run_wait(json!({
+        "command": "sh",
+        "args": ["-c", "echo to-tty > /dev/tty; read x < /dev/tty"],
+        "timeout": 20000
+    }));
+    for pid in common::pids_matching(&marker_text) {
+        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    }
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["timedOut"], false, "the task should fail at once, not wait on the terminal: {t}");
+    assert!(t["stderr"].as_str().unwrap().contains("/dev/tty"), "{t}");
+    assert!(a.log_text().contains("gave up the controlling terminal"), "{}", a.log_text());
+}
