@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests use besides Rust
-# (ps, ip, systemd-analyze; Python's websockets and prometheus_client, which are the
+# (ps, ip, systemd-analyze, script; Python's websockets and prometheus_client, which are the
 # independent WebSocket client and Prometheus parser), then `cargo test --workspace`.
 # Nothing here reaches beyond loopback: tests set DISCOVERY_ADDRESSES=127.255.255.255 or
 # DISCOVERY_ENABLED=false.
@@ -16,6 +16,7 @@ missing=()
 command -v ps >/dev/null || missing+=(procps)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v script >/dev/null || missing+=(bsdutils)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
