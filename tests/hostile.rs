@@ -500,3 +500,46 @@ fn many_connections_closed_abruptly() {
     assert!(no_tasks(&a));
     a.assert_alive();
 }
+
+/// Threads of the agent whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `?follow=true` clients that disconnect while their task prints nothing release their
+/// threads: the follower watches the client's socket instead of waiting for output.
+#[test]
+fn followers_that_leave_a_silent_task_release_their_threads() {
+    let mut a = common::agent().start();
+    let r = a.post("/execute", &serde_json::json!({"command": "sleep", "args": ["30"], "timeout": 0}));
+    let id = r.json()["taskId"].as_u64().unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = common::raw_connect(&a, Duration::from_secs(10));
+        let req = format!(
+            "GET /task/{id}/output?follow=true HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {}\r\n\r\n",
+            common::SECRET
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        conns.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads_named(a.pid(), "http-long") < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(threads_named(a.pid(), "http-long"), 20, "one thread per follower");
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads_named(a.pid(), "http-long") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(threads_named(a.pid(), "http-long"), 0, "followers of a silent task outlived their clients");
+    let _ = a.post(&format!("/task/{id}/cancel"), &serde_json::json!({}));
+    a.assert_alive();
+}

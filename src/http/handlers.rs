@@ -175,7 +175,7 @@ pub fn cancel(ctx: &Ctx, id: u64, from: &str) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &json!({ "message": "Task cancelled" })))
 }
 
-pub fn output(ctx: &Ctx, id: u64, q: &Query) -> Result<Reply, ApiError> {
+pub fn output(ctx: &Ctx, id: u64, q: &Query, peer: Option<std::net::TcpStream>) -> Result<Reply, ApiError> {
     let task = find(ctx, id)?;
     let only = match query::get(q, "stream") {
         None | Some("" | "all" | "both") => None,
@@ -184,7 +184,7 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query) -> Result<Reply, ApiError> {
         Some(_) => return Err(ApiError::BadRequest("stream must be stdout or stderr".into())),
     };
     let follow = query::flag(q, "follow");
-    let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow);
+    let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow, peer.filter(|_| follow));
     Ok(Reply {
         status: 200,
         content_type: "text/plain; charset=utf-8",

@@ -3,9 +3,12 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use crate::protocol::TaskStatus;
 use crate::tasks::output_log::{LogReader, Stream};
@@ -24,11 +27,31 @@ pub struct OutputStream {
     at: usize,
     /// Bytes of both streams consumed so far (what the follower has seen).
     seen: u64,
+    /// The client's socket, watched while following a silent task: a follower has nothing to
+    /// write, so without it a client that left would go unnoticed until the task ends.
+    peer: Option<TcpStream>,
 }
 
 impl OutputStream {
-    pub fn new(task: Arc<Task>, path: PathBuf, only: Option<Stream>, follow: bool) -> OutputStream {
-        OutputStream { task, path, reader: None, only, follow, buf: Vec::new(), at: 0, seen: 0 }
+    pub fn new(
+        task: Arc<Task>,
+        path: PathBuf,
+        only: Option<Stream>,
+        follow: bool,
+        peer: Option<TcpStream>,
+    ) -> OutputStream {
+        OutputStream { task, path, reader: None, only, follow, buf: Vec::new(), at: 0, seen: 0, peer }
+    }
+
+    /// Whether the client has closed its side (or the connection broke).
+    fn peer_gone(&self) -> bool {
+        let Some(peer) = &self.peer else { return false };
+        let mut fds = [PollFd::new(peer, PollFlags::RDHUP)];
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => false,
+        }
     }
 
     /// The next record of the wanted stream into `buf`; false when there is none yet.
@@ -75,6 +98,9 @@ impl Read for OutputStream {
                 return Ok(0);
             }
             self.task.wait_output(self.seen, FOLLOW_POLL);
+            if self.peer_gone() {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"));
+            }
         }
     }
 }

@@ -79,8 +79,8 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
             }
         };
         if lasts(&rq) {
-            // Bounded: a follower cannot tell that its client left while the task is silent
-            // (it has nothing to write), so each one holds a thread until the task ends.
+            // Bounded, so many slow uploads or followers cannot pile up threads without limit
+            // (a follower notices within a second that its client left).
             if ctx.long_requests.fetch_add(1, Ordering::AcqRel) >= MAX_LONG_REQUESTS {
                 ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
                 log::warn!("refused a streaming request: {MAX_LONG_REQUESTS} already open");
@@ -161,7 +161,7 @@ fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from
         }
         Route::Tasks => handlers::tasks(ctx, q),
         Route::Task(id) => handlers::task(ctx, id),
-        Route::TaskOutput(id) => handlers::output(ctx, id, q),
+        Route::TaskOutput(id) => handlers::output(ctx, id, q, rq.peer_socket()),
         Route::CancelTask(id) => handlers::cancel(ctx, id, from),
     }
 }

@@ -327,8 +327,19 @@ impl Request {
         self.body_length
     }
 
+    /// A second handle on the client's TCP socket, for watching whether the client has gone
+    /// away while a long response waits for data (e.g. with `poll` for `POLLRDHUP`). The
+    /// server keeps using its own handle; don't read, write or change flags through this one.
+    /// `None` for Unix sockets and requests not attached to a connection.
+    pub fn peer_socket(&self) -> Option<std::net::TcpStream> {
+        match &self.data_reader {
+            Body::Conn(b) => b.try_clone_tcp(),
+            Body::Other(_) => None,
+        }
+    }
+
     /// True if the body is larger than `Limits::max_body_bytes`: either the declared
-    /// `Content-Length` is above it (the body is then never read: `as_reader()` yields EOF
+    /// `Content-Length` is above it (the body is never read: `as_reader()` yields EOF
     /// right away), or a chunked body grew past it while being read (the reader then returned
     /// an error). The application should answer `413`; the connection is closed after the
     /// response in any case.

@@ -347,6 +347,15 @@ impl BodyReader {
         }
     }
 
+    /// A second handle on the TCP socket (`None` for Unix sockets or if `dup` fails).
+    pub(crate) fn try_clone_tcp(&self) -> Option<std::net::TcpStream> {
+        match self.src.get_ref() {
+            Connection::Tcp(s) => s.try_clone().ok(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// True if the underlying connection is a TCP socket.
     pub(crate) fn is_tcp(&self) -> bool {
         matches!(self.src.get_ref(), Connection::Tcp(_))
