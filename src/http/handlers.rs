@@ -43,6 +43,11 @@ impl Reply {
         Reply { status, content_type: "application/json", body: Body::Json(body), headers: Vec::new() }
     }
 
+    /// A body already serialised as JSON.
+    pub fn raw_json(status: u16, body: Vec<u8>) -> Reply {
+        Reply { status, content_type: "application/json", body: Body::Json(body), headers: Vec::new() }
+    }
+
     pub fn when_done(task: Arc<Task>) -> Reply {
         Reply { status: 200, content_type: "application/json", body: Body::WhenDone(task), headers: Vec::new() }
     }
@@ -147,7 +152,7 @@ fn find(ctx: &Ctx, id: u64) -> Result<Arc<Task>, ApiError> {
 }
 
 pub fn task(ctx: &Ctx, id: u64) -> Result<Reply, ApiError> {
-    Ok(Reply::json(200, &find(ctx, id)?.to_json(true)))
+    Ok(Reply::raw_json(200, find(ctx, id)?.to_json_bytes(true)))
 }
 
 pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {

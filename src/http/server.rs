@@ -184,7 +184,7 @@ pub fn respond(rq: Request, reply: Reply) {
         }
         Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
         Body::WhenDone(task) => {
-            task.on_end(Box::new(move |t: &Task| respond(rq, Reply::json(200, &t.to_json(true)))));
+            task.on_end(Box::new(move |t: &Task| respond(rq, Reply::raw_json(200, t.to_json_bytes(true)))));
             return;
         }
     };

@@ -4,7 +4,7 @@
 //! which the task goes quiet for [`IDLE_FLUSH`] (a prompt, a progress bar, the last line).
 
 use std::io::{ErrorKind, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -35,17 +35,15 @@ pub fn spawn<R: Read + AsFd + Send + 'static>(
 ) -> std::io::Result<()> {
     let name = format!("task-{}-{}", task.id, if stream == Stream::Stdout { "out" } else { "err" });
     pool.spawn(name, move || {
-        let fd = pipe.as_fd().try_clone_to_owned();
-        let wait = |timeout: Duration| fd.as_ref().map_or(true, |fd| readable(fd, timeout));
-        read_loop(pipe, wait, |chunk| task.push_output(stream, chunk), || task.output_closed());
+        read_loop(pipe, readable, |chunk| task.push_output(stream, chunk), || task.output_closed());
         task.reader_done();
     })
 }
 
 /// Whether `fd` has data (or its end, or an error) within `timeout`.
-fn readable(fd: &impl AsFd, timeout: Duration) -> bool {
+fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let t = Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
     match poll(&mut fds, Some(&t)) {
         Ok(n) => n > 0,
         Err(rustix::io::Errno::INTR) => false,
@@ -54,23 +52,23 @@ fn readable(fd: &impl AsFd, timeout: Duration) -> bool {
 }
 
 /// Reads `pipe` to its end, handing `emit` chunks that end at a line end where possible.
-/// `wait(timeout)` says whether the pipe has something to read within `timeout`;
+/// `wait(fd, timeout)` says whether the pipe has something to read within `timeout`;
 /// `abandoned()` whether the task has ended without this reader (it then stops, closing its
 /// end of the pipe: later output is dropped).
-pub fn read_loop<R: Read>(
+pub fn read_loop<R: Read + AsFd>(
     mut pipe: R,
-    mut wait: impl FnMut(Duration) -> bool,
+    mut wait: impl FnMut(BorrowedFd<'_>, Duration) -> bool,
     mut emit: impl FnMut(&[u8]),
     mut abandoned: impl FnMut() -> bool,
 ) {
     let mut buf = vec![0u8; READ_BLOCK];
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        if !carry.is_empty() && !wait(IDLE_FLUSH) {
+        if !carry.is_empty() && !wait(pipe.as_fd(), IDLE_FLUSH) {
             emit(&carry);
             carry.clear();
         }
-        while !wait(ABANDON_CHECK) {
+        while !wait(pipe.as_fd(), ABANDON_CHECK) {
             if abandoned() {
                 return;
             }
@@ -134,8 +132,17 @@ fn utf8_boundary(b: &[u8]) -> usize {
 mod tests {
     use super::*;
 
-    /// A pipe that returns the given pieces one read at a time.
-    struct Pieces(Vec<Vec<u8>>);
+    /// A pipe that returns the given pieces one read at a time (its fd, /dev/null, is never
+    /// polled: the tests' `wait` says what the poll would).
+    struct Pieces(Vec<Vec<u8>>, std::fs::File);
+    impl AsFd for Pieces {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.1.as_fd()
+        }
+    }
+    fn pieces(p: Vec<Vec<u8>>) -> Pieces {
+        Pieces(p, std::fs::File::open("/dev/null").unwrap())
+    }
     impl Read for Pieces {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             if self.0.is_empty() {
@@ -147,9 +154,14 @@ mod tests {
         }
     }
 
-    fn chunks(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+    fn chunks(chunks_in: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        read_loop(Pieces(pieces.iter().map(|p| p.to_vec()).collect()), |_| true, |c| out.push(c.to_vec()), || false);
+        read_loop(
+            pieces(chunks_in.iter().map(|p| p.to_vec()).collect()),
+            |_, _| true,
+            |c| out.push(c.to_vec()),
+            || false,
+        );
         out
     }
 
@@ -176,8 +188,8 @@ mod tests {
         let mut quiet = vec![false];
         let mut out = Vec::new();
         read_loop(
-            Pieces(vec![b"Password: ".to_vec(), b"x\n".to_vec()]),
-            |t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
+            pieces(vec![b"Password: ".to_vec(), b"x\n".to_vec()]),
+            |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
             |c| out.push(c.to_vec()),
             || false,
         );
@@ -187,7 +199,7 @@ mod tests {
     #[test]
     fn an_abandoned_reader_stops() {
         let mut out = Vec::new();
-        read_loop(Pieces(vec![b"never read\n".to_vec()]), |_| false, |c| out.push(c.to_vec()), || true);
+        read_loop(pieces(vec![b"never read\n".to_vec()]), |_, _| false, |c| out.push(c.to_vec()), || true);
         assert!(out.is_empty());
     }
 

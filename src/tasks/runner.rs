@@ -272,6 +272,8 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         "completed",
         CompletedData { status, exit_code, signal: signal.as_deref(), duration },
     );
+    // Replies waiting for the end (`?wait=true`) go out before the log line: they wait on it.
+    task.run_on_end();
     log::info!(
         "task {} {}: exit code {}, signal {}, {} ms",
         task.id,
@@ -281,7 +283,6 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         duration
     );
     reg.settled();
-    task.run_on_end();
 }
 
 /// Writes the task's record; a failure is logged and the in-memory record stays.

@@ -388,42 +388,44 @@ impl Task {
     /// The task object of the API. `with_output` adds the stdout/stderr tails (read from the
     /// log once the task has ended).
     pub fn to_json(&self, with_output: bool) -> serde_json::Value {
+        self.view(with_output, |v| serde_json::to_value(v).expect("task view serialises"))
+    }
+
+    /// The task object as JSON text, serialised straight from the record.
+    pub fn to_json_bytes(&self, with_output: bool) -> Vec<u8> {
+        self.view(with_output, |v| serde_json::to_vec(v).expect("task view serialises"))
+    }
+
+    /// Calls `f` with the task's view; the tails of an ended task are read from its log
+    /// without holding the task's lock.
+    fn view<R>(&self, with_output: bool, f: impl FnOnce(&TaskView) -> R) -> R {
         let st = self.lock();
-        if !with_output {
-            let view = TaskView {
-                record: &st.record,
-                stdout: None,
-                stderr: None,
-                stdout_truncated: None,
-                stderr_truncated: None,
-            };
-            return serde_json::to_value(&view).expect("task view serialises");
-        }
         let cap = st.output.tails[0].cap as u64;
-        let (stdout, stderr) = if st.output.closed && !st.output.log_broken {
+        let make = |record: &TaskRecord, out: Option<(String, String)>| {
+            let has = out.is_some();
+            let truncated = |n: u64| has.then_some(n > cap);
+            let (stdout, stderr) = out.map_or((None, None), |(o, e)| (Some(o), Some(e)));
+            let view = TaskView {
+                record,
+                stdout_truncated: truncated(record.stdout_bytes),
+                stderr_truncated: truncated(record.stderr_bytes),
+                stdout,
+                stderr,
+            };
+            f(&view)
+        };
+        if !with_output {
+            return make(&st.record, None);
+        }
+        if st.output.closed && !st.output.log_broken {
             let path = st.output.log_path.clone();
             let record = st.record.clone();
             drop(st);
-            let (o, e) = read_tails(&path, cap as usize, &record);
-            let view = TaskView {
-                record: &record,
-                stdout_truncated: Some(record.stdout_bytes > cap),
-                stderr_truncated: Some(record.stderr_bytes > cap),
-                stdout: Some(o),
-                stderr: Some(e),
-            };
-            return serde_json::to_value(&view).expect("task view serialises");
-        } else {
-            (st.output.tails[0].to_text(), st.output.tails[1].to_text())
-        };
-        let view = TaskView {
-            record: &st.record,
-            stdout_truncated: Some(st.record.stdout_bytes > cap),
-            stderr_truncated: Some(st.record.stderr_bytes > cap),
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-        };
-        serde_json::to_value(&view).expect("task view serialises")
+            let tails = read_tails(&path, cap as usize, &record);
+            return make(&record, Some(tails));
+        }
+        let tails = (st.output.tails[0].to_text(), st.output.tails[1].to_text());
+        make(&st.record, Some(tails))
     }
 }
 
