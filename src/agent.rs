@@ -220,8 +220,9 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
 fn recover(reg: &Arc<Registry>, store: &Store) {
     let mut records = store.load_all();
     for rec in records.iter_mut().filter(|r| r.status == TaskStatus::Running) {
-        if let (Some(pid), Some(start)) = (rec.pid, rec.pid_start_time) {
-            if runner::process_start_time(pid) == Some(start) {
+        if let Some(pid) = rec.pid {
+            let started = runner::process_started_ms(pid);
+            if started.is_some_and(|s| s.abs_diff(rec.started_at) <= runner::SAME_PROCESS_WITHIN_MS) {
                 if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
                     let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
                     log::warn!("task {}: killed process group {pid} left running by an earlier agent", rec.id);

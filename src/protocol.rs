@@ -67,10 +67,6 @@ pub struct TaskRecord {
     pub timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    /// Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22): tells a
-    /// surviving task process from an unrelated one that reused its pid after a crash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start_time: Option<u64>,
     #[serde(default)]
     pub timed_out: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,7 +239,6 @@ mod tests {
             started_at: 1,
             timeout: None,
             pid: Some(42),
-            pid_start_time: None,
             timed_out: false,
             job_id: None,
             end: None,

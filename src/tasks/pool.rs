@@ -12,7 +12,8 @@ pub const IDLE_FOR: Duration = Duration::from_secs(10);
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A named piece of work: the thread takes `name` while it runs it (as `ps -L` shows).
+/// A named piece of work: the thread takes `name` while it runs it (as `ps -L` shows; an idle
+/// thread keeps its last job's name, which saves a syscall per job).
 pub struct Work {
     pub name: String,
     pub job: Job,
@@ -71,7 +72,6 @@ fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
     loop {
         set_name(&work.name);
         (work.job)();
-        set_name("task-pool");
         lock(idle).push(Arc::clone(&slot));
         let deadline = Instant::now() + IDLE_FOR;
         let mut w = lock(&slot.work);

@@ -74,7 +74,6 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     {
         let mut st = task.lock();
         st.record.pid = Some(pid);
-        st.record.pid_start_time = process_start_time(pid);
         st.pgid = pgid;
     }
     persist(reg, task);
@@ -293,10 +292,21 @@ fn persist(reg: &Registry, task: &Task) {
     }
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
-pub fn process_start_time(pid: u32) -> Option<u64> {
+/// When process `pid` started, in ms since the epoch: field 22 of /proc/PID/stat (clock ticks
+/// since boot) plus the boot time (`btime` in /proc/stat). Read only after a crash, to tell a
+/// task's surviving process from one that reused its pid: a task's process starts within
+/// milliseconds of its `startedAt`.
+pub fn process_started_ms(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = boot.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some(btime * 1000 + ticks * 1000 / hz)
 }
+
+/// How far a process's start may be from its task's `startedAt` and still be its: `btime`
+/// has whole seconds, ticks are 10 ms.
+pub const SAME_PROCESS_WITHIN_MS: u64 = 2000;

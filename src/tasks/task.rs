@@ -131,7 +131,6 @@ impl Task {
             started_at: protocol::now_ms(),
             timeout: spec.timeout_ms,
             pid: None,
-            pid_start_time: None,
             timed_out: false,
             job_id: spec.job.as_ref().map(|j| j.id.clone()),
             end: None,
