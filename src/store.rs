@@ -2,7 +2,7 @@
 //! each task's start and end (the last line of an id wins), and `<id>.log`, each task's output
 //! (see [`crate::tasks::output_log`]). Appending to one open file costs one write per change, where a
 //! file per record cost a create and a rename. The journal is rewritten (temporary file, then
-//! rename) at every start and whenever it has grown past a few times `TASK_HISTORY`, so it
+//! rename) at every start and whenever it has grown past eight times `TASK_HISTORY`, so it
 //! holds about what the agent keeps.
 
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ impl Store {
 
     /// Whether the journal holds many more lines than the `kept` tasks need.
     pub fn wants_compaction(&self, kept: usize) -> bool {
-        self.lock().lines > 4 * kept + 64
+        self.lock().lines > 8 * kept + 1024
     }
 
     /// Replaces the journal with the records that `records` hands to the writer it gets. It

@@ -198,6 +198,11 @@ impl Registry {
         for id in evict {
             self.store.remove_log(id);
         }
+    }
+
+    /// Rewrites the journal when it has grown well past what is kept. Called by a task's
+    /// thread after its end is recorded and answered, so nobody waits for it.
+    pub fn compact_if_needed(&self) {
         if self.store.wants_compaction(self.limits.history + self.limits.max_tasks) {
             self.compact();
         }

@@ -282,6 +282,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         duration
     );
     reg.settled();
+    reg.compact_if_needed();
 }
 
 /// Writes the task's record; a failure is logged and the in-memory record stays.
