@@ -113,42 +113,33 @@ pub fn run(cfg: Config) -> Result<(), String> {
 /// at once instead of writing to the operator's screen or stopping on SIGTTIN until its
 /// timeout. (posix_spawn cannot start a task in a session of its own without giving up the
 /// fast path.) Ctrl-C still reaches the agent: the terminal signals its process group.
-#[cfg(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )
-))]
 fn detach_from_terminal() {
-    const TIOCNOTTY: rustix::ioctl::Opcode = 0x5422;
-    // A session leader giving up its terminal would send SIGHUP to the foreground group,
-    // itself included: leave that case alone.
-    if rustix::process::getsid(None).ok() == Some(rustix::process::getpid()) {
-        return;
-    }
-    let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return };
-    // SAFETY: TIOCNOTTY takes no argument; it only drops this process's controlling terminal.
-    match unsafe { rustix::ioctl::ioctl(&tty, rustix::ioctl::NoArg::<TIOCNOTTY>::new()) } {
-        Ok(()) => log::info!("gave up the controlling terminal: tasks cannot read or write /dev/tty"),
-        Err(e) => log::warn!("cannot give up the controlling terminal: {e}; tasks may prompt on it"),
+    // TIOCNOTTY is 0x5422 on these; other architectures keep the terminal.
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )
+    ))]
+    {
+        const TIOCNOTTY: rustix::ioctl::Opcode = 0x5422;
+        // A session leader giving up its terminal would send SIGHUP to the foreground group,
+        // itself included: leave that case alone.
+        if rustix::process::getsid(None).ok() == Some(rustix::process::getpid()) {
+            return;
+        }
+        let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return };
+        // SAFETY: TIOCNOTTY takes no argument; it only drops this process's controlling terminal.
+        match unsafe { rustix::ioctl::ioctl(&tty, rustix::ioctl::NoArg::<TIOCNOTTY>::new()) } {
+            Ok(()) => log::info!("gave up the controlling terminal: tasks cannot read or write /dev/tty"),
+            Err(e) => log::warn!("cannot give up the controlling terminal: {e}; tasks may prompt on it"),
+        }
     }
 }
-
-#[cfg(not(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )
-)))]
-fn detach_from_terminal() {}
 
 fn signal_text(sig: Option<i32>) -> &'static str {
     match sig {

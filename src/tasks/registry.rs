@@ -254,10 +254,6 @@ impl Registry {
         inner.tasks.values().filter(|t| !inner.finished.contains(&t.id)).cloned().collect()
     }
 
-    pub fn is_accepting(&self) -> bool {
-        self.lock().accepting
-    }
-
     /// Stops admitting tasks (shutdown): later `admit`s get [`Rejection::ShuttingDown`].
     pub fn stop_accepting(&self) {
         self.lock().accepting = false;

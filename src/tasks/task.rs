@@ -273,23 +273,6 @@ impl Task {
         Ok(())
     }
 
-    /// Blocks until the task has ended or `timeout` passes; true if it ended.
-    pub fn wait_ended(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        let mut st = self.lock();
-        while st.record.status == TaskStatus::Running {
-            let wait = match deadline {
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => return false,
-                },
-                None => Duration::from_secs(3600),
-            };
-            st = self.changed.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        true
-    }
-
     /// Waits up to `timeout` for output past `seen_bytes` (stdout + stderr) or the end.
     pub fn wait_output(&self, seen_bytes: u64, timeout: Duration) {
         let st = self.lock();

@@ -79,10 +79,6 @@ impl Timer {
         Ok((Timer { shared, grace }, handle))
     }
 
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
     /// Adds a deadline. The thread is woken only when it becomes the earliest, so the usual
     /// timeout of a short task costs no context switch.
     pub fn schedule(&self, at: Instant, task: &Arc<Task>, action: Action) {
