@@ -1,9 +1,10 @@
 //! codara-agent: the build-node agent of a Codara CI/CD fleet.
 //!
 //! Threads and what they own (see README, "Architecture"):
-//! - `http-N`: take HTTP requests ([`http::server`]); `http-long`: one per waiting or
-//!   following request.
-//! - `task-N`, `task-N-out`, `task-N-err`: one task's waiter and pipe readers ([`tasks`]).
+//! - `http-N`: take HTTP requests ([`http::server`]); `http-long`: one per following request
+//!   or large upload. (`http-accept`, `http-conn`: tiny_http's own.)
+//! - `task-N`, `task-N-out`, `task-N-err`: one task's waiter and pipe readers ([`tasks`]),
+//!   threads reused from [`tasks::pool`].
 //! - `task-timer`: every task deadline ([`tasks::timer`]).
 //! - `monitor`: CPU and memory samples ([`monitor`]).
 //! - `discovery`: UDP announcements, stats and probe replies ([`discovery`]).
