@@ -1244,3 +1244,26 @@ fn subscribe_to_a_running_task_replays_what_came_before_the_client() {
     let completed = msgs.iter().filter(|m| is_completed_of(m, id)).count();
     assert_eq!(completed, 1, "{}", summary(&msgs));
 }
+
+/// An idle client is pinged (every 30 s), and a pong keeps it connected.
+#[test]
+fn idle_clients_are_pinged() {
+    let a = common::agent().start();
+    let mut ws = connect(&a);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut pinged = false;
+    while Instant::now() < deadline && !pinged {
+        ws.get_ref().set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        match ws.read() {
+            Ok(Message::Ping(_)) => pinged = true,
+            Ok(other) => panic!("unexpected message while idle: {other:?}"),
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("connection ended while idle: {e}"),
+        }
+    }
+    assert!(pinged, "no ping within 45 s of idleness");
+    // tungstenite answered the ping; the client is still served.
+    let id = a.run("echo", &["after-ping"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(20));
+    assert!(msgs.iter().any(|m| m["event"] == "output" && m["data"] == "after-ping\n"), "{}", summary(&msgs));
+}
