@@ -74,11 +74,19 @@ impl Store {
     /// Replaces the journal with the records that `records` hands to the writer it gets. It
     /// runs with the journal locked, so no append can fall between reading the records and
     /// the swap; records are written one by one, never all held at once.
+    /// `next_id` is kept beside it (`next-id`): the kept tasks need not hold the highest id
+    /// ever given (a long task may outlive newer ones in the history).
     pub fn rewrite(
         &self,
+        next_id: u64,
         records: impl FnOnce(&mut dyn FnMut(&TaskRecord) -> io::Result<()>) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut j = self.lock();
+        let id_tmp = self.dir.join(".next-id.tmp");
+        let mut f = File::create(&id_tmp)?;
+        writeln!(f, "{next_id}")?;
+        f.sync_data()?;
+        fs::rename(&id_tmp, self.dir.join("next-id"))?;
         let tmp = self.dir.join(format!(".{JOURNAL}.tmp"));
         let mut out = io::BufWriter::new(File::create(&tmp)?);
         let mut lines = 0;
@@ -103,6 +111,11 @@ impl Store {
                 log::warn!("cannot delete {}: {e}", path.display());
             }
         }
+    }
+
+    /// The id the agent had reached at the last rewrite (0 when unknown).
+    pub fn load_next_id(&self) -> u64 {
+        fs::read_to_string(self.dir.join("next-id")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
     }
 
     /// The latest record of every task in the journal, oldest first. A line that does not
@@ -161,10 +174,11 @@ mod tests {
             all.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
             vec![(1, TaskStatus::Completed), (2, TaskStatus::Running), (4, TaskStatus::Failed)]
         );
-        s.rewrite(|write| write(&rec(4, TaskStatus::Failed))).unwrap();
+        s.rewrite(9, |write| write(&rec(4, TaskStatus::Failed))).unwrap();
         s.append(&rec(5, TaskStatus::Running)).unwrap();
         let ids: Vec<u64> = Store::open(&dir).unwrap().load_all().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![4, 5]);
+        assert_eq!(s.load_next_id(), 9);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

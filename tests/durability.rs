@@ -408,6 +408,7 @@ fn task_history_bounds_memory_and_disk() {
     // rewritten to the kept tasks at start and whenever it grows past a few times the history.
     let mut want: BTreeSet<String> = (8..=12).map(|i| format!("{i}.log")).collect();
     want.insert("journal.jsonl".to_string());
+    want.insert("next-id".to_string());
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut files = list_dir(&tasks_dir);
     while files != want && Instant::now() < deadline {
@@ -496,4 +497,48 @@ fn write_failure_while_running_keeps_the_agent_going() {
         new_lines.join("\n")
     );
     assert!(std::fs::metadata(&tasks_dir).unwrap().is_file(), "test setup: tasks is still a file");
+}
+
+/// History evicts the tasks that finished longest ago, not the lowest ids: a long task that
+/// newer short ones outlive is still there, with its output, once it ends; and ids keep
+/// growing after a restart even when the kept tasks don't hold the highest one.
+#[test]
+fn history_keeps_a_long_task_outlived_by_short_ones() {
+    let data = TempDir::new("dur-order");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "3").start();
+    let long = a.run("sh", &["-c", "echo long-output; sleep 1"]);
+    for i in 0..5 {
+        a.run_wait(json!({"command": "echo", "args": [format!("short-{i}")]}));
+    }
+    let t = a.wait_task(long);
+    assert_eq!(t["stdout"], "long-output\n", "{t}");
+    let out = a.get(&format!("/task/{long}/output"));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.text(), "long-output\n");
+    stop(&mut a);
+}
+
+/// With TASK_HISTORY=1, a short task (id 2) ends before a long one (id 1), which then evicts
+/// it: only id 1 is kept, yet after a restart the next id is 3, never 2 again.
+#[test]
+fn ids_are_never_reused_when_the_highest_was_evicted() {
+    let data = TempDir::new("dur-ids");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "1").start();
+    let long = a.run("sh", &["-c", "sleep 1"]);
+    let short = a.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
+    a.wait_task(long);
+    assert_eq!(task_ids(&a.get("/tasks").json()), vec![long], "only the last to end is kept");
+    stop(&mut a);
+    drop(a);
+    // Twice: the first start rewrites the journal with only the kept task (id 1).
+    for _ in 0..2 {
+        let mut b = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "1").start();
+        assert_eq!(task_ids(&b.get("/tasks").json()), vec![long]);
+        stop(&mut b);
+    }
+    let c = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "1").start();
+    let next = c.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
+    assert!(next > short, "id {next} after restarts; {short} was already given");
 }

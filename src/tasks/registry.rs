@@ -1,6 +1,6 @@
 //! The registry: every task the agent knows, the running count, admission, ids, and history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -53,8 +53,9 @@ impl Limits {
 
 struct Inner {
     tasks: BTreeMap<u64, Arc<Task>>,
-    /// Ids of finished tasks, oldest first: the eviction order.
-    finished: BTreeSet<u64>,
+    /// Ids of finished tasks in the order their ends were recorded: the eviction order (a
+    /// long build outlived by many short tasks is not dropped the moment it ends).
+    finished: VecDeque<u64>,
     next_id: u64,
     running: usize,
     /// Tasks admitted whose end is not yet fully recorded (persisted, `completed` sent).
@@ -96,7 +97,7 @@ impl Registry {
             pool: Pool::new(128 * 1024),
             inner: Mutex::new(Inner {
                 tasks: BTreeMap::new(),
-                finished: BTreeSet::new(),
+                finished: VecDeque::new(),
                 next_id: 1,
                 running: 0,
                 unsettled: 0,
@@ -112,10 +113,13 @@ impl Registry {
 
     /// Loads finished tasks from history; ids continue above the highest one seen.
     /// Records still marked running are returned for recovery (their agent died).
-    pub fn load_history(&self, records: Vec<TaskRecord>) {
+    pub fn load_history(&self, mut records: Vec<TaskRecord>) {
+        // Oldest end first: the order they are evicted in.
+        records.sort_by_key(|r| (r.end.as_ref().map_or(0, |e| e.completed_at), r.id));
         let mut evict = Vec::new();
         {
             let mut inner = self.lock();
+            inner.next_id = inner.next_id.max(self.store.load_next_id());
             for rec in records {
                 inner.next_id = inner.next_id.max(rec.id + 1);
                 let spec = TaskSpec {
@@ -136,7 +140,7 @@ impl Registry {
                     true,
                 );
                 inner.tasks.insert(id, Arc::new(task));
-                inner.finished.insert(id);
+                inner.finished.push_back(id);
             }
             Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
         }
@@ -180,24 +184,14 @@ impl Registry {
         Ok(task)
     }
 
-    /// Frees the task's slot (once, whatever calls it twice) and moves it into history,
-    /// deleting the oldest finished tasks beyond `TASK_HISTORY`.
+    /// Frees the task's slot (once, whatever calls it twice).
     pub fn release(&self, task: &Task) {
         if !task.take_slot() {
             return;
         }
-        let mut evict = Vec::new();
-        {
-            let mut inner = self.lock();
-            inner.running -= 1;
-            self.monitor.tasks_running(-1);
-            inner.finished.insert(task.id);
-            Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
-        }
-        self.idle.notify_all();
-        for id in evict {
-            self.store.remove_log(id);
-        }
+        let mut inner = self.lock();
+        inner.running -= 1;
+        self.monitor.tasks_running(-1);
     }
 
     /// Rewrites the journal when it has grown well past what is kept. Called by a task's
@@ -210,7 +204,8 @@ impl Registry {
 
     /// Rewrites the journal with the records of the tasks kept now.
     pub fn compact(&self) {
-        let result = self.store.rewrite(|write| {
+        let next_id = self.next_id();
+        let result = self.store.rewrite(next_id, |write| {
             let tasks: Vec<Arc<Task>> = self.lock().tasks.values().cloned().collect();
             tasks.iter().try_for_each(|t| write(&t.lock().record))
         });
@@ -221,7 +216,7 @@ impl Registry {
 
     fn evict_over_history(inner: &mut Inner, history: usize, evicted: &mut Vec<u64>) {
         while inner.finished.len() > history {
-            let oldest = inner.finished.pop_first().expect("non-empty: len > history >= 1");
+            let oldest = inner.finished.pop_front().expect("non-empty: len > history >= 1");
             inner.tasks.remove(&oldest);
             evicted.push(oldest);
         }
@@ -260,9 +255,21 @@ impl Registry {
     }
 
     /// The task's end is recorded everywhere (its record written, `completed` sent).
-    pub fn settled(&self) {
-        self.lock().unsettled -= 1;
+    /// It joins the history now (not when its slot freed, so nothing deletes its log while
+    /// its end is being recorded and answered), evicting the longest-finished beyond
+    /// `TASK_HISTORY`.
+    pub fn settled(&self, task: &Task) {
+        let mut evict = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.unsettled -= 1;
+            inner.finished.push_back(task.id);
+            Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
+        }
         self.idle.notify_all();
+        for id in evict {
+            self.store.remove_log(id);
+        }
     }
 
     /// Waits until every task has ended and its end is recorded, or `deadline` passes;

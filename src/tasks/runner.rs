@@ -173,6 +173,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
     let exited_at = protocol::now_ms();
     {
         let mut st = task.lock();
+        st.exited = true;
         if let Some(pgid) = st.pgid.take() {
             let _ = kill_process_group(pgid, Signal::KILL);
         }
@@ -196,6 +197,7 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
     log::error!("task {}: {error}; killing it", task.id);
     {
         let mut st = task.lock();
+        st.exited = true;
         if let Some(pgid) = st.pgid.take() {
             let _ = kill_process_group(pgid, Signal::KILL);
         }
@@ -281,7 +283,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         signal.as_deref().unwrap_or("none"),
         duration
     );
-    reg.settled();
+    reg.settled(task);
     reg.compact_if_needed();
 }
 

@@ -101,6 +101,9 @@ pub struct State {
     /// The process group, while it is safe to signal: cleared before the leader is reaped,
     /// so a signal can never reach a group that reused the id.
     pub pgid: Option<Pid>,
+    /// The main process has exited: the task is only being wound up, and a cancel now would
+    /// mislabel a clean run.
+    pub exited: bool,
     pub output: Output,
     /// Pipe readers still reading.
     readers_open: u8,
@@ -160,6 +163,7 @@ impl Task {
                 cancelled: false,
                 killed_because: None,
                 pgid: None,
+                exited: false,
                 output: Output {
                     log: None,
                     log_path,
@@ -258,7 +262,7 @@ impl Task {
     /// The caller schedules the SIGKILL after the grace.
     pub fn request_stop(&self, cancel: bool, why: Option<String>) -> Result<(), AlreadyEnded> {
         let mut st = self.lock();
-        if st.record.status != TaskStatus::Running || st.output.closed {
+        if st.record.status != TaskStatus::Running || st.output.closed || st.exited {
             return Err(AlreadyEnded);
         }
         if cancel {
