@@ -433,3 +433,43 @@ fn execute_job_503_at_capacity() {
     let id = start_job(&a, json!({"jobId": "other"}));
     assert_eq!(a.wait_task(id)["stdout"], "other\n");
 }
+
+/// Runs of one job folder at once each start, and job.json stays valid with its other keys.
+#[test]
+fn concurrent_runs_of_one_job_keep_job_json_whole() {
+    let a = common::agent().env("MAX_CONCURRENT_TASKS", "8").start();
+    let dir = base(&a).join("same");
+    make_job(&dir, "echo hi\n", Some(&json!({"env": {"A": "1"}, "keep": "me"})));
+    let a = std::sync::Arc::new(a);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let a = std::sync::Arc::clone(&a);
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| {
+                        let r = a.post("/execute-job?wait=true", &json!({"jobId": "same"}));
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        r.json()
+                    })
+                    .collect::<Vec<Value>>()
+            })
+        })
+        .collect();
+    for w in workers {
+        for t in w.join().unwrap() {
+            assert_eq!(t["status"], "completed", "{t}");
+            assert_eq!(t["stdout"], "hi\n", "{t}");
+        }
+    }
+    let meta = read_job_json(&dir).expect("job.json readable");
+    assert_eq!(meta["keep"], "me", "{meta}");
+    assert_eq!(meta["env"]["A"], "1", "{meta}");
+    assert_eq!(meta["status"], "completed", "{meta}");
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{Map, Value};
 
@@ -71,9 +73,18 @@ fn read_job_json(dir: &Path) -> Result<Map<String, Value>, String> {
     }
 }
 
-/// Replaces `job.json` atomically (temporary file, then rename).
+/// Serialises every read-modify-write of a `job.json`: two runs of one job folder may start
+/// or end at once (jobs are rare enough that one lock for all folders costs nothing).
+static JOB_JSON: Mutex<()> = Mutex::new(());
+
+fn job_json_lock() -> MutexGuard<'static, ()> {
+    JOB_JSON.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Replaces `job.json` atomically (a temporary file of its own, then rename).
 fn write_job_json(dir: &Path, m: &Map<String, Value>) -> io::Result<()> {
-    let tmp = dir.join(".job.json.tmp");
+    static N: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(".job.json.{}.{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let mut f = File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(m).map_err(io::Error::other)?)?;
     f.sync_data()?;
@@ -90,6 +101,7 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
     if !dir.join("run.sh").is_file() {
         return Err(format!("run.sh not found in job folder {}", dir.display()));
     }
+    let guard = job_json_lock();
     let mut meta = read_job_json(dir)?;
     let env = match meta.get("env") {
         None | Some(Value::Null) => BTreeMap::new(),
@@ -109,6 +121,7 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
     meta.insert("status".into(), "running".into());
     meta.insert("clusterId".into(), cluster_id.into());
     write_job_json(dir, &meta).map_err(|e| format!("cannot write job.json: {e}"))?;
+    drop(guard);
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let file = OpenOptions::new()
@@ -121,6 +134,7 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
 
 /// Records the end in `job.json`, keeping its other keys.
 pub fn finish(dir: &Path, status: TaskStatus, exit_code: Option<i32>, completed_at: u64, duration: u64) {
+    let _guard = job_json_lock();
     let mut meta = match read_job_json(dir) {
         Ok(m) => m,
         Err(e) => {
