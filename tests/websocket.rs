@@ -1267,3 +1267,30 @@ fn idle_clients_are_pinged() {
     let msgs = until_completed(&mut ws, id, Duration::from_secs(20));
     assert!(msgs.iter().any(|m| m["event"] == "output" && m["data"] == "after-ping\n"), "{}", summary(&msgs));
 }
+
+/// subscribe, unsubscribe, subscribe: the first replay is cancelled, the second delivers the
+/// output once, in order, with one `completed`.
+#[test]
+fn resubscribing_replays_once() {
+    let a = common::agent().start();
+    let t = a.run_wait(json!({"command": "seq", "args": ["1", "400000"]}));
+    let id = t["id"].as_u64().unwrap();
+    let mut ws = connect(&a);
+    subscribe(&mut ws, id, 0, 0);
+    send_json(&mut ws, json!({"type": "unsubscribe", "taskId": id}));
+    subscribe(&mut ws, id, 0, 0);
+    // Whatever the cancelled replay had queued comes first; then the second replay from 0.
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(60));
+    let outputs: Vec<&Value> = msgs.iter().filter(|m| m["event"] == "output").collect();
+    let restart = outputs.iter().rposition(|m| m["offset"] == 0).expect("a replay from offset 0");
+    let mut text = String::new();
+    for m in &outputs[restart..] {
+        assert_eq!(m["offset"].as_u64(), Some(text.len() as u64), "offsets of the second replay must run on");
+        text.push_str(m["data"].as_str().unwrap());
+    }
+    assert_eq!(text, seq_text(1, 400000), "the second replay delivers the output once");
+    // Nothing more: a single completed, no second copy trailing.
+    let more = read_for(&mut ws, Duration::from_millis(1500));
+    assert!(more.iter().all(|m| m["taskId"].as_u64() != Some(id)), "{}", summary(&more));
+    assert_eq!(msgs.iter().filter(|m| is_completed_of(m, id)).count(), 1);
+}

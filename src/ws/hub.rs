@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -52,6 +52,8 @@ pub enum Ctl {
     ReplayDone {
         id: u64,
         task_id: u64,
+        /// Which subscribe it answers: a later one (after an unsubscribe) has its own.
+        generation: u64,
         cut: [u64; 2],
         ended: bool,
     },
@@ -110,8 +112,19 @@ struct Client {
     subs: Option<HashSet<u64>>,
     /// Tasks being replayed to this client: their live events wait here until the replay
     /// is done, so nothing is lost, repeated or reordered.
-    pending: HashMap<u64, Vec<Event>>,
+    pending: HashMap<u64, Pending>,
 }
+
+/// A replay under way for one client and task.
+struct Pending {
+    generation: u64,
+    /// Set by an unsubscribe: the replay stops queueing.
+    cancel: Arc<AtomicBool>,
+    events: Vec<Event>,
+}
+
+/// Replays one client may have under way at once; more subscribes get an error.
+pub const MAX_REPLAYS_PER_CLIENT: usize = 16;
 
 struct Hub {
     reg: Arc<Registry>,
@@ -119,6 +132,8 @@ struct Hub {
     clients: HashMap<u64, Client>,
     /// Connected clients; raised by the upgrade before `Join`, lowered here.
     count: Arc<AtomicUsize>,
+    /// Numbers subscribes, so a cancelled replay's end is told from a later one's.
+    generation: u64,
 }
 
 /// Starts the broadcaster. `count` is the client count the tasks' events are gated on.
@@ -129,7 +144,7 @@ pub fn spawn(
 ) -> std::io::Result<(HubHandle, JoinHandle<()>)> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), next_id: Arc::new(AtomicU64::new(1)) };
-    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count };
+    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, generation: 0 };
     let join = std::thread::Builder::new()
         .name("broadcaster".into())
         .stack_size(256 * 1024)
@@ -171,7 +186,7 @@ impl Hub {
                     kick.push(*id);
                 } else {
                     c.queue.queued.fetch_add(ev.json.len(), Ordering::AcqRel);
-                    p.push(ev.clone());
+                    p.events.push(ev.clone());
                 }
                 continue;
             }
@@ -223,15 +238,29 @@ impl Hub {
             }
             Ctl::Subscribe { id, task_id, offset, error_offset } => {
                 let Some(c) = self.clients.get_mut(&id) else { return };
-                c.subs.get_or_insert_with(HashSet::new).insert(task_id);
                 if c.pending.contains_key(&task_id) {
                     return; // a replay of it is already under way
                 }
-                c.pending.insert(task_id, Vec::new());
+                if c.pending.len() >= MAX_REPLAYS_PER_CLIENT {
+                    let msg = serde_json::json!({
+                        "type": "error", "error": "Too many replays under way", "taskId": task_id
+                    });
+                    c.queue.push(Out::Text(msg.to_string().into()));
+                    return;
+                }
+                c.subs.get_or_insert_with(HashSet::new).insert(task_id);
+                self.generation += 1;
+                let cancel = Arc::new(AtomicBool::new(false));
+                c.pending.insert(
+                    task_id,
+                    Pending { generation: self.generation, cancel: Arc::clone(&cancel), events: Vec::new() },
+                );
                 let job = replay::Job {
                     reg: Arc::clone(&self.reg),
                     client: id,
                     task_id,
+                    generation: self.generation,
+                    cancel,
                     from: (offset, error_offset),
                     queue: c.queue.clone(),
                     done: self.ctl_tx.clone(),
@@ -245,15 +274,19 @@ impl Hub {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.subs.get_or_insert_with(HashSet::new).remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
-                        let bytes: usize = p.iter().map(|e| e.json.len()).sum();
+                        p.cancel.store(true, Ordering::Release);
+                        let bytes: usize = p.events.iter().map(|e| e.json.len()).sum();
                         c.queue.queued.fetch_sub(bytes, Ordering::AcqRel);
                     }
                 }
             }
-            Ctl::ReplayDone { id, task_id, cut, ended } => {
+            Ctl::ReplayDone { id, task_id, generation, cut, ended } => {
                 let Some(c) = self.clients.get_mut(&id) else { return };
-                let Some(p) = c.pending.remove(&task_id) else { return };
-                for ev in p {
+                if c.pending.get(&task_id).is_none_or(|p| p.generation != generation) {
+                    return; // unsubscribed since: that replay was cancelled
+                }
+                let p = c.pending.remove(&task_id).expect("checked above");
+                for ev in p.events {
                     // Counted in `queued` when it was held back.
                     let replayed = match ev.kind {
                         EventKind::Output { stream, offset, .. } => offset < cut[stream.index()],

@@ -5,6 +5,7 @@
 //! slow client instead of overfilling its queue.
 
 use std::fs::File;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ pub struct Job {
     pub reg: Arc<Registry>,
     pub client: u64,
     pub task_id: u64,
+    pub generation: u64,
+    /// Set when the client unsubscribes: stop queueing.
+    pub cancel: Arc<AtomicBool>,
     /// Offsets in stdout and stderr to replay from.
     pub from: (u64, u64),
     pub queue: Queue,
@@ -28,19 +32,27 @@ pub struct Job {
 
 pub fn spawn(job: Job) -> std::io::Result<()> {
     std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
-        let (done, client, task_id) = (job.done.clone(), job.client, job.task_id);
+        let (done, client, task_id, generation) = (job.done.clone(), job.client, job.task_id, job.generation);
         let (cut, ended) = run(&job);
-        let _ = done.send(Ctl::ReplayDone { id: client, task_id, cut, ended });
+        let _ = done.send(Ctl::ReplayDone { id: client, task_id, generation, cut, ended });
     })?;
     Ok(())
 }
 
-/// Queues `json`, waiting while the client is over its budget; false if it stops draining.
-fn push(queue: &Queue, json: String) -> bool {
+/// Queues `json`, waiting while the client is over its budget; false if it stops draining
+/// or unsubscribed.
+fn push(job: &Job, json: String) -> bool {
+    let queue = &job.queue;
     let mut last = queue.queued.load(std::sync::atomic::Ordering::Acquire);
     let mut progress = Instant::now();
+    if job.cancel.load(std::sync::atomic::Ordering::Acquire) {
+        return false;
+    }
     while queue.is_over(json.len()) {
-        if queue.kicked.load(std::sync::atomic::Ordering::Acquire) || progress.elapsed() > 2 * WRITE_TIMEOUT {
+        if job.cancel.load(std::sync::atomic::Ordering::Acquire)
+            || queue.kicked.load(std::sync::atomic::Ordering::Acquire)
+            || progress.elapsed() > 2 * WRITE_TIMEOUT
+        {
             return false;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -58,7 +70,7 @@ fn run(job: &Job) -> ([u64; 2], bool) {
     let Some(task) = job.reg.get(job.task_id) else {
         // Unknown (or not yet created): whatever comes live is new.
         let msg = serde_json::json!({ "type": "error", "error": "Task not found", "taskId": job.task_id });
-        push(&job.queue, msg.to_string());
+        push(job, msg.to_string());
         return ([0, 0], false);
     };
     // Under the task's lock, its byte counts and its log agree: the log holds exactly the
@@ -82,7 +94,7 @@ fn run(job: &Job) -> ([u64; 2], bool) {
                 let hi = end.min(cut[s]);
                 if lo < hi {
                     let text = String::from_utf8_lossy(&buf[(lo - start) as usize..(hi - start) as usize]);
-                    if !push(&job.queue, protocol::task_update(job.task_id, stream.event(), &*text, Some(lo))) {
+                    if !push(job, protocol::task_update(job.task_id, stream.event(), &*text, Some(lo))) {
                         return (cut, ended);
                     }
                 }
@@ -92,10 +104,7 @@ fn run(job: &Job) -> ([u64; 2], bool) {
     if ended {
         if record.pid.is_none() {
             if let Some(error) = &record.error {
-                push(
-                    &job.queue,
-                    protocol::task_update(job.task_id, "failed", serde_json::json!({ "error": error }), None),
-                );
+                push(job, protocol::task_update(job.task_id, "failed", serde_json::json!({ "error": error }), None));
             }
         }
         let end = record.end.clone().unwrap_or(protocol::TaskEnd {
@@ -110,7 +119,7 @@ fn run(job: &Job) -> ([u64; 2], bool) {
             signal: end.signal.as_deref(),
             duration: end.duration,
         };
-        push(&job.queue, protocol::task_update(job.task_id, "completed", data, None));
+        push(job, protocol::task_update(job.task_id, "completed", data, None));
     }
     (cut, ended)
 }
