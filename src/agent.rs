@@ -93,6 +93,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         d.stop(); // sends cluster_leave
     }
     drain_tasks(&reg, &cfg, &sig_rx);
+    // Follow streams end with their tasks; give them a moment to send their last chunk.
+    let streams_done = Instant::now() + Duration::from_secs(2);
+    while ctx.long_requests.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < streams_done {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     sig_handle.close();
     let _ = sig_thread.join();
 

@@ -1294,3 +1294,32 @@ fn resubscribing_replays_once() {
     assert!(more.iter().all(|m| m["taskId"].as_u64() != Some(id)), "{}", summary(&more));
     assert_eq!(msgs.iter().filter(|m| is_completed_of(m, id)).count(), 1);
 }
+
+/// `?subscribe=N` in the URL narrows the connection from its first event: the task's output
+/// comes from offset 0, in order and once, although the task was already writing fast on
+/// both streams before the client connected.
+#[test]
+fn subscribing_in_the_url_gives_ordered_output_from_the_start() {
+    let a = common::agent().start();
+    let script = "i=0; while [ $i -lt 3000 ]; do echo out-$i; echo err-$i >&2; i=$((i+1)); done; sleep 0.5; echo end";
+    let id = a.run("sh", &["-c", script]);
+    std::thread::sleep(Duration::from_millis(30));
+    let query = format!("{SECRET}&subscribe={id}");
+    let mut ws = try_connect(&a, Auth::Query(&query)).expect("connect with ?subscribe=");
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(60));
+    let (mut out, mut err) = (String::new(), String::new());
+    for m in &msgs {
+        assert_eq!(m["taskId"].as_u64(), Some(id), "only the subscribed task: {m}");
+        let (buf, ev) = match m["event"].as_str() {
+            Some("output") => (&mut out, "output"),
+            Some("error") => (&mut err, "error"),
+            _ => continue,
+        };
+        assert_eq!(m["offset"].as_u64(), Some(buf.len() as u64), "{ev} offsets must run on from 0: {m}");
+        buf.push_str(m["data"].as_str().unwrap());
+    }
+    let want_out: String = (0..3000).map(|i| format!("out-{i}\n")).collect::<String>() + "end\n";
+    let want_err: String = (0..3000).map(|i| format!("err-{i}\n")).collect();
+    assert_eq!(out, want_out);
+    assert_eq!(err, want_err);
+}

@@ -27,6 +27,8 @@ pub enum Ctl {
         id: u64,
         queue: Queue,
         peer: String,
+        /// `?subscribe=N,M&offset=O&errorOffset=E` from the URL: (task, offset, errorOffset).
+        subscribe: Vec<(u64, u64, u64)>,
     },
     /// The upgraded socket, to shut down a client that falls behind.
     Attach {
@@ -219,11 +221,51 @@ impl Hub {
         }
     }
 
+    /// Narrows client `id` to `task_id` (too) and starts a replay of it from the offsets.
+    fn subscribe(&mut self, id: u64, task_id: u64, offset: u64, error_offset: u64) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if c.pending.contains_key(&task_id) {
+            return; // a replay of it is already under way
+        }
+        if c.pending.len() >= MAX_REPLAYS_PER_CLIENT {
+            let msg = serde_json::json!({
+                "type": "error", "error": "Too many replays under way", "taskId": task_id
+            });
+            c.queue.push(Out::Text(msg.to_string().into()));
+            return;
+        }
+        c.subs.get_or_insert_with(HashSet::new).insert(task_id);
+        self.generation += 1;
+        let cancel = Arc::new(AtomicBool::new(false));
+        c.pending
+            .insert(task_id, Pending { generation: self.generation, cancel: Arc::clone(&cancel), events: Vec::new() });
+        let job = replay::Job {
+            reg: Arc::clone(&self.reg),
+            client: id,
+            task_id,
+            generation: self.generation,
+            cancel,
+            from: (offset, error_offset),
+            queue: c.queue.clone(),
+            done: self.ctl_tx.clone(),
+        };
+        if let Err(e) = replay::spawn(job) {
+            log::warn!("websocket client {id}: cannot start a replay: {e}");
+            c.pending.remove(&task_id);
+        }
+    }
+
     fn on_ctl(&mut self, msg: Ctl) {
         match msg {
-            Ctl::Join { id, queue, peer } => {
+            Ctl::Join { id, queue, peer, subscribe } => {
                 log::info!("websocket client {id} connected from {peer}");
-                self.clients.insert(id, Client { queue, stream: None, peer, subs: None, pending: HashMap::new() });
+                // Subscriptions named in the URL hold from the first event on, so such a client
+                // never sees a task's live output ahead of its replay.
+                let subs = (!subscribe.is_empty()).then(HashSet::new);
+                self.clients.insert(id, Client { queue, stream: None, peer, subs, pending: HashMap::new() });
+                for (task_id, offset, error_offset) in subscribe {
+                    self.subscribe(id, task_id, offset, error_offset);
+                }
             }
             Ctl::Attach { id, stream } => {
                 if let Some(c) = self.clients.get_mut(&id) {
@@ -236,40 +278,7 @@ impl Hub {
                     log::info!("websocket client {id} ({}) disconnected", c.peer);
                 }
             }
-            Ctl::Subscribe { id, task_id, offset, error_offset } => {
-                let Some(c) = self.clients.get_mut(&id) else { return };
-                if c.pending.contains_key(&task_id) {
-                    return; // a replay of it is already under way
-                }
-                if c.pending.len() >= MAX_REPLAYS_PER_CLIENT {
-                    let msg = serde_json::json!({
-                        "type": "error", "error": "Too many replays under way", "taskId": task_id
-                    });
-                    c.queue.push(Out::Text(msg.to_string().into()));
-                    return;
-                }
-                c.subs.get_or_insert_with(HashSet::new).insert(task_id);
-                self.generation += 1;
-                let cancel = Arc::new(AtomicBool::new(false));
-                c.pending.insert(
-                    task_id,
-                    Pending { generation: self.generation, cancel: Arc::clone(&cancel), events: Vec::new() },
-                );
-                let job = replay::Job {
-                    reg: Arc::clone(&self.reg),
-                    client: id,
-                    task_id,
-                    generation: self.generation,
-                    cancel,
-                    from: (offset, error_offset),
-                    queue: c.queue.clone(),
-                    done: self.ctl_tx.clone(),
-                };
-                if let Err(e) = replay::spawn(job) {
-                    log::warn!("websocket client {id}: cannot start a replay: {e}");
-                    c.pending.remove(&task_id);
-                }
-            }
+            Ctl::Subscribe { id, task_id, offset, error_offset } => self.subscribe(id, task_id, offset, error_offset),
             Ctl::Unsubscribe { id, task_id } => {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.subs.get_or_insert_with(HashSet::new).remove(&task_id);

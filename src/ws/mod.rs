@@ -28,6 +28,22 @@ fn header<'a>(rq: &'a Request, name: &'static str) -> Option<&'a str> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim())
 }
 
+/// `?subscribe=7,8&offset=O&errorOffset=E`: tasks to narrow the connection to from its
+/// start, each replayed from the offsets (default 0).
+fn url_subscriptions(q: &[(String, String)]) -> Result<Vec<(u64, u64, u64)>, String> {
+    let Some(list) = query::get(q, "subscribe").filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
+    let num = |k: &str| match query::get(q, k) {
+        None | Some("") => Ok(0),
+        Some(v) => v.parse::<u64>().map_err(|_| format!("{k} must be a non-negative integer")),
+    };
+    let (offset, error_offset) = (num("offset")?, num("errorOffset")?);
+    list.split(',')
+        .take(hub::MAX_REPLAYS_PER_CLIENT)
+        .map(|t| t.trim().parse::<u64>().map(|id| (id, offset, error_offset)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "subscribe must be task ids separated by commas".to_string())
+}
+
 /// Checks, answers the handshake, and hands the connection to the hub; or answers the refusal.
 pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) {
     if let Err((rq, reply)) = upgrade(ctx, hub, rq) {
@@ -48,6 +64,10 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     if rq.method().as_str() != "GET" {
         return Err((rq, Reply::error(&ApiError::BadRequest("WebSocket upgrade needs GET".into()))));
     }
+    let initial = match url_subscriptions(&q) {
+        Ok(s) => s,
+        Err(e) => return Err((rq, Reply::error(&ApiError::BadRequest(e)))),
+    };
     if header(&rq, "Sec-WebSocket-Version") != Some("13") {
         let mut r = Reply::error(&ApiError::BadRequest("Unsupported WebSocket version (13 required)".into()));
         r.status = 426;
@@ -74,7 +94,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
     // Counted first, so tasks start producing events before the client can start a task.
     hub.clients.fetch_add(1, Ordering::AcqRel);
-    let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone() });
+    let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone(), subscribe: initial });
     let (stream, leftover) = match rq.upgrade_tcp("websocket", response) {
         Ok(s) => s,
         Err(e) => {
