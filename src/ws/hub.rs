@@ -159,7 +159,18 @@ impl Hub {
         loop {
             select! {
                 recv(events) -> ev => match ev {
-                    Ok(ev) => self.on_event(ev),
+                    Ok(ev) => {
+                        // Joins and subscribes first: a client's Join is sent before its
+                        // handshake is answered, so it is queued before any event of a task
+                        // the client started; handling it first means the client gets it.
+                        while let Ok(msg) = ctl.try_recv() {
+                            match msg {
+                                Ctl::Stop => return self.close_all(),
+                                msg => self.on_ctl(msg),
+                            }
+                        }
+                        self.on_event(ev)
+                    }
                     Err(_) => break,
                 },
                 recv(ctl) -> msg => match msg {
@@ -168,6 +179,11 @@ impl Hub {
                 },
             }
         }
+        self.close_all();
+    }
+
+    /// Closes every client (the agent is stopping).
+    fn close_all(&mut self) {
         for (_, c) in self.clients.drain() {
             c.queue.push_control(Out::Close(CLOSE_GOING_AWAY, "agent shutting down"));
         }
