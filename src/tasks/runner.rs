@@ -71,10 +71,17 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     };
     let pid = child.id();
     let pgid = Pid::from_raw(pid as i32);
-    {
+    let stop_now = {
         let mut st = task.lock();
         st.record.pid = Some(pid);
         st.pgid = pgid;
+        // A cancel (or the drain) that came while it was being spawned found no group to
+        // signal: act on it now.
+        st.cancelled || st.killed_because.is_some()
+    };
+    if stop_now {
+        task.signal_group(Signal::TERM);
+        reg.timer.kill_after_grace(task);
     }
     persist(reg, task);
     if task.events_wanted() {
