@@ -66,18 +66,21 @@ pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<Tas
         },
     };
     let env = parse_env(body.get("env"))?;
-    let timeout_ms = match body.get("timeout") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(ms) if ms <= MAX_TIMEOUT_MS => Some(ms),
-            _ => {
-                return Err(bad(format!(
-                    "timeout must be a whole number of milliseconds from 0 to {MAX_TIMEOUT_MS} (0 = no limit)"
-                )))
-            }
-        },
-    };
+    let timeout_ms = parse_timeout(body.get("timeout"))?;
     Ok(TaskSpec { command, args, cwd, env, timeout_ms, job: None })
+}
+
+/// The optional per-task `timeout` in ms (`0` = no limit).
+pub fn parse_timeout(v: Option<&Value>) -> Result<Option<u64>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(Some(ms)),
+            _ => Err(bad(format!(
+                "timeout must be a whole number of milliseconds from 0 to {MAX_TIMEOUT_MS} (0 = no limit)"
+            ))),
+        },
+    }
 }
 
 /// `env`: an object of strings; names non-empty, without `=` or NUL.

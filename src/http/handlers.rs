@@ -113,12 +113,23 @@ pub fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
 pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
     let obj = execute::parse_object(body)?;
     let spec = execute::parse_execute(&obj, &ctx.reg.limits.default_cwd)?;
+    launch(ctx, spec, q, |id| json!({ "taskId": id, "status": "started" }))
+}
+
+/// Admits and starts a task; answers `started` (the body `started` makes from its id) or, with
+/// `?wait=true`, the final task object once it has ended.
+fn launch(
+    ctx: &Ctx,
+    spec: crate::tasks::task::TaskSpec,
+    q: &Query,
+    started: impl FnOnce(u64) -> serde_json::Value,
+) -> Result<Reply, ApiError> {
     let task = admit(ctx, spec)?;
     runner::start(&ctx.reg, &task);
     if query::flag(q, "wait") {
         return Ok(Reply::when_done(task));
     }
-    Ok(Reply::json(200, &json!({ "taskId": task.id, "status": "started" })))
+    Ok(Reply::json(200, &started(task.id)))
 }
 
 /// Admits a task, logging a refusal.
@@ -211,20 +222,13 @@ pub fn execute_job(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError>
         Some(_) => return Err(ApiError::BadRequest("jobPath must be a string".into())),
     };
     let dir = job::resolve(&ctx.cfg.jobs_base_path, &job_id, job_path).map_err(ApiError::BadRequest)?;
-    let mut spec = execute::parse_execute(
-        &serde_json::Map::from_iter([
-            ("command".to_string(), json!("/bin/bash")),
-            ("args".to_string(), json!(["run.sh"])),
-            ("cwd".to_string(), json!(dir.display().to_string())),
-            ("timeout".to_string(), obj.get("timeout").cloned().unwrap_or(serde_json::Value::Null)),
-        ]),
-        &ctx.reg.limits.default_cwd,
-    )?;
-    spec.job = Some(JobSpec { id: job_id.clone(), dir });
-    let task = admit(ctx, spec)?;
-    runner::start(&ctx.reg, &task);
-    if query::flag(q, "wait") {
-        return Ok(Reply::when_done(task));
-    }
-    Ok(Reply::json(200, &json!({ "taskId": task.id, "jobId": job_id, "status": "started" })))
+    let spec = crate::tasks::task::TaskSpec {
+        command: "/bin/bash".into(),
+        args: vec!["run.sh".into()],
+        cwd: dir.display().to_string(),
+        env: Default::default(), // from job.json, read when the task starts
+        timeout_ms: execute::parse_timeout(obj.get("timeout"))?,
+        job: Some(JobSpec { id: job_id.clone(), dir }),
+    };
+    launch(ctx, spec, q, |id| json!({ "taskId": id, "jobId": job_id, "status": "started" }))
 }
