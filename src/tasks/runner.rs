@@ -218,7 +218,7 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
 pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     // Free the slot first: whoever sees the end may submit the next task at once.
     reg.release(task);
-    let (status, exit_code, signal, duration, log_whole, job_started) = {
+    let (status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started) = {
         let mut st = task.lock();
         let job_started = st.output.job_log.is_some();
         if st.record.status != TaskStatus::Running {
@@ -248,10 +248,9 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
             Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
         st.pgid = None;
         let whole = Task::close_output(&mut st);
-        (status, outcome.exit_code, outcome.signal.clone(), duration, whole, job_started)
+        (status, outcome.exit_code, outcome.signal.clone(), duration, now, st.record.timed_out, whole, job_started)
     };
     if let (Some(job), true) = (&task.spec.job, job_started) {
-        let completed_at = task.lock().record.end.as_ref().map_or(0, |e| e.completed_at);
         job::finish(&job.dir, status, exit_code, completed_at, duration);
     }
     let m = &reg.metrics;
@@ -260,7 +259,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         TaskStatus::Cancelled => &m.tasks_cancelled,
         _ => &m.tasks_failed,
     });
-    if task.lock().record.timed_out {
+    if timed_out {
         crate::metrics::inc(&m.tasks_timed_out);
     }
     m.observe_duration(duration);
