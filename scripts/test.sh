@@ -29,4 +29,5 @@ if ! python3 -c 'import websockets, prometheus_client' 2>/dev/null; then
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages websockets prometheus_client
 fi
 
-exec cargo test --workspace "$@"
+# --no-fail-fast: one failing test binary must not hide what the others would report.
+exec cargo test --workspace --no-fail-fast "$@"

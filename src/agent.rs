@@ -134,8 +134,12 @@ fn detach_from_terminal() {
         const TIOCNOTTY: rustix::ioctl::Opcode = 0x5422;
         // A session leader giving up its terminal would send SIGHUP to the foreground group,
         // itself included: leave that case alone.
-        if rustix::process::getsid(None).ok() == Some(rustix::process::getpid()) {
-            return;
+        // getsid(2) is read from /proc rather than called: in a PID namespace whose session
+        // leader lives outside it (a container, a CI runner) it answers 0, which rustix's
+        // `Pid` cannot hold. Unknown means "leave the terminal alone".
+        match own_session_id() {
+            Some(sid) if sid != rustix::process::getpid().as_raw_nonzero().get() => {}
+            _ => return,
         }
         let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return };
         // SAFETY: TIOCNOTTY takes no argument; it only drops this process's controlling terminal.
@@ -144,6 +148,15 @@ fn detach_from_terminal() {
             Err(e) => log::warn!("cannot give up the controlling terminal: {e}; tasks may prompt on it"),
         }
     }
+}
+
+/// This process's session id as its own PID namespace sees it (0 when the session leader is
+/// outside the namespace), from field 6 of `/proc/self/stat`.
+fn own_session_id() -> Option<i32> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn signal_text(sig: Option<i32>) -> &'static str {
@@ -219,7 +232,7 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
         if let Some(pid) = rec.pid {
             let started = runner::process_started_ms(pid);
             if started.is_some_and(|s| s.abs_diff(rec.started_at) <= runner::SAME_PROCESS_WITHIN_MS) {
-                if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
+                if let Some(pgid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
                     let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
                     log::warn!("task {}: killed process group {pid} left running by an earlier agent", rec.id);
                 }

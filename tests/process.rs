@@ -406,17 +406,11 @@ fn tasks_have_no_controlling_terminal() {
     let marker = dir.path().join("tty-marker.env");
     std::fs::write(&marker, "").unwrap();
     // `script` runs the agent on a new pseudo-terminal, as an operator's shell would.
-    // The harness's safe environment, for the agent `script` starts.
-    let cmd = common::base_command(dir.path(), &data);
     let inner = format!("{} --env-file {}", env!("CARGO_BIN_EXE_codara-agent"), marker.display());
-    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> =
-        cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
     let mut script = std::process::Command::new("script");
-    script.args(["-qfec", &inner, "/dev/null"]).current_dir(dir.path()).env_clear().envs(envs);
-    script
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    script.args(["-qfec", &inner, "/dev/null"]);
+    let mut script = common::wrapped_command(script, dir.path(), &data);
+    script.stdin(std::process::Stdio::piped());
     let a = common::spawn_agent(script, dir, data);
     let marker_text = marker.display().to_string();
     let t = a.run_wait(json!({
@@ -431,4 +425,40 @@ fn tasks_have_no_controlling_terminal() {
     assert_eq!(t["timedOut"], false, "the task should fail at once, not wait on the terminal: {t}");
     assert!(t["stderr"].as_str().unwrap().contains("/dev/tty"), "{t}");
     assert!(a.log_text().contains("gave up the controlling terminal"), "{}", a.log_text());
+}
+
+/// In a container or a CI runner the agent often lives in a PID namespace whose session leader
+/// is outside it, where getsid(2) answers 0. It must start there and manage task groups as
+/// anywhere else. (`unshare` gives it such a namespace: `sh` is its pid 1, the agent pid 2.)
+#[test]
+fn agent_runs_in_a_pid_namespace_whose_session_leader_is_outside() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!(
+                "SKIPPED agent_runs_in_a_pid_namespace_whose_session_leader_is_outside: cannot unshare: {other:?}"
+            );
+            return;
+        }
+    }
+    let dir = TempDir::new("pidns");
+    let data = dir.path().join("data");
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", "\"$0\"; exit $?"]);
+    unshare.arg(env!("CARGO_BIN_EXE_codara-agent"));
+    let cmd = common::wrapped_command(unshare, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data);
+    let _g = common::logs_on_panic(&a);
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "echo in-ns"]}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "in-ns\n", "{t}");
+    // A cancel reaches the whole group, a background child included.
+    let id = a.run("sh", &["-c", "sleep 3217 & sleep 3218; wait"]);
+    assert!(common::wait_running("sleep 3218", Duration::from_secs(10)));
+    let r = a.request("POST", &format!("/task/{id}/cancel"), &[("X-Cluster-Secret", SECRET)], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a.wait_task(id)["status"], "cancelled");
+    assert!(common::wait_gone("sleep 3217", Duration::from_secs(10)), "the background child outlived the cancel");
+    assert!(a.health_ok());
 }

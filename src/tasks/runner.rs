@@ -70,7 +70,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         }
     };
     let pid = child.id();
-    let pgid = Pid::from_raw(pid as i32);
+    let pgid = i32::try_from(pid).ok().and_then(Pid::from_raw);
     let stop_now = {
         let mut st = task.lock();
         st.record.pid = Some(pid);

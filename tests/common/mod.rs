@@ -313,7 +313,12 @@ pub fn wait_gone(marker: &str, timeout: Duration) -> bool {
 /// discovery off, port 0, the test secret), running in `cwd` with `DATA_DIR=data`.
 /// Tests may then remove or override variables before `spawn_agent`/`run_binary`.
 pub fn base_command(cwd: &Path, data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_codara-agent"));
+    wrapped_command(Command::new(env!("CARGO_BIN_EXE_codara-agent")), cwd, data)
+}
+
+/// `base_command` for a command that starts the agent through a wrapper (`unshare`, `script`):
+/// the wrapper gets the same environment, working directory and pipes.
+pub fn wrapped_command(mut cmd: Command, cwd: &Path, data: &Path) -> Command {
     cmd.current_dir(cwd)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
