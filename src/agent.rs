@@ -14,6 +14,7 @@ use crate::http::server::HttpServer;
 use crate::http::Ctx;
 use crate::monitor::Monitor;
 use crate::protocol::TaskStatus;
+use crate::reaper::Reaper;
 use crate::store::Store;
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::runner;
@@ -47,6 +48,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         Arc::default(),
     ));
     recover(&reg, &store);
+    let reaper = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?;
 
     let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
         .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
@@ -107,6 +109,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     monitor_thread.stop();
     hub.stop();
     let _ = hub_thread.join();
+    if let Some(r) = reaper {
+        r.stop();
+    }
     drop(ctx);
     drop(reg);
     log::info!("stopped");
@@ -151,12 +156,9 @@ fn detach_from_terminal() {
 }
 
 /// This process's session id as its own PID namespace sees it (0 when the session leader is
-/// outside the namespace), from field 6 of `/proc/self/stat`.
+/// outside the namespace).
 fn own_session_id() -> Option<i32> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces and parentheses; the fields after it do not.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(3)?.parse().ok()
+    crate::procfs::Stat::read("self")?.field(6)?.parse().ok()
 }
 
 fn signal_text(sig: Option<i32>) -> &'static str {

@@ -12,6 +12,7 @@
 //!   `ws-N-rx` / `ws-N-tx`: one client's reader and writer ([`ws::client`]);
 //!   `ws-replay`: one per subscribe with an offset ([`ws::replay`]).
 //! - `signals`: SIGTERM/SIGINT → shutdown ([`agent`]).
+//! - `reaper`: only when the agent is PID 1, reaps orphans left by tasks ([`reaper`]).
 
 pub mod agent;
 pub mod config;
@@ -21,7 +22,9 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod procfs;
 pub mod protocol;
+pub mod reaper;
 pub mod secret;
 pub mod store;
 pub mod tasks;

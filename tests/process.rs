@@ -462,3 +462,57 @@ fn agent_runs_in_a_pid_namespace_whose_session_leader_is_outside() {
     assert!(common::wait_gone("sleep 3217", Duration::from_secs(10)), "the background child outlived the cancel");
     assert!(a.health_ok());
 }
+
+/// Run as PID 1 (a container without an init), the agent inherits what tasks orphan: a
+/// `setsid` daemon, a background child killed with its group. It reaps them, so none stays
+/// a zombie.
+#[test]
+fn as_pid_1_it_reaps_what_tasks_orphan() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!("SKIPPED as_pid_1_it_reaps_what_tasks_orphan: cannot unshare: {other:?}");
+            return;
+        }
+    }
+    let dir = TempDir::new("pid1");
+    let data = dir.path().join("data");
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child", env!("CARGO_BIN_EXE_codara-agent")]);
+    let cmd = common::wrapped_command(unshare, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data);
+    let _g = common::logs_on_panic(&a);
+    assert!(a.log_text().contains("running as PID 1"), "{}", a.log_text());
+    // The agent's pid as this test sees it: unshare's only child.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", a.pid())).unwrap();
+    let agent_pid = children.split_whitespace().next().expect("unshare has a child").to_string();
+    let zombies = || {
+        let out = std::process::Command::new("ps").args(["-eo", "ppid=,stat="]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                let mut f = l.split_whitespace();
+                f.next() == Some(agent_pid.as_str()) && f.next().is_some_and(|s| s.starts_with('Z'))
+            })
+            .count()
+    };
+    for _ in 0..3 {
+        // `setsid sleep 0.5` outlives the task's group and exits on its own; `sleep 3222` in a
+        // subshell is orphaned at once and killed with the group when `sh` exits.
+        let t = a.run_wait(json!({"command": "sh", "args": ["-c", "setsid sleep 0.5 & (sleep 3222 &); exit 0"]}));
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while zombies() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(zombies(), 0, "orphans left as zombies of the agent (PID 1)");
+    assert!(common::wait_gone("sleep 3222", Duration::from_secs(5)));
+    // Tasks still end normally: the reaper never takes a task's own exit status.
+    for i in 0..20 {
+        let t = a.run_wait(json!({"command": "sh", "args": ["-c", format!("exit {}", i % 3)]}));
+        assert_eq!(t["exitCode"], i % 3, "{t}");
+    }
+    assert!(a.health_ok());
+}

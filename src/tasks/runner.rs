@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::events::EventKind;
+use crate::procfs::Stat;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
 use crate::tasks::job;
 use crate::tasks::output_log::Stream;
@@ -306,10 +307,7 @@ fn persist(reg: &Registry, task: &Task) {
 /// task's surviving process from one that reused its pid: a task's process starts within
 /// milliseconds of its `startedAt`.
 pub fn process_started_ms(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let ticks: u64 = Stat::read(pid)?.field(22)?.parse().ok()?;
     let boot = std::fs::read_to_string("/proc/stat").ok()?;
     let btime: u64 = boot.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
