@@ -91,7 +91,7 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
             }
             let ctx2 = Arc::clone(ctx);
             let spawned = std::thread::Builder::new().name("http-long".into()).stack_size(2 << 20).spawn(move || {
-                handle(&ctx2, rq);
+                handle_guarded(&ctx2, rq);
                 ctx2.long_requests.fetch_sub(1, Ordering::AcqRel);
             });
             if let Err(e) = spawned {
@@ -99,8 +99,17 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
                 log::error!("cannot start a thread for a long request: {e}");
             }
         } else {
-            handle(ctx, rq);
+            handle_guarded(ctx, rq);
         }
+    }
+}
+
+/// [`handle`], with a panic (a bug) confined to its request: tiny_http answers a dropped
+/// request 500, and the worker goes on taking requests.
+fn handle_guarded(ctx: &Ctx, rq: Request) {
+    let url = rq.url().chars().take(200).collect::<String>();
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(ctx, rq))).is_err() {
+        log::error!("the handler of {url} panicked (a bug; the panic message is above); answered 500");
     }
 }
 

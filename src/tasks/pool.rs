@@ -71,7 +71,10 @@ fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
     let mut work = first;
     loop {
         set_name(&work.name);
-        (work.job)();
+        // A panic (a bug) ends its job, not the thread; the default hook has printed it.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work.job)).is_err() {
+            log::error!("{} panicked (a bug; the panic message is above)", work.name);
+        }
         lock(idle).push(Arc::clone(&slot));
         let deadline = Instant::now() + IDLE_FOR;
         let mut w = lock(&slot.work);
@@ -132,5 +135,25 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 50);
         assert!(threads.len() <= 2, "{} threads for 50 sequential jobs", threads.len());
         assert!(pool.idle.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_its_thread_working() {
+        let pool = Pool::new(256 * 1024);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tx2 = tx.clone();
+        pool.spawn("boom".into(), move || {
+            tx2.send(std::thread::current().id()).unwrap();
+            panic!("a bug in a job");
+        })
+        .unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The thread goes back to the idle list and takes the next job.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.idle.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pool.spawn("next".into(), move || tx.send(std::thread::current().id()).unwrap()).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), first);
     }
 }
