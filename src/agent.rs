@@ -15,7 +15,7 @@ use crate::http::Ctx;
 use crate::monitor::Monitor;
 use crate::protocol::TaskStatus;
 use crate::reaper::Reaper;
-use crate::store::Store;
+use crate::store::{DataDirLock, Store};
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::runner;
 use crate::tasks::timer::Timer;
@@ -37,6 +37,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
     let (events_tx, events_rx, listeners) = events::channel();
+    // Before anything under DATA_DIR is read or written; held until the agent exits.
+    let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;
     let reg = Arc::new(Registry::new(

@@ -33,6 +33,44 @@ struct Journal {
     lines: usize,
 }
 
+/// `DATA_DIR/agent.lock`, locked (flock) for as long as the agent runs: a second agent
+/// started on the same `DATA_DIR` by mistake would otherwise "recover" the first one's
+/// running tasks (killing them), rewrite its journal under it, and reuse its task ids.
+/// The lock goes with the process, however it ends; the file holds the owner's pid.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock, String> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = data_dir.join("agent.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let owner = fs::read_to_string(&path).unwrap_or_default();
+                let owner = owner.trim();
+                let owner = if owner.is_empty() { String::new() } else { format!(" (pid {owner})") };
+                return Err(format!(
+                    "DATA_DIR {} is in use by another codara-agent{owner}; each agent needs a DATA_DIR of its own",
+                    data_dir.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+        }
+        // Best effort: the pid only makes the message above more useful.
+        let _ = file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id()));
+        Ok(DataDirLock { _file: file })
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
@@ -40,7 +78,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// The store inside `data_dir` (created by [`prepare_data_dir`]).
+    /// The store inside `data_dir` (created by [`prepare_data_dir`]). The caller holds the
+    /// [`DataDirLock`].
     pub fn open(data_dir: &Path) -> io::Result<Store> {
         let dir = data_dir.join("tasks");
         let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;

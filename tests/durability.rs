@@ -5,7 +5,7 @@
 //! on a UDP port that the test's own socket holds (bound first, on an ephemeral port).
 //! Every loop is bounded; time bounds are generous (2-core CI box, debug build) and no test
 //! asserts speed. Process markers used here: `sleep 3007`, `sleep 3011`, `sleep 3012`,
-//! `sleep 3014`, `sleep 3015`.
+//! `sleep 3014`, `sleep 3015`, `sleep 3016`.
 
 mod common;
 
@@ -541,4 +541,41 @@ fn ids_are_never_reused_when_the_highest_was_evicted() {
     let c = common::agent().data_dir(&data_dir).env("TASK_HISTORY", "1").start();
     let next = c.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
     assert!(next > short, "id {next} after restarts; {short} was already given");
+}
+
+/// A second agent started on the same DATA_DIR by mistake refuses to start, and touches
+/// nothing: the first one's running task, journal and ids are unharmed.
+#[test]
+fn a_second_agent_on_the_same_data_dir_refuses_and_harms_nothing() {
+    let mut a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let id = a.run("sleep", &["3016"]);
+    assert!(common::wait_running("sleep 3016", Duration::from_secs(10)));
+    let journal = a.data_dir.join("tasks/journal.jsonl");
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&journal).unwrap());
+
+    let cwd = TempDir::new("second-agent");
+    let out = common::run_binary(common::base_command(cwd.path(), &a.data_dir), Duration::from_secs(20));
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("is in use by another codara-agent")
+            || out.stdout.contains("is in use by another codara-agent"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!("pid {}", a.pid())) || out.stdout.contains(&format!("pid {}", a.pid())),
+        "{out:?}"
+    );
+
+    // The first agent's task still runs, its journal is the same file, and ids go on.
+    assert_eq!(a.get(&format!("/task/{id}")).json()["status"], "running");
+    assert!(common::process_running("sleep 3016"));
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&journal).unwrap()), inode);
+    let next = a.run_wait(json!({"command": "true"}));
+    assert_eq!(next["id"], id + 1, "{next}");
+    cleanup("sleep 3016");
+    stop(&mut a);
+    // Once the first has stopped, the DATA_DIR is free again.
+    let b = common::agent().data_dir(&a.data_dir.clone()).start();
+    assert!(b.health_ok());
 }

@@ -320,7 +320,9 @@ impl Task {
         let out = &mut st.output;
         if !out.log_broken {
             if out.log.is_none() {
-                match OpenOptions::new().create(true).append(true).open(&out.log_path) {
+                // Truncated: a file of that name can only be left from an id given out
+                // before a crash lost its record; its bytes are not this task's.
+                match OpenOptions::new().write(true).create(true).truncate(true).open(&out.log_path) {
                     Ok(f) => out.log = Some(f),
                     Err(e) => {
                         log::warn!(
