@@ -12,6 +12,7 @@
 //!   `ws-N-rx` / `ws-N-tx`: one client's reader and writer ([`ws::client`]);
 //!   `ws-replay`: one per subscribe with an offset ([`ws::replay`]).
 //! - `signals`: SIGTERM/SIGINT → shutdown ([`agent`]).
+//! - `log-writer`: writes log lines to stdout, so a stalled stdout blocks no one ([`logsink`]).
 //! - `reaper`: only when the agent is PID 1, reaps orphans left by tasks ([`reaper`]).
 
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod discover;
 pub mod discovery;
 pub mod events;
 pub mod http;
+pub mod logsink;
 pub mod metrics;
 pub mod monitor;
 pub mod procfs;

@@ -38,7 +38,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
+    let result = match args {
+        Ok(args) => run(args),
+        Err(bad) => Err(Fail(format!("argument {bad:?} is not valid UTF-8"), 2)),
+    };
+    // The last log lines ("stopped"), unless stdout is stalled.
+    codara_agent::logsink::flush(Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg, code)) => {
             eprintln!("codara-agent: {msg}");
@@ -146,10 +153,19 @@ fn print_help() {
 
 /// Logs to stdout, one event a line, with a timestamp and level; `RUST_LOG` (environment or
 /// `.env`) sets the level.
+/// Logs to stdout through the `log-writer` thread ([`codara_agent::logsink`]), so a stalled
+/// stdout never blocks the agent.
 fn init_logging(filter: Option<&str>) {
+    let target = match codara_agent::logsink::start(std::io::stdout()) {
+        Ok(sink) => env_logger::Target::Pipe(Box::new(sink)),
+        Err(e) => {
+            eprintln!("codara-agent: cannot start the log writer thread ({e}); logging to stdout directly");
+            env_logger::Target::Stdout
+        }
+    };
     env_logger::Builder::new()
         .parse_filters(filter.filter(|f| !f.trim().is_empty()).unwrap_or("info"))
-        .target(env_logger::Target::Stdout)
+        .target(target)
         .format_timestamp_millis()
         .init();
 }

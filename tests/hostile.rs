@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Agent, SECRET};
+use common::{Agent, TempDir, SECRET};
 use serde_json::json;
 use std::io::Write;
 use std::net::TcpStream;
@@ -542,4 +542,41 @@ fn followers_that_leave_a_silent_task_release_their_threads() {
     assert_eq!(threads_named(a.pid(), "http-long"), 0, "followers of a silent task outlived their clients");
     let _ = a.post(&format!("/task/{id}/cancel"), &serde_json::json!({}));
     a.assert_alive();
+}
+
+/// Nobody reads the agent's stdout (a paused pager, a stuck log collector): its log lines
+/// pile up, but tasks, requests and the shutdown go on.
+#[test]
+fn a_stalled_stdout_blocks_nothing() {
+    use std::io::BufRead;
+    let dir = TempDir::new("stalled-stdout");
+    let data = dir.path().join("data");
+    let mut cmd = common::base_command(dir.path(), &data);
+    cmd.stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // Read up to the line giving the port, then never again.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut port = 0u16;
+    let mut line = String::new();
+    while port == 0 && stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            port = rest.split(':').nth(1).and_then(|p| p.split(' ').next()).and_then(|p| p.parse().ok()).unwrap();
+        }
+        line.clear();
+    }
+    assert!(port != 0, "no port in the agent's output");
+    let a = Agent { child, port, dir, data_dir: data, logs: Default::default() };
+    // Each task logs two lines: 1,000 of them are far more than a pipe holds.
+    for i in 0..1000 {
+        let t = a.run_wait(json!({"command": "true"}));
+        assert_eq!(t["status"], "completed", "task {i}: {t}");
+    }
+    let mut a = a;
+    a.signal("TERM");
+    let st = a.wait_exit(Duration::from_secs(30)).expect("no exit within 30 s of SIGTERM with stdout stalled");
+    assert!(st.success(), "{st:?}");
+    // What was logged is there, in order, once someone reads it.
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    assert!(rest.contains("task 1 started"), "{}", &rest[..rest.len().min(500)]);
 }
