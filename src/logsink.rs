@@ -1,7 +1,8 @@
 //! Where log lines go: the `log-writer` thread writes them to stdout, so a reader of stdout
 //! that stalls (a paused pager, a full pipe, a stuck journald) never blocks a request, a task
 //! or the shutdown. A thread that logs appends its line to a buffer and goes on; the writer is
-//! woken only when the buffer stops being empty, and writes everything queued in one go. Past
+//! woken only when the buffer stops being empty, waits 20 ms for more, and writes everything
+//! queued in one go. Past
 //! [`MAX_QUEUED`] bytes, lines are dropped and counted, and the count is written once stdout
 //! takes data again.
 
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes of log lines held while stdout is not taking them.
 pub const MAX_QUEUED: usize = 1 << 20;
+/// How long the writer, once woken, waits for more lines before writing.
+const COALESCE: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct State {
@@ -81,6 +84,11 @@ fn run(shared: &Shared, mut out: impl Write) {
                     .wake
                     .wait_while(st, |s| s.queued.is_empty() && s.dropped == 0)
                     .unwrap_or_else(|p| p.into_inner());
+                // Let the lines of the next moments join this one: under load the writer then
+                // wakes once per COALESCE, not once per line.
+                drop(st);
+                std::thread::sleep(COALESCE);
+                st = shared.lock();
             }
             std::mem::swap(&mut batch, &mut st.queued);
             st.writing = true;
