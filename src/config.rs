@@ -142,8 +142,21 @@ impl Source {
     /// The process environment plus `env_file` (or `./.env` when it exists).
     /// A named file that is missing or unreadable is an error; a missing `./.env` is not.
     pub fn from_process(env_file: Option<&Path>) -> Result<Source, ConfigError> {
-        let env: HashMap<String, String> =
-            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        let mut env = HashMap::new();
+        for (k, v) in std::env::vars_os() {
+            let Ok(k) = k.into_string() else { continue };
+            match v.into_string() {
+                Ok(v) => {
+                    env.insert(k, v);
+                }
+                // A setting of ours that cannot be read must not fall back to its default
+                // (which might be broadcasting, or a generated secret).
+                Err(_) if is_setting(&k) => {
+                    return Err(ConfigError(format!("{k}: the value is not valid UTF-8")));
+                }
+                Err(_) => {}
+            }
+        }
         let (dotenv, env_file) = match env_file {
             Some(path) => (read_dotenv(path)?, Some(path.to_path_buf())),
             None => {
@@ -167,6 +180,11 @@ impl Source {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.env.get(name).or_else(|| self.dotenv.get(name)).map(String::as_str)
     }
+}
+
+/// Whether `name` is read by the agent (see [`VARIABLES`]).
+fn is_setting(name: &str) -> bool {
+    VARIABLES.iter().any(|(n, _, _)| *n == name) || matches!(name, "RUST_LOG" | "STATE_DIRECTORY")
 }
 
 fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {

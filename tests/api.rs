@@ -1063,6 +1063,29 @@ fn bad_config_values_exit_nonzero_naming_the_variable() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A setting whose value is not UTF-8 is an error naming it, never a silent default (for
+/// DISCOVERY_ENABLED the default would be broadcasting; for CLUSTER_SECRET a generated one).
+#[test]
+fn non_utf8_setting_exits_2_naming_the_variable() {
+    use std::os::unix::ffi::OsStrExt;
+    for var in ["DISCOVERY_ENABLED", "CLUSTER_SECRET", "CLUSTER_PORT", "DATA_DIR"] {
+        let dir = TempDir::new("nonutf8");
+        let mut cmd = common::base_command(dir.path(), &dir.path().join("data"));
+        cmd.env(var, std::ffi::OsStr::from_bytes(b"false\xa0-0123456789abcdef"));
+        let out = common::run_binary(cmd, Duration::from_secs(20));
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{var}: {out:?}");
+        assert!(out.stderr.contains(var) && out.stderr.contains("not valid UTF-8"), "{var}: {out:?}");
+        assert!(!out.stdout.contains("listening on"), "{var}: {out:?}");
+    }
+    // A variable the agent does not read may hold any bytes.
+    let dir = TempDir::new("nonutf8-other");
+    let data = dir.path().join("data");
+    let mut cmd = common::base_command(dir.path(), &data);
+    cmd.env("SOME_OTHER_VARIABLE", std::ffi::OsStr::from_bytes(b"\xff\xfe"));
+    let a = common::spawn_agent(cmd, dir, data);
+    assert!(a.health_ok());
+}
+
 #[test]
 fn secret_is_generated_stored_0600_and_reused() {
     use std::os::unix::fs::PermissionsExt;
