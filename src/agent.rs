@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, SecretSource};
@@ -167,14 +167,30 @@ fn signal_text(sig: Option<i32>) -> &'static str {
     match sig {
         Some(SIGTERM) => "SIGTERM",
         Some(SIGINT) => "SIGINT",
+        Some(SIGHUP) => "SIGHUP",
         _ => "a signal",
     }
 }
 
-/// Starts the `signals` thread: SIGTERM and SIGINT arrive on the returned channel.
+/// Whether `sig` was ignored when the agent started (as `nohup` does for SIGHUP), from the
+/// `SigIgn` mask in /proc/self/status.
+fn inherited_ignore(sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let mask =
+        status.lines().find_map(|l| l.strip_prefix("SigIgn:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+    mask.is_some_and(|m| sig >= 1 && m & (1 << (sig - 1)) != 0)
+}
+
+/// Starts the `signals` thread: SIGTERM, SIGINT and SIGHUP (a closed terminal) arrive on the
+/// returned channel, and each drains the agent. SIGHUP stays ignored when it was at start
+/// (`nohup`).
 fn spawn_signal_thread(
 ) -> Result<(crossbeam_channel::Receiver<i32>, signal_hook::iterator::Handle, std::thread::JoinHandle<()>), String> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut handled = vec![SIGTERM, SIGINT];
+    if !inherited_ignore(SIGHUP) {
+        handled.push(SIGHUP);
+    }
+    let mut signals = Signals::new(handled).map_err(|e| format!("cannot handle signals: {e}"))?;
     let handle = signals.handle();
     let (tx, rx) = crossbeam_channel::unbounded();
     let thread = std::thread::Builder::new()
@@ -219,8 +235,20 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
             }
         }
     }
-    let grace = if hurry { Duration::ZERO } else { cfg.kill_grace };
-    if !reg.wait_idle(Instant::now() + grace + Duration::from_secs(2)) {
+    let grace_end = Instant::now() + if hurry { Duration::ZERO } else { cfg.kill_grace } + Duration::from_secs(2);
+    // A second signal during the grace ends it.
+    let mut idle = false;
+    while !idle && Instant::now() < grace_end {
+        idle = reg.wait_idle((Instant::now() + Duration::from_millis(100)).min(grace_end));
+        if !idle && !hurry && signals.try_recv().is_ok() {
+            log::warn!("received a signal again: killing the running tasks now");
+            for task in &running {
+                task.signal_group(Signal::KILL);
+            }
+            hurry = true;
+        }
+    }
+    if !idle {
         for task in &running {
             task.signal_group(Signal::KILL);
         }

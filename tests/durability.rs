@@ -5,7 +5,7 @@
 //! on a UDP port that the test's own socket holds (bound first, on an ephemeral port).
 //! Every loop is bounded; time bounds are generous (2-core CI box, debug build) and no test
 //! asserts speed. Process markers used here: `sleep 3007`, `sleep 3011`, `sleep 3012`,
-//! `sleep 3014`, `sleep 3015`, `sleep 3016`.
+//! `sleep 3014`, `sleep 3015`, `sleep 3016`, `sleep 3017`, `sleep 3018`.
 
 mod common;
 
@@ -578,4 +578,51 @@ fn a_second_agent_on_the_same_data_dir_refuses_and_harms_nothing() {
     // Once the first has stopped, the DATA_DIR is free again.
     let b = common::agent().data_dir(&a.data_dir.clone()).start();
     assert!(b.health_ok());
+}
+
+/// A second signal that comes during the kill grace (after SHUTDOWN_TIMEOUT) ends the grace.
+#[test]
+fn second_signal_during_the_kill_grace_kills_at_once() {
+    const M: &str = "sleep 3017";
+    let mut a = common::agent().env("SHUTDOWN_TIMEOUT", "300").env("KILL_GRACE", "60000").start();
+    let _g = common::logs_on_panic(&a);
+    a.run("sh", &["-c", "trap \"\" TERM; sleep 3017; sleep 3017"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+    a.signal("TERM");
+    // Past SHUTDOWN_TIMEOUT: the task has had its SIGTERM, and ignores it.
+    assert!(wait_draining(&a, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(a.child.try_wait().unwrap().is_none(), "exited before the grace");
+    let t0 = Instant::now();
+    a.signal("INT");
+    let st = a.wait_exit(Duration::from_secs(30));
+    let elapsed = t0.elapsed();
+    cleanup(M);
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "no clean exit after the second signal");
+    assert!(elapsed < Duration::from_secs(15), "exit {elapsed:?} after the second signal; KILL_GRACE is 60 s");
+}
+
+/// SIGHUP (the terminal closed) drains like SIGTERM; under `nohup`, which ignores it, it
+/// still does nothing.
+#[test]
+fn sighup_drains_unless_it_was_ignored_at_start() {
+    let mut a = common::agent().env("SHUTDOWN_TIMEOUT", "300").env("KILL_GRACE", "300").start();
+    let _g = common::logs_on_panic(&a);
+    a.run("sleep", &["3018"]);
+    assert!(common::wait_running("sleep 3018", Duration::from_secs(20)));
+    a.signal("HUP");
+    let st = a.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "SIGHUP did not drain and exit 0: {}", a.log_text());
+    assert!(a.log_text().contains("received SIGHUP"), "{}", a.log_text());
+    assert!(common::wait_gone("sleep 3018", Duration::from_secs(5)));
+
+    let dir = TempDir::new("nohup");
+    let data = dir.path().join("data");
+    let mut nohup = Command::new("nohup");
+    nohup.arg(env!("CARGO_BIN_EXE_codara-agent"));
+    let cmd = common::wrapped_command(nohup, dir.path(), &data);
+    let mut b = common::spawn_agent(cmd, dir, data);
+    b.signal("HUP");
+    std::thread::sleep(Duration::from_millis(1000));
+    b.assert_alive();
 }

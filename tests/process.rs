@@ -516,3 +516,25 @@ fn as_pid_1_it_reaps_what_tasks_orphan() {
     }
     assert!(a.health_ok());
 }
+
+/// A task that stopped itself (or was stopped reading a terminal) still gets to run its
+/// SIGTERM handler on cancel: the SIGTERM comes with a SIGCONT.
+#[test]
+fn a_stopped_task_is_continued_to_see_its_sigterm() {
+    let a = common::agent().env("KILL_GRACE", "60000").start();
+    let _g = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "trap 'echo cleaned-up; exit 0' TERM; echo stopping; kill -STOP $$; sleep 3019"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.get(&format!("/task/{id}")).json()["stdout"].as_str().unwrap_or("").contains("stopping") {
+        assert!(Instant::now() < deadline, "the task never printed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let r = a.request("POST", &format!("/task/{id}/cancel"), &[("X-Cluster-Secret", SECRET)], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = a.wait_task(id);
+    assert!(t0.elapsed() < Duration::from_secs(30), "it waited for the SIGKILL after the grace");
+    assert_eq!(t["status"], "cancelled", "{t}");
+    assert!(t["stdout"].as_str().unwrap().contains("cleaned-up"), "its TERM handler did not run: {t}");
+}

@@ -249,11 +249,12 @@ impl Task {
         self.changed.notify_all();
     }
 
-    /// Sends `sig` to the task's process group, if it still has one.
+    /// Sends `sig` to the task's process group, if it still has one (SIGTERM with a SIGCONT,
+    /// see [`send_to_group`]).
     pub fn signal_group(&self, sig: Signal) -> bool {
         let st = self.lock();
         match st.pgid {
-            Some(pgid) if st.record.status == TaskStatus::Running => kill_process_group(pgid, sig).is_ok(),
+            Some(pgid) if st.record.status == TaskStatus::Running => send_to_group(pgid, sig),
             _ => false,
         }
     }
@@ -272,7 +273,7 @@ impl Task {
             st.killed_because = why;
         }
         if let Some(pgid) = st.pgid {
-            let _ = kill_process_group(pgid, Signal::TERM);
+            send_to_group(pgid, Signal::TERM);
         }
         Ok(())
     }
@@ -435,6 +436,17 @@ fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> (Strin
 }
 
 pub type TaskRef = Arc<Task>;
+
+/// Sends `sig` to a process group. SIGTERM is followed by SIGCONT: a stopped process (one
+/// that stopped itself, or got SIGTTIN reading a terminal) would otherwise only see the
+/// SIGKILL after the grace, and never run its cleanup.
+fn send_to_group(pgid: Pid, sig: Signal) -> bool {
+    let sent = kill_process_group(pgid, sig).is_ok();
+    if sent && sig == Signal::TERM {
+        let _ = kill_process_group(pgid, Signal::CONT);
+    }
+    sent
+}
 
 #[cfg(test)]
 mod tests {
