@@ -107,6 +107,10 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         // The child was dropped with the job; the group is still ours to kill.
         log::error!("task {}: cannot start its waiter thread: {e}; killing it", task.id);
         task.signal_group(Signal::KILL);
+        // Its `Child` went with the job; reap it by pid, or it stays a zombie.
+        if let Some(p) = pgid {
+            let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+        }
         finish(reg, task, Outcome { error: Some(format!("cannot start a waiter thread: {e}")), ..Outcome::default() });
     }
 }
