@@ -24,6 +24,8 @@ use crate::{events, ws};
 /// Runs the agent until SIGTERM or SIGINT; returns when every task has ended.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
+    close_inherited_fds_on_exec();
+    raise_fd_limit();
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
     let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
     detach_from_terminal();
@@ -118,6 +120,51 @@ pub fn run(cfg: Config) -> Result<(), String> {
     drop(reg);
     log::info!("stopped");
     Ok(())
+}
+
+/// Marks every file descriptor the agent inherited (beyond stdin, stdout and stderr)
+/// close-on-exec, so tasks do not inherit them: a daemon a task leaves behind must not hold
+/// the pipe of whatever started the agent (a CI runner, a shell script waiting on it). The
+/// agent's own descriptors are close-on-exec already (std opens them so).
+fn close_inherited_fds_on_exec() {
+    use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|fd| *fd > 2).collect();
+    let mut marked = 0;
+    for fd in fds {
+        // SAFETY: `fd` was listed as open a moment ago, and nothing in this process closes
+        // descriptors yet (the only other thread, the log writer, just writes to stdout),
+        // except the listing's own one, for which fcntl answers EBADF. It is borrowed only
+        // for the two fcntl calls.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = fcntl_getfd(borrowed) {
+            if !flags.contains(FdFlags::CLOEXEC) && fcntl_setfd(borrowed, flags | FdFlags::CLOEXEC).is_ok() {
+                marked += 1;
+            }
+        }
+    }
+    if marked > 0 {
+        log::info!("{marked} inherited file descriptor(s) marked close-on-exec: tasks do not get them");
+    }
+}
+
+/// The open-file limit the agent raises its soft limit to (within the hard limit), as the
+/// systemd unit's `LimitNOFILE` does: the 1024 a shell gives is about 340 WebSocket clients.
+const WANTED_NOFILE: u64 = 65536;
+
+/// Raises the soft open-file limit towards [`WANTED_NOFILE`], never past the hard limit.
+/// Tasks inherit the raised limit.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let want = lim.maximum.map_or(WANTED_NOFILE, |hard| hard.min(WANTED_NOFILE));
+    match lim.current {
+        Some(soft) if soft < want => match setrlimit(Resource::Nofile, Rlimit { current: Some(want), ..lim }) {
+            Ok(()) => log::info!("open-file limit raised from {soft} to {want}"),
+            Err(e) => log::warn!("open-file limit is {soft}, and raising it to {want} failed: {e}"),
+        },
+        _ => {}
+    }
 }
 
 /// Gives up the controlling terminal when the agent was started by hand in one: tasks then

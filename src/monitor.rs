@@ -83,7 +83,9 @@ impl Monitor {
             System::new().map_err(|e| std::io::Error::other(format!("cannot read system information: {e}")))?;
         sys.refresh_memory();
         sys.refresh_cpu_usage();
-        let hostname = System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string());
+        // From uname(2): sysinfo's host_name() loses a name of the full 64 bytes.
+        let hostname = rustix::system::uname().nodename().to_str().ok().filter(|h| !h.is_empty()).map(str::to_owned);
+        let hostname = hostname.unwrap_or_else(|| "localhost".to_string());
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let host = HostInfo { hostname, cpus, total_memory: sys.total_memory() };
         let monitor = Arc::new(Monitor {

@@ -538,3 +538,65 @@ fn a_stopped_task_is_continued_to_see_its_sigterm() {
     assert_eq!(t["status"], "cancelled", "{t}");
     assert!(t["stdout"].as_str().unwrap().contains("cleaned-up"), "its TERM handler did not run: {t}");
 }
+
+/// A descriptor the agent inherited without close-on-exec (from a CI runner, a shell) does
+/// not reach tasks, so a daemon a task leaves cannot hold it open.
+#[test]
+fn inherited_descriptors_do_not_reach_tasks() {
+    let dir = TempDir::new("inherited-fd");
+    let data = dir.path().join("data");
+    let marker = dir.path().join("inherited-fd-marker");
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "exec 7>\"$1\"; exec \"$0\"", env!("CARGO_BIN_EXE_codara-agent")]).arg(&marker);
+    let cmd = common::wrapped_command(sh, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data);
+    let _g = common::logs_on_panic(&a);
+    // The agent does hold it.
+    let agent_fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", a.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(agent_fds.iter().any(|p| p.contains("inherited-fd-marker")), "{agent_fds:?}");
+    let t = a.run_wait(json!({"command": "ls", "args": ["-l", "/proc/self/fd/"]}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(!t["stdout"].as_str().unwrap().contains("inherited-fd-marker"), "the task inherited it: {t}");
+}
+
+/// Started with a low soft open-file limit (a shell's 1024, here 256), the agent raises it
+/// within the hard limit, as the systemd unit's LimitNOFILE would.
+#[test]
+fn a_low_open_file_limit_is_raised() {
+    let dir = TempDir::new("nofile");
+    let data = dir.path().join("data");
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "ulimit -Sn 256 && exec \"$0\"", env!("CARGO_BIN_EXE_codara-agent")]);
+    let cmd = common::wrapped_command(sh, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data);
+    let _g = common::logs_on_panic(&a);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", a.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    let soft: u64 = nums[0].parse().unwrap();
+    let hard: u64 = nums[1].parse().unwrap_or(u64::MAX);
+    assert_eq!(soft, hard.min(65536), "{line}");
+}
+
+/// A host name of the full 64 bytes Linux allows is reported whole (sysinfo's lookup lost
+/// it, and the node then announced itself as `localhost`).
+#[test]
+fn a_64_byte_hostname_is_reported_whole() {
+    let name = "h".repeat(64);
+    let probe = std::process::Command::new("unshare").args(["--uts", "hostname", &name]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED a_64_byte_hostname_is_reported_whole: cannot unshare the UTS namespace: {probe:?}");
+        return;
+    }
+    let dir = TempDir::new("hostname");
+    let data = dir.path().join("data");
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.args(["--uts", "sh", "-c", "hostname \"$1\" && exec \"$0\"", env!("CARGO_BIN_EXE_codara-agent"), &name]);
+    let cmd = common::wrapped_command(unshare, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data);
+    assert_eq!(a.get("/health").json()["hostname"], name.as_str());
+}
