@@ -23,6 +23,8 @@ use crate::protocol::{self, Announce, Leave, Stats, StatsPacket};
 pub const PROBE_REPLIES_PER_SEC: u32 = 5;
 /// How often `MASTER_SERVER` is resolved again.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How soon a failed lookup of `MASTER_SERVER` is tried again.
+pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 /// First announcement after start.
 pub const FIRST_ANNOUNCE: Duration = Duration::from_millis(50);
 
@@ -66,32 +68,77 @@ pub fn bind_shared(port: u16) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// `MASTER_SERVER`'s address, looked up by a short-lived `resolve-master` thread: a name
+/// lookup can take as long as the resolver's timeouts (30 s and more when DNS does not
+/// answer), and the discovery thread must neither skip announcements nor hold up the
+/// shutdown meanwhile. Until the first lookup succeeds, packets go to the other targets only.
+struct Master {
+    name: String,
+    default_port: u16,
+    state: Arc<std::sync::Mutex<MasterState>>,
+}
+
+#[derive(Default)]
+struct MasterState {
+    addr: Option<SocketAddr>,
+    /// When the last lookup ended; `None` before the first.
+    looked_up_at: Option<Instant>,
+    in_flight: bool,
+    failing: bool,
+}
+
+impl Master {
+    /// The address to send to now (`None` while unknown); starts a lookup when one is due.
+    fn addr(&self) -> Option<SocketAddr> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let every = if st.failing { RESOLVE_RETRY } else { RESOLVE_INTERVAL };
+        if !st.in_flight && st.looked_up_at.is_none_or(|t| t.elapsed() >= every) {
+            st.in_flight = true;
+            let (name, port, state) = (self.name.clone(), self.default_port, Arc::clone(&self.state));
+            let spawned =
+                std::thread::Builder::new().name("resolve-master".into()).stack_size(256 * 1024).spawn(move || {
+                    let found = resolve_master(&name, port).into_iter().find(SocketAddr::is_ipv4);
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    match found {
+                        Some(a) => {
+                            if st.failing || st.addr.is_some_and(|old| old != a) {
+                                log::info!("discovery: MASTER_SERVER={name} is {a}");
+                            }
+                            st.addr = Some(a);
+                            st.failing = false;
+                        }
+                        None => {
+                            if !st.failing {
+                                log::warn!("discovery: cannot resolve MASTER_SERVER={name}; will try again");
+                            }
+                            st.failing = true;
+                        }
+                    }
+                    st.looked_up_at = Some(Instant::now());
+                    st.in_flight = false;
+                });
+            if spawned.is_err() {
+                st.in_flight = false;
+                st.looked_up_at = Some(Instant::now());
+            }
+        }
+        st.addr
+    }
+}
+
 /// Sends to every target, logging a failing target once until it recovers.
 struct Sender {
     socket: UdpSocket,
     targets: Vec<SocketAddr>,
-    master: Option<String>,
-    master_addrs: Vec<SocketAddr>,
-    resolved_at: Instant,
-    default_port: u16,
+    master: Option<Master>,
     failing: HashMap<SocketAddr, bool>,
     metrics: Arc<Metrics>,
 }
 
 impl Sender {
     fn all_targets(&mut self) -> Vec<SocketAddr> {
-        if let Some(m) = &self.master {
-            if self.resolved_at.elapsed() >= RESOLVE_INTERVAL || self.master_addrs.is_empty() {
-                let addrs = resolve_master(m, self.default_port);
-                if addrs.is_empty() && !self.failing.contains_key(&unresolved()) {
-                    log::warn!("discovery: cannot resolve MASTER_SERVER={m}; will try again");
-                }
-                self.failing.insert(unresolved(), addrs.is_empty());
-                self.master_addrs = addrs.into_iter().filter(|a| a.is_ipv4()).take(1).collect();
-                self.resolved_at = Instant::now();
-            }
-        }
-        self.targets.iter().chain(self.master_addrs.iter()).copied().collect()
+        let master = self.master.as_ref().and_then(Master::addr);
+        self.targets.iter().copied().chain(master).collect()
     }
 
     fn send(&mut self, bytes: &[u8]) {
@@ -121,11 +168,6 @@ impl Sender {
             Err(_) => {}
         }
     }
-}
-
-/// A placeholder key for "MASTER_SERVER does not resolve" in the failure map.
-fn unresolved() -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
 }
 
 /// Handle to stop the thread; stopping sends `cluster_leave`.
@@ -162,13 +204,18 @@ impl Discovery {
         let sender = Sender {
             socket,
             targets,
-            master: cfg.master_server.clone(),
-            master_addrs: Vec::new(),
-            resolved_at: Instant::now(),
-            default_port: cfg.discovery_port,
+            master: cfg.master_server.clone().map(|name| Master {
+                name,
+                default_port: cfg.discovery_port,
+                state: Arc::default(),
+            }),
             failing: HashMap::new(),
             metrics,
         };
+        // The first lookup starts now, so its answer is likely there for the first announce.
+        if let Some(m) = &sender.master {
+            m.addr();
+        }
         // CLOEXEC: a task inheriting the write end would keep the pipe from ever hanging up.
         let (wake_rx, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         sender.socket.set_nonblocking(true)?;

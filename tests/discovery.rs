@@ -1027,3 +1027,93 @@ fn announce_crosses_a_veth_pair_between_namespaces() {
     drop(agent);
     drop(guard);
 }
+
+/// A MASTER_SERVER whose name lookup hangs (DNS that never answers) must not delay the
+/// announcements to the other targets, nor the shutdown. Runs in a network and mount
+/// namespace of its own: only loopback, and /etc/resolv.conf pointing at a local UDP socket
+/// that swallows every query.
+#[test]
+fn a_hanging_master_server_lookup_delays_neither_announces_nor_shutdown() {
+    let probe = Command::new("unshare").args(["--net", "--mount", "true"]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED a_hanging_master_server_lookup_delays_neither_announces_nor_shutdown: cannot unshare: {probe:?}"
+        );
+        return;
+    }
+    let dir = common::TempDir::new("dns-hang");
+    let script = r#"
+set -e
+ip link set lo up
+printf 'nameserver 127.0.0.1\noptions timeout:5 attempts:4\n' > "$DIR/resolv.conf"
+mount --bind "$DIR/resolv.conf" /etc/resolv.conf
+python3 -c '
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 53))
+s.settimeout(30)
+try:
+    while True: s.recvfrom(4096)
+except Exception: pass
+' &
+HOLE=$!
+python3 -c '
+import socket, sys, time, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("0.0.0.0", 4731)); s.settimeout(12)
+t0 = time.time()
+try:
+    while True:
+        d, a = s.recvfrom(65536)
+        print("%s %.2f" % (json.loads(d).get("type"), time.time() - t0), flush=True)
+except Exception: pass
+' &
+LISTEN=$!
+sleep 0.3
+"$BIN" > "$DIR/agent.log" 2>&1 &
+AGENT=$!
+sleep 3
+T0=$(date +%s%N)
+kill -TERM $AGENT
+set +e
+wait $AGENT
+RC=$?
+T1=$(date +%s%N)
+echo "exit $RC after $(( (T1 - T0) / 1000000 )) ms"
+kill $HOLE $LISTEN 2>/dev/null
+"#;
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DIR", dir.path())
+        .env("BIN", BIN)
+        .env("CLUSTER_SECRET", common::SECRET)
+        .env("CLUSTER_PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("DISCOVERY_ENABLED", "true")
+        .env("DISCOVERY_PORT", "4731")
+        .env("DISCOVERY_ADDRESSES", "127.255.255.255")
+        .env("MASTER_SERVER", "master.invalid:4731")
+        .env("ANNOUNCE_INTERVAL", "1000")
+        .env("SHUTDOWN_TIMEOUT", "1000")
+        .env("KILL_GRACE", "1000")
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let ctx = format!("stdout:\n{text}\nstderr:\n{}\nagent log:\n{log}", String::from_utf8_lossy(&out.stderr));
+    // The first announcement comes at once, and more follow while the lookup hangs.
+    let announces: Vec<f64> =
+        text.lines().filter_map(|l| l.strip_prefix("cluster_announce ").and_then(|t| t.parse().ok())).collect();
+    assert!(announces.first().is_some_and(|t| *t < 2.0), "no announcement within 2 s: {ctx}");
+    assert!(announces.len() >= 2, "announcements stopped while MASTER_SERVER was being looked up: {ctx}");
+    assert!(text.lines().any(|l| l.starts_with("cluster_leave ")), "no cluster_leave: {ctx}");
+    let stop_ms: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("exit 0 after ").and_then(|r| r.strip_suffix(" ms")).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no clean exit: {ctx}"));
+    assert!(stop_ms < 8000, "stopping took {stop_ms} ms with SHUTDOWN_TIMEOUT=1000: {ctx}");
+}
