@@ -16,6 +16,7 @@
 //! - `reaper`: only when the agent is PID 1, reaps orphans left by tasks ([`reaper`]).
 
 pub mod agent;
+pub mod cgroup;
 pub mod config;
 pub mod discover;
 pub mod discovery;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use sysinfo::System;
 
+use crate::cgroup::MemoryGroup;
+
 /// How often CPU and memory are sampled while the agent is busy: a task runs, or a request
 /// came in the last [`BUSY_FOR`].
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -87,9 +89,18 @@ impl Monitor {
         let hostname = rustix::system::uname().nodename().to_str().ok().filter(|h| !h.is_empty()).map(str::to_owned);
         let hostname = hostname.unwrap_or_else(|| "localhost".to_string());
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let host = HostInfo { hostname, cpus, total_memory: sys.total_memory() };
+        let group = MemoryGroup::find();
+        let first = sample(&sys, group.as_ref());
+        if first.memory_total < sys.total_memory() {
+            log::info!(
+                "memory: the agent's control group is limited to {} MiB (of {} MiB on the host); admission and stats use that limit",
+                first.memory_total >> 20,
+                sys.total_memory() >> 20
+            );
+        }
+        let host = HostInfo { hostname, cpus, total_memory: first.memory_total };
         let monitor = Arc::new(Monitor {
-            snapshot: Mutex::new(sample(&sys)),
+            snapshot: Mutex::new(first),
             host,
             started: Instant::now(),
             last_request: AtomicU64::new(0),
@@ -100,7 +111,7 @@ impl Monitor {
         let handle = std::thread::Builder::new()
             .name("monitor".into())
             .stack_size(256 * 1024)
-            .spawn(move || run(&m, sys, stopped))?;
+            .spawn(move || run(&m, sys, group, stopped))?;
         Ok((monitor, MonitorThread { stop, handle }))
     }
 
@@ -133,7 +144,7 @@ impl Monitor {
     }
 }
 
-fn run(monitor: &Monitor, mut sys: System, stopped: Receiver<()>) {
+fn run(monitor: &Monitor, mut sys: System, group: Option<MemoryGroup>, stopped: Receiver<()>) {
     loop {
         match stopped.recv_timeout(monitor.interval()) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -141,19 +152,27 @@ fn run(monitor: &Monitor, mut sys: System, stopped: Receiver<()>) {
         }
         sys.refresh_cpu_usage();
         sys.refresh_memory();
-        let s = sample(&sys);
+        let s = sample(&sys, group.as_ref());
         *monitor.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 }
 
-fn sample(sys: &System) -> Snapshot {
+/// CPU and memory now. Memory is the host's, or the agent's control group's when that has a
+/// lower limit (see [`crate::cgroup`]).
+fn sample(sys: &System, group: Option<&MemoryGroup>) -> Snapshot {
     let load = System::load_average().ok();
     let cpu = sys.global_cpu_usage() as f64;
+    let (memory_total, memory_available) = match group.and_then(MemoryGroup::read) {
+        Some(g) if g.limit < sys.total_memory() => {
+            (g.limit, g.limit.saturating_sub(g.used).min(sys.available_memory()))
+        }
+        _ => (sys.total_memory(), sys.available_memory()),
+    };
     Snapshot {
         cpu_percent: if cpu.is_finite() { cpu.clamp(0.0, 100.0) } else { 0.0 },
         load_average: load.map(|l| [l.one, l.five, l.fifteen]).unwrap_or_default(),
-        memory_total: sys.total_memory(),
-        memory_available: sys.available_memory(),
+        memory_total,
+        memory_available,
         uptime: System::uptime().unwrap_or(0),
     }
 }

@@ -600,3 +600,68 @@ fn a_64_byte_hostname_is_reported_whole() {
     let a = common::spawn_agent(cmd, dir, data);
     assert_eq!(a.get("/health").json()["hostname"], name.as_str());
 }
+
+/// In a control group limited to 256 MiB, the agent reports and admits against that limit,
+/// not the host's RAM: a task that would not fit gets 503 instead of the kernel's OOM killer.
+#[test]
+fn a_memory_limited_control_group_is_what_stats_and_admission_use() {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    // A child group of our own: v1 memory controller if there is one, else v2.
+    let v1 = own.lines().find_map(|l| l.split(':').nth(1).filter(|c| c.split(',').any(|c| c == "memory")).map(|_| l));
+    let name = format!("codara-test-{}", std::process::id());
+    let (dir, limit_file) = match v1 {
+        Some(line) => {
+            let path = line.splitn(3, ':').nth(2).unwrap().trim_start_matches('/');
+            (std::path::Path::new("/sys/fs/cgroup/memory").join(path).join(&name), "memory.limit_in_bytes")
+        }
+        None => {
+            let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/');
+            (std::path::Path::new("/sys/fs/cgroup").join(path).join(&name), "memory.max")
+        }
+    };
+    if std::fs::create_dir(&dir).is_err() || std::fs::write(dir.join(limit_file), "268435456").is_err() {
+        let _ = std::fs::remove_dir(&dir);
+        eprintln!("SKIPPED a_memory_limited_control_group_is_what_stats_and_admission_use: cannot make a memory-limited cgroup at {}", dir.display());
+        return;
+    }
+    let tmp = TempDir::new("cgroup");
+    let data = tmp.path().join("data");
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "echo $$ > \"$1/cgroup.procs\" && exec \"$0\"", env!("CARGO_BIN_EXE_codara-agent")]).arg(&dir);
+    let mut cmd = common::wrapped_command(sh, tmp.path(), &data);
+    cmd.env("MAX_MEMORY_PERCENT", "80");
+    let mut a = common::spawn_agent(cmd, tmp, data);
+    let stats = a.get("/stats").json();
+    // Fill the group past 80% from a task, then ask for another.
+    let hog = a.run(
+        "python3",
+        &["-c", "import time; b = bytearray(230 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(3021)"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = None;
+    while Instant::now() < deadline {
+        let r = a.request(
+            "POST",
+            "/execute",
+            &[("X-Cluster-Secret", SECRET), ("Content-Type", "application/json")],
+            br#"{"command":"true"}"#,
+        );
+        if r.status == 503 {
+            refused = Some(r.json());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = a.request("POST", &format!("/task/{hog}/cancel"), &[("X-Cluster-Secret", SECRET)], b"");
+    let hog_task = a.wait_task(hog);
+    a.signal("TERM");
+    let _ = a.wait_exit(Duration::from_secs(30));
+    common::kill_matching("time.sleep(3021)");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(stats["memoryTotal"], 268435456u64, "{stats}");
+    assert!(stats["memoryFree"].as_u64().unwrap() <= 268435456, "{stats}");
+    assert_ne!(hog_task["signal"], "SIGKILL", "the OOM killer took the hog: {hog_task}");
+    let refused = refused.unwrap_or_else(|| panic!("no 503 with the group 90% full; hog: {hog_task}"));
+    assert_eq!(refused["error"], "Insufficient resources", "{refused}");
+}
