@@ -31,6 +31,11 @@ struct Journal {
     /// `None` after a failure to reopen it: records then stay in memory only.
     file: Option<File>,
     lines: usize,
+    /// Bytes of whole records in the file.
+    len: u64,
+    /// A failed append may have left part of a record that could not be cut off: the next
+    /// append starts on a new line, so the fragment stays a line of its own (skipped at load).
+    fragment: bool,
 }
 
 /// `DATA_DIR/agent.lock`, locked (flock) for as long as the agent runs: a second agent
@@ -83,7 +88,9 @@ impl Store {
     pub fn open(data_dir: &Path) -> io::Result<Store> {
         let dir = data_dir.join("tasks");
         let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
-        Ok(Store { dir, journal: Arc::new(Mutex::new(Journal { file: Some(file), lines: 0 })) })
+        let len = file.metadata()?.len();
+        let journal = Journal { file: Some(file), lines: 0, len, fragment: false };
+        Ok(Store { dir, journal: Arc::new(Mutex::new(journal)) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Journal> {
@@ -99,10 +106,25 @@ impl Store {
         let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut j = self.lock();
+        let j = &mut *j;
         let file = j.file.as_mut().ok_or_else(|| io::Error::other("the journal could not be reopened"))?;
-        file.write_all(&line)?;
-        j.lines += 1;
-        Ok(())
+        if j.fragment {
+            line.insert(0, b'\n');
+        }
+        match file.write_all(&line) {
+            Ok(()) => {
+                j.len += line.len() as u64;
+                j.lines += 1;
+                j.fragment = false;
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the record may be in the file (a full disk): cut it off, so the next
+                // record does not run into it and both become one unreadable line.
+                j.fragment = file.set_len(j.len).is_err();
+                Err(e)
+            }
+        }
     }
 
     /// Whether the journal holds many more lines than the `kept` tasks need.
@@ -137,8 +159,11 @@ impl Store {
         })?;
         out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
         fs::rename(&tmp, self.dir.join(JOURNAL))?;
-        j.file = Some(OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?);
+        let file = OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?;
+        j.len = file.metadata()?.len();
+        j.file = Some(file);
         j.lines = lines;
+        j.fragment = false;
         Ok(())
     }
 

@@ -484,12 +484,22 @@ fn write_failure_while_running_keeps_the_agent_going() {
     assert_eq!(g.status, 200, "{}", g.text());
     assert_eq!(g.json()["stdout"], "kept\n");
     assert_eq!(g.json()["exitCode"], 5);
+    // Its output log could not be created: /output serves what is held in memory, and says so.
+    let o = a.get(&format!("/task/{id}/output"));
+    assert_eq!(o.status, 200, "{}", o.text());
+    assert_eq!(o.text(), "kept\noops\n");
+    assert!(o.header("X-Codara-Output").is_some_and(|h| h.starts_with("incomplete")), "{:?}", o.headers);
+    assert_eq!(a.get(&format!("/task/{id}/output?stream=stderr")).text(), "oops\n");
 
     let t2 = a.run_wait(json!({"command": "echo", "args": ["again"]}));
     assert_eq!(t2["status"], "completed", "{t2}");
     assert_eq!(t2["stdout"], "again\n", "{t2}");
 
     a.assert_alive();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.logs.lock().unwrap()[log_len..].iter().any(|l| l.contains("WARN")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let new_lines: Vec<String> = a.logs.lock().unwrap()[log_len..].to_vec();
     assert!(
         new_lines.iter().any(|l| l.contains("WARN") || l.contains("ERROR")),
@@ -625,4 +635,52 @@ fn sighup_drains_unless_it_was_ignored_at_start() {
     b.signal("HUP");
     std::thread::sleep(Duration::from_millis(1000));
     b.assert_alive();
+}
+
+/// On a full disk an append to the journal can write part of a record. It is cut off again,
+/// so the next record does not run into it (both would be lost as one unreadable line, and
+/// a finished task would come back `failed` after a restart). A 128 KiB tmpfs is DATA_DIR,
+/// in a mount namespace of the agent's own; the test reads it through /proc/<pid>/root.
+#[test]
+fn a_full_disk_leaves_no_torn_line_in_the_journal() {
+    let probe = Command::new("unshare").args(["--mount", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED a_full_disk_leaves_no_torn_line_in_the_journal: cannot mount a tmpfs: {probe:?}");
+        return;
+    }
+    let dir = TempDir::new("full-disk");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut sh = Command::new("unshare");
+    sh.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=128k none \"$1\" && exec \"$0\"",
+        env!("CARGO_BIN_EXE_codara-agent"),
+    ])
+    .arg(&data);
+    let cmd = common::wrapped_command(sh, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data.clone());
+    let _g = common::logs_on_panic(&a);
+    let inside = std::path::PathBuf::from(format!("/proc/{}/root{}", a.pid(), data.display()));
+    // Fill the disk with one task's output log, then run tasks whose records do not all fit.
+    let big =
+        a.run_wait(json!({"command": "sh", "args": ["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo; echo end"]}));
+    assert_eq!(big["status"], "completed", "{big}");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let t = a.run_wait(json!({"command": "echo", "args": [format!("task-{i}-{}", "y".repeat(200))]}));
+        ids.push(t["id"].as_u64().unwrap());
+    }
+    // Make room, and run one more.
+    std::fs::remove_file(inside.join(format!("tasks/{}.log", big["id"]))).unwrap();
+    let last = a.run_wait(json!({"command": "echo", "args": ["after"]}));
+    assert_eq!(last["status"], "completed", "{last}");
+    let journal = std::fs::read_to_string(inside.join("tasks/journal.jsonl")).unwrap();
+    let torn: Vec<&str> = journal.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).collect();
+    assert!(torn.is_empty(), "torn journal lines: {torn:?}");
+    assert!(journal.lines().any(|l| l.contains("\"after\"") && l.contains("completed")), "the last record is missing");
+    let log = a.wait_log("No space left on device", Duration::from_secs(10));
+    assert!(log.contains("No space left on device"), "the disk never filled: {log}");
 }
