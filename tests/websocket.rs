@@ -1009,7 +1009,7 @@ fn stalled_client_does_not_slow_the_task_or_other_clients_and_is_closed() {
         }
         eprintln!("{what}: {n} messages then {end:?}");
     }
-    let log = a.log_text();
+    let log = a.wait_log("behind", Duration::from_secs(10));
     assert!(
         log.lines().any(|l| l.to_ascii_lowercase().contains("behind")),
         "no log line saying a WebSocket client fell behind; log:\n{log}"

@@ -22,7 +22,8 @@ use crate::tasks::task::{JobSpec, Task};
 pub const MAX_BODY: u64 = 1 << 20;
 
 pub enum Body {
-    Json(Vec<u8>),
+    /// A body of known length (JSON, metrics text, an output tail).
+    Bytes(Vec<u8>),
     /// A body of unknown length, sent chunked and flushed chunk by chunk.
     Stream(Box<dyn Read + Send>),
     /// `?wait=true`: the final task object, sent by the task's own thread when it has
@@ -40,12 +41,12 @@ pub struct Reply {
 impl Reply {
     pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
         let body = serde_json::to_vec(v).expect("replies serialise: plain JSON values");
-        Reply { status, content_type: "application/json", body: Body::Json(body), headers: Vec::new() }
+        Reply { status, content_type: "application/json", body: Body::Bytes(body), headers: Vec::new() }
     }
 
     /// A body already serialised as JSON.
     pub fn raw_json(status: u16, body: Vec<u8>) -> Reply {
-        Reply { status, content_type: "application/json", body: Body::Json(body), headers: Vec::new() }
+        Reply { status, content_type: "application/json", body: Body::Bytes(body), headers: Vec::new() }
     }
 
     pub fn when_done(task: Arc<Task>) -> Reply {
@@ -86,7 +87,7 @@ pub fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
     Ok(Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: Body::Json(text.into_bytes()),
+        body: Body::Bytes(text.into_bytes()),
         headers: Vec::new(),
     })
 }
@@ -200,6 +201,28 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query, peer: Option<std::net::TcpStream>) 
         Some(_) => return Err(ApiError::BadRequest("stream must be stdout or stderr".into())),
     };
     let follow = query::flag(q, "follow");
+    if let Some((stdout, stderr)) = task.tails_if_log_broken() {
+        // The log could not be written (a full disk): what the agent still holds is the tail
+        // of each stream, without their interleaving. Said so in a header.
+        let text = match only {
+            Some(Stream::Stdout) => stdout,
+            Some(Stream::Stderr) => stderr,
+            None => stdout + &stderr,
+        };
+        return Ok(Reply {
+            status: 200,
+            content_type: "text/plain; charset=utf-8",
+            body: Body::Bytes(text.into_bytes()),
+            headers: vec![
+                ("Cache-Control", "no-cache".into()),
+                ("X-Content-Type-Options", "nosniff".into()),
+                (
+                    "X-Codara-Output",
+                    "incomplete: the output log could not be written; in-memory tails, stdout then stderr".into(),
+                ),
+            ],
+        });
+    }
     let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow, peer.filter(|_| follow));
     Ok(Reply {
         status: 200,

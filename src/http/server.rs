@@ -187,7 +187,7 @@ pub fn respond(rq: Request, reply: Reply) {
     }
     let status = StatusCode(reply.status);
     let result = match reply.body {
-        Body::Json(bytes) => {
+        Body::Bytes(bytes) => {
             let len = bytes.len();
             rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None))
         }

@@ -374,6 +374,13 @@ impl Task {
         whole
     }
 
+    /// The in-memory tails of stdout and stderr, when the output log could not be written
+    /// (so it is not whole); `None` when the log has everything.
+    pub fn tails_if_log_broken(&self) -> Option<(String, String)> {
+        let st = self.lock();
+        st.output.log_broken.then(|| (st.output.tails[0].to_text(), st.output.tails[1].to_text()))
+    }
+
     /// The task object of the API. `with_output` adds the stdout/stderr tails (read from the
     /// log once the task has ended).
     pub fn to_json(&self, with_output: bool) -> serde_json::Value {

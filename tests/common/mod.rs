@@ -197,6 +197,19 @@ impl Agent {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// The log once it contains `needle`, or after `timeout` (log lines reach stdout through
+    /// the agent's log-writer thread, a moment after the event).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) || Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
