@@ -15,6 +15,10 @@ use crate::protocol::TaskRecord;
 
 const JOURNAL: &str = "journal.jsonl";
 
+/// The largest task id: above 2^53 − 1, a main server in JavaScript cannot tell ids apart.
+/// A larger one in the files is damage, and is skipped.
+pub const MAX_TASK_ID: u64 = (1 << 53) - 1;
+
 /// Creates `DATA_DIR` when missing and checks that files can be written in it.
 pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -179,7 +183,19 @@ impl Store {
 
     /// The id the agent had reached at the last rewrite (0 when unknown).
     pub fn load_next_id(&self) -> u64 {
-        fs::read_to_string(self.dir.join("next-id")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+        let path = self.dir.join("next-id");
+        let Ok(text) = fs::read_to_string(&path) else { return 0 };
+        match text.trim().parse::<u64>() {
+            Ok(n) if n <= MAX_TASK_ID => n,
+            _ => {
+                log::warn!(
+                    "{}: ignored {:?}, not a task id (ids continue from the journal)",
+                    path.display(),
+                    text.trim()
+                );
+                0
+            }
+        }
     }
 
     /// The latest record of every task in the journal, oldest first. A line that does not
@@ -195,10 +211,10 @@ impl Store {
                 continue;
             }
             match serde_json::from_slice::<TaskRecord>(&line) {
-                Ok(rec) => {
+                Ok(rec) if rec.id <= MAX_TASK_ID => {
                     latest.insert(rec.id, rec);
                 }
-                Err(_) => bad += 1,
+                _ => bad += 1,
             }
         }
         if bad > 0 {
@@ -243,6 +259,23 @@ mod tests {
         let ids: Vec<u64> = Store::open(&dir).unwrap().load_all().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![4, 5]);
         assert_eq!(s.load_next_id(), 9);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_beyond_what_a_main_server_can_read_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("codara-store-big-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        prepare_data_dir(&dir).unwrap();
+        let s = Store::open(&dir).unwrap();
+        s.append(&rec(7, TaskStatus::Completed)).unwrap();
+        s.append(&rec(u64::MAX, TaskStatus::Completed)).unwrap();
+        s.append(&rec(MAX_TASK_ID + 1, TaskStatus::Completed)).unwrap();
+        assert_eq!(s.load_all().iter().map(|r| r.id).collect::<Vec<_>>(), vec![7]);
+        fs::write(dir.join("tasks/next-id"), "18446744073709551614\n").unwrap();
+        assert_eq!(s.load_next_id(), 0);
+        fs::write(dir.join("tasks/next-id"), "garbage").unwrap();
+        assert_eq!(s.load_next_id(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
