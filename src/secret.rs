@@ -20,12 +20,20 @@ pub fn load_or_generate(path: &Path) -> Result<(String, bool), ConfigError> {
             // An operator may have created it by hand with looser permissions: tighten them.
             let mode = fs::metadata(path).map_err(|e| fail("inspect", e))?.permissions().mode();
             if mode & 0o077 != 0 {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| fail("protect", e))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| {
+                    ConfigError(format!(
+                        "secret file {} has mode {:o} (others may read it) and cannot be made 0600: {e}; \
+                         give it to the agent's user, or make it 0600",
+                        path.display(),
+                        mode & 0o777
+                    ))
+                })?;
             }
             Ok((secret, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = random_hex(32).map_err(|e| fail("generate", e))?;
+            let secret = random_hex(32)
+                .map_err(|e| ConfigError(format!("cannot generate a secret: reading /dev/urandom failed: {e}")))?;
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)

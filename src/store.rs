@@ -21,8 +21,12 @@ pub const MAX_TASK_ID: u64 = (1 << 53) - 1;
 
 /// Creates `DATA_DIR` when missing and checks that files can be written in it.
 pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::create_dir_all(dir.join("tasks"))?;
+    for d in [dir.to_path_buf(), dir.join("tasks")] {
+        if d.exists() && !d.is_dir() {
+            return Err(io::Error::other(format!("{} exists and is not a directory", d.display())));
+        }
+        fs::create_dir_all(&d)?;
+    }
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     let result = File::create(&probe).and_then(|mut f| f.write_all(b"ok")).and_then(|_| fs::remove_file(&probe));
     if result.is_err() {
