@@ -24,6 +24,16 @@ use crate::{events, ws};
 /// Runs the agent until SIGTERM or SIGINT; returns when every task has ended.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
+    // Tasks without a `cwd` run here: it must exist, and be text for the task object.
+    let cwd = std::env::current_dir().map_err(|e| {
+        format!("cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory")
+    })?;
+    if cwd.to_str().is_none() {
+        return Err(format!(
+            "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
+            cwd.display()
+        ));
+    }
     close_inherited_fds_on_exec();
     raise_fd_limit();
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.

@@ -98,6 +98,9 @@ impl Monitor {
                 sys.total_memory() >> 20
             );
         }
+        if first.memory_total == 0 {
+            log::warn!("cannot read the memory figures (is /proc mounted?): MAX_MEMORY_PERCENT is not enforced, and stats show 0");
+        }
         let host = HostInfo { hostname, cpus, total_memory: first.memory_total };
         let monitor = Arc::new(Monitor {
             snapshot: Mutex::new(first),
