@@ -215,9 +215,13 @@ fn detach_from_terminal() {
 }
 
 /// This process's session id as its own PID namespace sees it (0 when the session leader is
-/// outside the namespace).
+/// outside the namespace). `None` when /proc is not this namespace's (its pid differs).
 fn own_session_id() -> Option<i32> {
-    crate::procfs::Stat::read("self")?.field(6)?.parse().ok()
+    let stat = crate::procfs::Stat::read("self")?;
+    if stat.pid()? != rustix::process::getpid().as_raw_nonzero().get() {
+        return None;
+    }
+    stat.field(6)?.parse().ok()
 }
 
 fn signal_text(sig: Option<i32>) -> &'static str {

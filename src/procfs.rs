@@ -13,6 +13,11 @@ impl Stat {
         Stat(line.to_owned())
     }
 
+    /// Field 1: the pid, as the PID namespace of the /proc mount sees it.
+    pub fn pid(&self) -> Option<i32> {
+        self.0.split(' ').next()?.parse().ok()
+    }
+
     /// Field `n` (3 = state, 4 = parent pid, 6 = session, 22 = start time), for n ≥ 3. The
     /// command name (field 2) may hold spaces and parentheses: fields are counted from its
     /// last ')'.
@@ -29,6 +34,7 @@ mod tests {
     #[test]
     fn fields_are_counted_past_an_odd_command_name() {
         let s = Stat::parse("7 (a) b (c)) S 99 7 5 0");
+        assert_eq!(s.pid(), Some(7));
         assert_eq!(s.field(3), Some("S"));
         assert_eq!(s.field(4), Some("99"));
         assert_eq!(s.field(6), Some("5"));
