@@ -4,11 +4,11 @@
 //! main process ended. Nobody else reaps them, so without this thread they would stay zombies
 //! for as long as the container lives.
 //!
-//! Every two seconds it lists the zombies whose parent is the agent and reaps those that are
+//! Every two seconds (every 200 ms while it keeps finding some) it lists the zombies whose parent is the agent and reaps those that are
 //! not a task's main process: those belong to their task's waiter ([`crate::tasks::runner`]),
-//! which keeps the zombie on purpose until it has killed the group. While a task is being
-//! spawned (its pid not yet recorded) the round is skipped, so a task that exits at once is
-//! never taken from its waiter.
+//! which keeps the zombie on purpose until it has killed the group. The registry's spawn gate
+//! (held by each spawn until its pid is recorded) makes the list of tasks' pids complete, so
+//! a task that exits at once is never taken from its waiter.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ use crate::procfs::Stat;
 use crate::tasks::registry::Registry;
 
 const EVERY: Duration = Duration::from_secs(2);
+/// The next round after one that found orphans.
+const SOON: Duration = Duration::from_millis(200);
 
 pub struct Reaper {
     stop: Sender<()>,
@@ -51,9 +53,12 @@ impl Reaper {
 }
 
 fn run(reg: &Registry, stop: &Receiver<()>) {
+    let mut wait = EVERY;
     loop {
-        let stopping = !matches!(stop.recv_timeout(EVERY), Err(RecvTimeoutError::Timeout));
+        let stopping = !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
         let n = reap_orphans(reg);
+        // Tasks that orphan processes keep doing so: look again soon while they do.
+        wait = if n > 0 { SOON } else { EVERY };
         if n > 0 {
             log::debug!("reaped {n} orphaned process(es)");
         }
@@ -66,19 +71,17 @@ fn run(reg: &Registry, stop: &Receiver<()>) {
 /// Reaps the orphaned zombies whose parent is this process; returns how many.
 fn reap_orphans(reg: &Registry) -> usize {
     let me = std::process::id();
-    // Zombies first, tasks second: a task's zombie seen here belongs to a task admitted
-    // before the scan, so it is in the list below, with its pid or still spawning.
+    // Zombies first, tasks second: a task's child seen here was spawned before the scan, so
+    // once the spawn gate is ours (no spawn between fork and its pid being recorded), its
+    // pid is among the tasks'.
     let zombies = zombie_children(me);
     if zombies.is_empty() {
         return 0;
     }
-    let mut tasks = HashSet::new();
-    for task in reg.running_tasks() {
-        match task.lock().record.pid {
-            Some(pid) => tasks.insert(pid),
-            None => return 0, // being spawned: try again next round
-        };
-    }
+    let tasks: HashSet<u32> = {
+        let _gate = reg.spawn_gate.write().unwrap_or_else(|p| p.into_inner());
+        reg.running_tasks().iter().filter_map(|t| t.lock().record.pid).collect()
+    };
     let mut reaped = 0;
     for pid in zombies.into_iter().filter(|p| !tasks.contains(p)) {
         let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { continue };

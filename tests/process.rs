@@ -485,8 +485,8 @@ fn as_pid_1_it_reaps_what_tasks_orphan() {
     let _g = common::logs_on_panic(&a);
     assert!(a.log_text().contains("running as PID 1"), "{}", a.log_text());
     // The agent's pid as this test sees it: unshare's only child.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", a.pid())).unwrap();
-    let agent_pid = children.split_whitespace().next().expect("unshare has a child").to_string();
+    let agent_pid = a.agent_pid().to_string();
+    assert_ne!(agent_pid, a.pid().to_string(), "unshare --fork should have started the agent as its child");
     let zombies = || {
         let out = std::process::Command::new("ps").args(["-eo", "ppid=,stat="]).output().unwrap();
         String::from_utf8_lossy(&out.stdout)

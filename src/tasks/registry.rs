@@ -1,8 +1,8 @@
 //! The registry: every task the agent knows, the running count, admission, ids, and history.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -59,8 +59,8 @@ struct Inner {
     next_id: u64,
     running: usize,
     /// Tasks admitted whose end is not yet fully recorded (persisted, `completed` sent).
-    /// A slot frees before that; shutdown waits for this to reach zero.
-    unsettled: usize,
+    /// A slot frees before that; shutdown waits for this to be empty.
+    unsettled: BTreeSet<u64>,
     accepting: bool,
 }
 
@@ -76,6 +76,9 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Signalled whenever the running count drops (shutdown waits on it).
     idle: Condvar,
+    /// Held (shared) from a task's spawn until its pid is recorded; the PID-1 reaper takes it
+    /// exclusively to list the tasks' pids, so no task's child is ever taken for an orphan.
+    pub spawn_gate: RwLock<()>,
 }
 
 impl Registry {
@@ -100,10 +103,11 @@ impl Registry {
                 finished: VecDeque::new(),
                 next_id: 1,
                 running: 0,
-                unsettled: 0,
+                unsettled: BTreeSet::new(),
                 accepting: true,
             }),
             idle: Condvar::new(),
+            spawn_gate: RwLock::new(()),
         }
     }
 
@@ -175,7 +179,7 @@ impl Registry {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.running += 1;
-        inner.unsettled += 1;
+        inner.unsettled.insert(id);
         self.monitor.tasks_running(1);
         let task =
             Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
@@ -244,9 +248,10 @@ impl Registry {
         self.lock().running
     }
 
+    /// Tasks admitted and not yet settled (running, or recording their end).
     pub fn running_tasks(&self) -> Vec<Arc<Task>> {
         let inner = self.lock();
-        inner.tasks.values().filter(|t| !inner.finished.contains(&t.id)).cloned().collect()
+        inner.unsettled.iter().filter_map(|id| inner.tasks.get(id)).cloned().collect()
     }
 
     /// Stops admitting tasks (shutdown): later `admit`s get [`Rejection::ShuttingDown`].
@@ -262,7 +267,7 @@ impl Registry {
         let mut evict = Vec::new();
         {
             let mut inner = self.lock();
-            inner.unsettled -= 1;
+            inner.unsettled.remove(&task.id);
             inner.finished.push_back(task.id);
             Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
         }
@@ -276,7 +281,7 @@ impl Registry {
     /// true when all have.
     pub fn wait_idle(&self, deadline: Instant) -> bool {
         let mut inner = self.lock();
-        while inner.unsettled > 0 {
+        while !inner.unsettled.is_empty() {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };

@@ -57,10 +57,13 @@ impl Outcome {
 /// Starts an admitted task: records it, emits `started`, spawns its process and threads.
 /// Never fails: a task that cannot start ends `failed`, and its slot is freed.
 pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
+    // Until the pid is recorded below: the PID-1 reaper must not take this child for an orphan.
+    let gate = reg.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
     let child = prepare_job(reg, task).and_then(|env| spawn_process(task, env.as_ref().unwrap_or(&task.spec.env)));
     let mut child = match child {
         Ok(c) => c,
         Err(error) => {
+            drop(gate);
             persist(reg, task);
             if task.events_wanted() {
                 task.emit(EventKind::Started, "started", task.to_json(false));
@@ -80,6 +83,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         // signal: act on it now.
         st.cancelled || st.killed_because.is_some()
     };
+    drop(gate);
     if stop_now {
         task.signal_group(Signal::TERM);
         reg.timer.kill_after_grace(task);

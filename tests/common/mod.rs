@@ -215,8 +215,26 @@ impl Agent {
     }
 
     /// Sends a signal to the agent.
+    /// Sends `sig` to the agent itself, also when it was started through a wrapper (`unshare`
+    /// and `script` do not pass signals on).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.agent_pid().to_string()).status();
+    }
+
+    /// The agent's pid: the started process, or its first descendant named `codara-agent`
+    /// when a wrapper started it.
+    pub fn agent_pid(&self) -> u32 {
+        let is_agent =
+            |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "codara-agent");
+        let mut todo = vec![self.pid()];
+        while let Some(p) = todo.pop() {
+            if is_agent(p) {
+                return p;
+            }
+            let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        self.pid()
     }
 
     /// Waits for the agent to exit; its exit code, or None on timeout.
