@@ -28,25 +28,34 @@ impl MemoryGroup {
     /// The agent's memory group, if `/proc/self/cgroup` names one whose files are readable.
     pub fn find() -> Option<MemoryGroup> {
         let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        Self::from_proc(&own, Path::new("/sys/fs/cgroup"))
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        Self::from_proc(&own, &mounts)
     }
 
-    fn from_proc(own: &str, root: &Path) -> Option<MemoryGroup> {
+    /// From `/proc/self/cgroup` and `/proc/self/mountinfo`. A group's path is relative to its
+    /// hierarchy's root, and a mount may show a subtree (Docker on cgroup v1 mounts the
+    /// container's own group at `/sys/fs/cgroup/memory`): the mount's root is cut off the path.
+    fn from_proc(own: &str, mountinfo: &str) -> Option<MemoryGroup> {
+        let mounts: Vec<Mount> = mountinfo.lines().filter_map(Mount::parse).collect();
         // v1 first: on a hybrid host the memory controller is on v1.
         for line in own.lines() {
             let mut f = line.splitn(3, ':');
             let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
             if controllers.split(',').any(|c| c == "memory") {
-                let dir = root.join("memory").join(path.trim_start_matches('/'));
-                return dir.join("memory.stat").is_file().then_some(MemoryGroup::V1(dir));
+                // The last mount wins: a later mount on the same point hides the earlier one.
+                return mounts
+                    .iter()
+                    .rev()
+                    .filter(|m| !m.v2 && m.options.split(',').any(|o| o == "memory"))
+                    .find_map(|m| m.dir_of(path).filter(|d| d.join("memory.stat").is_file()))
+                    .map(MemoryGroup::V1);
             }
         }
         let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let base =
-            [root.to_path_buf(), root.join("unified")].into_iter().find(|b| b.join("cgroup.controllers").is_file())?;
+        let (m, mut dir) =
+            mounts.iter().rev().filter(|m| m.v2).find_map(|m| Some((m, m.dir_of(path).filter(|d| d.is_dir())?)))?;
         let mut dirs = Vec::new();
-        let mut dir = base.join(path.trim_start_matches('/'));
-        while dir.starts_with(&base) {
+        while dir.starts_with(&m.point) {
             if dir.join("memory.max").is_file() {
                 dirs.push(dir.clone());
             }
@@ -83,6 +92,62 @@ impl MemoryGroup {
     }
 }
 
+/// A cgroup mount from `/proc/self/mountinfo`.
+struct Mount {
+    v2: bool,
+    /// Super options (v1: the controllers).
+    options: String,
+    /// The group of the hierarchy shown at the mount point.
+    root: String,
+    point: PathBuf,
+}
+
+impl Mount {
+    /// `id parent major:minor root point options [optional...] - fstype source superoptions`
+    fn parse(line: &str) -> Option<Mount> {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let v2 = match *fields.get(sep + 1)? {
+            "cgroup2" => true,
+            "cgroup" => false,
+            _ => return None,
+        };
+        Some(Mount {
+            v2,
+            options: fields.get(sep + 3).unwrap_or(&"").to_string(),
+            root: unescape(fields.get(3)?),
+            point: PathBuf::from(unescape(fields.get(4)?)),
+        })
+    }
+
+    /// Where group `path` (from `/proc/self/cgroup`) is under this mount.
+    fn dir_of(&self, path: &str) -> Option<PathBuf> {
+        let rel = if self.root == "/" { path } else { path.strip_prefix(self.root.as_str())? };
+        Some(self.point.join(rel.trim_start_matches('/')))
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (b[i], oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A file holding one number (`max` and unreadable files give `None`).
 fn read_number(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
@@ -110,36 +175,73 @@ mod tests {
         root
     }
 
+    fn mount(kind: &str, opts: &str, root: &str, point: &Path) -> String {
+        format!("30 20 0:26 {root} {} rw,nosuid - {kind} cgroup rw,{opts}\n", point.display())
+    }
+
     #[test]
     fn v2_takes_the_tightest_limit_on_the_way_up() {
         let root = tree(&[
-            ("cgroup.controllers", "memory"),
             ("a/memory.max", "1000000"),
             ("a/memory.current", "300000"),
             ("a/b/memory.max", "max"),
             ("a/b/memory.current", "600000"),
             ("a/memory.stat", "active_file 5\ninactive_file 100000\n"),
         ]);
-        let g = MemoryGroup::from_proc("0::/a/b\n", &root).unwrap();
+        let mi = mount("cgroup2", "nsdelegate", "/", &root);
+        let g = MemoryGroup::from_proc("0::/a/b\n", &mi).unwrap();
         assert_eq!(g, MemoryGroup::V2(vec![root.join("a/b"), root.join("a")]));
         assert_eq!(g.read(), Some(MemoryFigures { limit: 1_000_000, used: 200_000 }));
-        let unlimited =
-            MemoryGroup::from_proc("0::/a/b\n", &tree(&[("cgroup.controllers", ""), ("a/b/memory.max", "max")]));
+        let other = tree(&[("a/b/memory.max", "max")]);
+        let unlimited = MemoryGroup::from_proc("0::/a/b\n", &mount("cgroup2", "", "/", &other));
         assert_eq!(unlimited.and_then(|g| g.read()), None);
         let _ = std::fs::remove_dir_all(root);
+        let _ = std::fs::remove_dir_all(other);
     }
 
     #[test]
     fn v1_uses_the_hierarchical_limit_and_skips_unlimited() {
         let root = tree(&[
-            ("memory/x/y/memory.stat", "hierarchical_memory_limit 268435456\ntotal_inactive_file 1000\n"),
-            ("memory/x/y/memory.usage_in_bytes", "5000\n"),
+            ("x/y/memory.stat", "hierarchical_memory_limit 268435456\ntotal_inactive_file 1000\n"),
+            ("x/y/memory.usage_in_bytes", "5000\n"),
         ]);
-        let g = MemoryGroup::from_proc("4:memory:/x/y\n0::/\n", &root).unwrap();
+        let mi = mount("cgroup", "cpu", "/", Path::new("/nonexistent")) + &mount("cgroup", "memory", "/", &root);
+        let g = MemoryGroup::from_proc("4:memory:/x/y\n0::/\n", &mi).unwrap();
         assert_eq!(g.read(), Some(MemoryFigures { limit: 268_435_456, used: 4000 }));
-        std::fs::write(root.join("memory/x/y/memory.stat"), "hierarchical_memory_limit 9223372036854771712\n").unwrap();
+        std::fs::write(root.join("x/y/memory.stat"), "hierarchical_memory_limit 9223372036854771712\n").unwrap();
         assert_eq!(g.read(), None);
-        assert_eq!(MemoryGroup::from_proc("4:memory:/nowhere\n", &root), None);
+        assert_eq!(MemoryGroup::from_proc("4:memory:/nowhere\n", &mi), None);
         let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// Docker on cgroup v1: the container's own group is mounted at the mount point, while
+    /// /proc/self/cgroup still names it from the hierarchy's root.
+    #[test]
+    fn a_mount_showing_a_subtree_is_followed() {
+        let point = tree(&[("memory.stat", "hierarchical_memory_limit 536870912\n"), ("memory.usage_in_bytes", "7\n")]);
+        let mi = mount("cgroup", "memory", "/docker/abc", &point);
+        let g = MemoryGroup::from_proc("4:memory:/docker/abc\n", &mi).unwrap();
+        assert_eq!(g, MemoryGroup::V1(point.clone()));
+        assert_eq!(g.read(), Some(MemoryFigures { limit: 536_870_912, used: 7 }));
+        let _ = std::fs::remove_dir_all(point);
+    }
+
+    /// A group bind-mounted over the hierarchy's mount point: the later mount is the one seen.
+    #[test]
+    fn the_last_mount_on_a_point_wins() {
+        let point = tree(&[("memory.stat", "hierarchical_memory_limit 1048576\n"), ("memory.usage_in_bytes", "0\n")]);
+        let mi = mount("cgroup", "memory", "/", &point) + &mount("cgroup", "memory", "/a/b", &point);
+        let g = MemoryGroup::from_proc("4:memory:/a/b\n", &mi).unwrap();
+        assert_eq!(g, MemoryGroup::V1(point.clone()));
+        let _ = std::fs::remove_dir_all(point);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/trailing\\04"), "/trailing\\04");
+        assert!(Mount::parse("garbage").is_none());
+        assert!(Mount::parse("1 2 3 / /x rw - ext4 /dev/sda rw").is_none());
     }
 }
