@@ -301,8 +301,8 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
     let mut idle = false;
     while !idle && Instant::now() < grace_end {
         idle = reg.wait_idle((Instant::now() + Duration::from_millis(100)).min(grace_end));
-        if !idle && !hurry && signals.try_recv().is_ok() {
-            log::warn!("received a signal again: killing the running tasks now");
+        if let Some(sig) = (!idle && !hurry).then(|| signals.try_recv().ok()).flatten() {
+            log::warn!("received {} again: killing the running tasks now", signal_text(Some(sig)));
             for task in &running {
                 task.signal_group(Signal::KILL);
             }

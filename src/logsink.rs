@@ -63,12 +63,16 @@ impl Write for Sink {
     }
 }
 
-/// Starts the `log-writer` thread (once) and returns the sink to log into. Lines go to `out`.
+/// Starts the `log-writer` thread and returns the sink to log into; lines go to `out`. Once
+/// per process: a second call gets an error (two writers would reorder lines).
 pub fn start(out: impl Write + Send + 'static) -> std::io::Result<Sink> {
-    let shared = Arc::clone(SHARED.get_or_init(Arc::default));
-    let writer = Arc::clone(&shared);
+    let fresh = Arc::new(Shared::default());
+    if SHARED.set(Arc::clone(&fresh)).is_err() {
+        return Err(std::io::Error::other("the log writer is already started"));
+    }
+    let writer = Arc::clone(&fresh);
     std::thread::Builder::new().name("log-writer".into()).stack_size(64 * 1024).spawn(move || run(&writer, out))?;
-    Ok(Sink(shared))
+    Ok(Sink(fresh))
 }
 
 fn run(shared: &Shared, mut out: impl Write) {
@@ -95,10 +99,12 @@ fn run(shared: &Shared, mut out: impl Write) {
             std::mem::take(&mut st.dropped)
         };
         // Errors (stdout closed) are not reported: there is nowhere left to report them.
+        // The lines dropped came after those queued: the notice follows them.
+        let _ = out.write_all(&batch);
         if dropped > 0 {
             let _ = writeln!(out, "[log] {dropped} log line(s) dropped: stdout was not being read");
         }
-        let _ = out.write_all(&batch).and_then(|_| out.flush());
+        let _ = out.flush();
         batch.clear();
         if batch.capacity() > 64 * 1024 {
             batch = Vec::new();

@@ -19,6 +19,14 @@ const JOURNAL: &str = "journal.jsonl";
 /// A larger one in the files is damage, and is skipped.
 pub const MAX_TASK_ID: u64 = (1 << 53) - 1;
 
+/// Whether the file's last byte is a newline.
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    File::open(path).and_then(|mut f| f.seek(SeekFrom::End(-1)).and_then(|_| f.read_exact(&mut last))).is_ok()
+        && last[0] == b'\n'
+}
+
 /// Creates `DATA_DIR` when missing and checks that files can be written in it.
 pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
     for d in [dir.to_path_buf(), dir.join("tasks")] {
@@ -76,7 +84,14 @@ impl DataDirLock {
                     data_dir.display()
                 ));
             }
-            Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+            // Some network filesystems have no locks: run without, and say so.
+            Err(e) => {
+                log::warn!(
+                    "cannot lock {} ({e}): nothing stops a second agent from using this DATA_DIR",
+                    path.display()
+                );
+                return Ok(DataDirLock { _file: file });
+            }
         }
         // Best effort: the pid only makes the message above more useful.
         let _ = file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id()));
@@ -97,7 +112,9 @@ impl Store {
         let dir = data_dir.join("tasks");
         let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
         let len = file.metadata()?.len();
-        let journal = Journal { file: Some(file), lines: 0, len, fragment: false };
+        // A record cut short by a crash may end the file: the next starts on a new line.
+        let fragment = len > 0 && !ends_with_newline(&dir.join(JOURNAL));
+        let journal = Journal { file: Some(file), lines: 0, len, fragment };
         Ok(Store { dir, journal: Arc::new(Mutex::new(journal)) })
     }
 
@@ -121,7 +138,8 @@ impl Store {
         }
         match file.write_all(&line) {
             Ok(()) => {
-                j.len += line.len() as u64;
+                // After a fragment, the file is longer than the records written: ask it.
+                j.len = if j.fragment { file.metadata().map_or(j.len, |m| m.len()) } else { j.len + line.len() as u64 };
                 j.lines += 1;
                 j.fragment = false;
                 Ok(())
@@ -280,6 +298,27 @@ mod tests {
         assert_eq!(s.load_next_id(), 0);
         fs::write(dir.join("tasks/next-id"), "garbage").unwrap();
         assert_eq!(s.load_next_id(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_left_by_a_crash_does_not_swallow_the_next_record() {
+        let dir = std::env::temp_dir().join(format!("codara-store-torn-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        prepare_data_dir(&dir).unwrap();
+        let s = Store::open(&dir).unwrap();
+        s.append(&rec(1, TaskStatus::Completed)).unwrap();
+        drop(s);
+        // The crash: half a record, no newline.
+        OpenOptions::new()
+            .append(true)
+            .open(dir.join("tasks").join(JOURNAL))
+            .unwrap()
+            .write_all(b"{\"id\":2,\"co")
+            .unwrap();
+        let s = Store::open(&dir).unwrap();
+        s.append(&rec(3, TaskStatus::Completed)).unwrap();
+        assert_eq!(s.load_all().iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 3]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -107,7 +107,8 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
 /// [`handle`], with a panic (a bug) confined to its request: tiny_http answers a dropped
 /// request 500, and the worker goes on taking requests.
 fn handle_guarded(ctx: &Ctx, rq: Request) {
-    let url = rq.url().chars().take(200).collect::<String>();
+    // The path only: a query may hold the secret (`?secret=` on a WebSocket upgrade).
+    let url = rq.url().split('?').next().unwrap_or("").chars().take(200).collect::<String>();
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(ctx, rq))).is_err() {
         log::error!("the handler of {url} panicked (a bug; the panic message is above); answered 500");
     }

@@ -111,9 +111,15 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         // The child was dropped with the job; the group is still ours to kill.
         log::error!("task {}: cannot start its waiter thread: {e}; killing it", task.id);
         task.signal_group(Signal::KILL);
-        // Its `Child` went with the job; reap it by pid, or it stays a zombie.
+        // Its `Child` went with the job; reap it by pid, or it stays a zombie. Bounded: a
+        // process that left the group did not get the SIGKILL.
         if let Some(p) = pgid {
-            let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+            let give_up = Instant::now() + Duration::from_secs(2);
+            while matches!(rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG), Ok(None))
+                && Instant::now() < give_up
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         finish(reg, task, Outcome { error: Some(format!("cannot start a waiter thread: {e}")), ..Outcome::default() });
     }
