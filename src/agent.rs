@@ -49,7 +49,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
     let (events_tx, events_rx, listeners) = events::channel();
-    // Before anything under DATA_DIR is read or written; held until the agent exits.
+    // Before the history is read or anything runs; held until the agent exits.
     let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;

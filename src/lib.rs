@@ -7,7 +7,8 @@
 //!   threads reused from [`tasks::pool`].
 //! - `task-timer`: every task deadline ([`tasks::timer`]).
 //! - `monitor`: CPU and memory samples ([`monitor`]).
-//! - `discovery`: UDP announcements, stats and probe replies ([`discovery`]).
+//! - `discovery`: UDP announcements, stats and probe replies ([`discovery`]);
+//!   `resolve-master`: a short-lived lookup of `MASTER_SERVER`.
 //! - `broadcaster`: fans task events out to WebSocket clients ([`ws::hub`]);
 //!   `ws-N-rx` / `ws-N-tx`: one client's reader and writer ([`ws::client`]);
 //!   `ws-replay`: one per subscribe with an offset ([`ws::replay`]).
