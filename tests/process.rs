@@ -619,7 +619,18 @@ fn a_memory_limited_control_group_is_what_stats_and_admission_use() {
             (std::path::Path::new("/sys/fs/cgroup").join(path).join(&name), "memory.max")
         }
     };
-    if std::fs::create_dir(&dir).is_err() || std::fs::write(dir.join(limit_file), "268435456").is_err() {
+    // A process must be able to join it, too (a short-lived `sh` tries).
+    let joinable = |d: &std::path::Path| {
+        std::process::Command::new("sh")
+            .args(["-c", "echo $$ > \"$1/cgroup.procs\"", "sh"])
+            .arg(d)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if std::fs::create_dir(&dir).is_err()
+        || std::fs::write(dir.join(limit_file), "268435456").is_err()
+        || !joinable(&dir)
+    {
         let _ = std::fs::remove_dir(&dir);
         eprintln!("SKIPPED a_memory_limited_control_group_is_what_stats_and_admission_use: cannot make a memory-limited cgroup at {}", dir.display());
         return;
