@@ -21,7 +21,7 @@ use crate::tasks::runner;
 use crate::tasks::timer::Timer;
 use crate::{events, ws};
 
-/// Runs the agent until SIGTERM or SIGINT; returns when every task has ended.
+/// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns when every task has ended.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     // Tasks without a `cwd` run here: it must exist, and be text for the task object.

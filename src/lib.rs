@@ -12,7 +12,7 @@
 //! - `broadcaster`: fans task events out to WebSocket clients ([`ws::hub`]);
 //!   `ws-N-rx` / `ws-N-tx`: one client's reader and writer ([`ws::client`]);
 //!   `ws-replay`: one per subscribe with an offset ([`ws::replay`]).
-//! - `signals`: SIGTERM/SIGINT → shutdown ([`agent`]).
+//! - `signals`: SIGTERM/SIGINT/SIGHUP → shutdown ([`agent`]).
 //! - `log-writer`: writes log lines to stdout, so a stalled stdout blocks no one ([`logsink`]).
 //! - `reaper`: only when the agent is PID 1, reaps orphans left by tasks ([`reaper`]).
 
