@@ -92,6 +92,8 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     if task.events_wanted() {
         task.emit(EventKind::Started, "started", task.to_json(false));
     }
+    // Before the readers start: no output can precede it.
+    task.lock().started_sent = true;
     log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
 
     let stdout = child.stdout.take().expect("stdout is piped");

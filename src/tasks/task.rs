@@ -104,6 +104,10 @@ pub struct State {
     /// The main process has exited: the task is only being wound up, and a cancel now would
     /// mislabel a clean run.
     pub exited: bool,
+    /// Its `started` event is behind it (sent to the broadcaster, or skipped with no client
+    /// connected), and no output comes before this is set: a replay then sends `started`
+    /// first itself ([`crate::ws::replay`]).
+    pub started_sent: bool,
     pub output: Output,
     /// Pipe readers still reading.
     readers_open: u8,
@@ -164,6 +168,7 @@ impl Task {
                 killed_because: None,
                 pgid: None,
                 exited: false,
+                started_sent: closed,
                 output: Output {
                     log: None,
                     log_path,

@@ -58,6 +58,8 @@ pub enum Ctl {
         generation: u64,
         cut: [u64; 2],
         ended: bool,
+        /// The replay sent `started` itself.
+        started: bool,
     },
     Stop,
 }
@@ -305,7 +307,7 @@ impl Hub {
                     }
                 }
             }
-            Ctl::ReplayDone { id, task_id, generation, cut, ended } => {
+            Ctl::ReplayDone { id, task_id, generation, cut, ended, started } => {
                 let Some(c) = self.clients.get_mut(&id) else { return };
                 if c.pending.get(&task_id).is_none_or(|p| p.generation != generation) {
                     return; // unsubscribed since: that replay was cancelled
@@ -315,7 +317,8 @@ impl Hub {
                     // Counted in `queued` when it was held back.
                     let replayed = match ev.kind {
                         EventKind::Output { stream, offset, .. } => offset < cut[stream.index()],
-                        EventKind::Started | EventKind::Failed | EventKind::Completed => ended,
+                        EventKind::Started => ended || started,
+                        EventKind::Failed | EventKind::Completed => ended,
                     };
                     if replayed {
                         c.queue.queued.fetch_sub(ev.json.len(), Ordering::AcqRel);

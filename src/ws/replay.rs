@@ -33,8 +33,8 @@ pub struct Job {
 pub fn spawn(job: Job) -> std::io::Result<()> {
     std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
         let (done, client, task_id, generation) = (job.done.clone(), job.client, job.task_id, job.generation);
-        let (cut, ended) = run(&job);
-        let _ = done.send(Ctl::ReplayDone { id: client, task_id, generation, cut, ended });
+        let (cut, ended, started) = run(&job);
+        let _ = done.send(Ctl::ReplayDone { id: client, task_id, generation, cut, ended, started });
     })?;
     Ok(())
 }
@@ -65,20 +65,31 @@ fn push(job: &Job, json: String) -> bool {
     queue.push(Out::Text(json.into()))
 }
 
-/// Replays; returns the cut (stdout, stderr bytes covered) and whether the end was sent.
-fn run(job: &Job) -> ([u64; 2], bool) {
+/// Replays; returns the cut (stdout, stderr bytes covered), whether the end was sent, and
+/// whether `started` was.
+fn run(job: &Job) -> ([u64; 2], bool, bool) {
     let Some(task) = job.reg.get(job.task_id) else {
         // Unknown (or not yet created): whatever comes live is new.
         let msg = serde_json::json!({ "type": "error", "error": "Task not found", "taskId": job.task_id });
         push(job, msg.to_string());
-        return ([0, 0], false);
+        return ([0, 0], false, false);
     };
     // Under the task's lock, its byte counts and its log agree: the log holds exactly the
     // chunks below the counts, and every later chunk comes live.
-    let record = task.record();
+    let (record, started_sent) = {
+        let st = task.lock();
+        (st.record.clone(), st.started_sent)
+    };
     let ended = record.status != TaskStatus::Running;
     let cut = [record.stdout_bytes, record.stderr_bytes];
     let from = [job.from.0, job.from.1];
+    // A running task replayed from its start: `started` first, as live. (Its live one, if
+    // the broadcaster has not passed it yet, is held and then dropped; one still to come
+    // cannot be, since `started_sent` is set after it is sent.)
+    let started = !ended && started_sent && from == [0, 0];
+    if started && !push(job, protocol::task_update(job.task_id, "started", task.to_json(false), None)) {
+        return (cut, ended, started);
+    }
     if from[0] < cut[0] || from[1] < cut[1] {
         if let Ok(f) = File::open(job.reg.log_path(job.task_id)) {
             let mut reader = LogReader::new(f);
@@ -95,7 +106,7 @@ fn run(job: &Job) -> ([u64; 2], bool) {
                 if lo < hi {
                     let text = String::from_utf8_lossy(&buf[(lo - start) as usize..(hi - start) as usize]);
                     if !push(job, protocol::task_update(job.task_id, stream.event(), &*text, Some(lo))) {
-                        return (cut, ended);
+                        return (cut, ended, started);
                     }
                 }
             }
@@ -121,5 +132,5 @@ fn run(job: &Job) -> ([u64; 2], bool) {
         };
         push(job, protocol::task_update(job.task_id, "completed", data, None));
     }
-    (cut, ended)
+    (cut, ended, started)
 }
