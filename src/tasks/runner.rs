@@ -89,11 +89,16 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         reg.timer.kill_after_grace(task);
     }
     persist(reg, task);
-    if task.events_wanted() {
-        task.emit(EventKind::Started, "started", task.to_json(false));
+    let started = task.events_wanted().then(|| task.to_json(false));
+    {
+        // Sent and marked under the task's lock, so a replay sees both or neither; before the
+        // readers start, so no output precedes it.
+        let mut st = task.lock();
+        if let Some(data) = started {
+            task.emit(EventKind::Started, "started", data);
+        }
+        st.started_sent = true;
     }
-    // Before the readers start: no output can precede it.
-    task.lock().started_sent = true;
     log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
 
     let stdout = child.stdout.take().expect("stdout is piped");

@@ -104,9 +104,9 @@ pub struct State {
     /// The main process has exited: the task is only being wound up, and a cancel now would
     /// mislabel a clean run.
     pub exited: bool,
-    /// Its `started` event is behind it (sent to the broadcaster, or skipped with no client
-    /// connected), and no output comes before this is set: a replay then sends `started`
-    /// first itself ([`crate::ws::replay`]).
+    /// Its `started` event is behind it: sent to the broadcaster under this lock (or skipped
+    /// with no client connected), before any output. A replay then sends `started` first
+    /// itself ([`crate::ws::replay`]).
     pub started_sent: bool,
     pub output: Output,
     /// Pipe readers still reading.

@@ -117,6 +117,29 @@ struct Client {
     /// Tasks being replayed to this client: their live events wait here until the replay
     /// is done, so nothing is lost, repeated or reordered.
     pending: HashMap<u64, Pending>,
+    /// Tasks whose replay is done: what it covered. A live event of the task emitted before
+    /// the replay's cut may still be on its way here (the broadcaster takes control messages
+    /// first); those are dropped, so the replay is never followed by a repeat.
+    covered: HashMap<u64, Covered>,
+}
+
+/// What a finished replay sent of one task.
+#[derive(Clone, Copy)]
+struct Covered {
+    cut: [u64; 2],
+    ended: bool,
+    started: bool,
+}
+
+impl Covered {
+    /// Whether the replay already sent this event.
+    fn covers(&self, kind: &EventKind) -> bool {
+        match *kind {
+            EventKind::Output { stream, offset, .. } => offset < self.cut[stream.index()],
+            EventKind::Started => self.ended || self.started,
+            EventKind::Failed | EventKind::Completed => self.ended,
+        }
+    }
 }
 
 /// A replay under way for one client and task.
@@ -126,6 +149,9 @@ struct Pending {
     cancel: Arc<AtomicBool>,
     events: Vec<Event>,
 }
+
+/// Finished replays remembered per client (see `Client::covered`).
+const MAX_COVERED: usize = 1024;
 
 /// Replays one client may have under way at once; more subscribes get an error.
 pub const MAX_REPLAYS_PER_CLIENT: usize = 16;
@@ -201,6 +227,15 @@ impl Hub {
             if c.subs.as_ref().is_some_and(|s| !s.contains(&ev.task_id)) {
                 continue;
             }
+            if let Some(cv) = c.covered.get(&ev.task_id) {
+                let covered = cv.covers(&ev.kind);
+                if matches!(ev.kind, EventKind::Completed) {
+                    c.covered.remove(&ev.task_id); // the task's last event
+                }
+                if covered {
+                    continue;
+                }
+            }
             if let Some(p) = c.pending.get_mut(&ev.task_id) {
                 if c.queue.is_over(ev.json.len()) {
                     kick.push(*id);
@@ -253,6 +288,7 @@ impl Hub {
             return;
         }
         c.subs.get_or_insert_with(HashSet::new).insert(task_id);
+        c.covered.remove(&task_id); // the new replay decides what is covered
         self.generation += 1;
         let cancel = Arc::new(AtomicBool::new(false));
         c.pending
@@ -280,7 +316,8 @@ impl Hub {
                 // Subscriptions named in the URL hold from the first event on, so such a client
                 // never sees a task's live output ahead of its replay.
                 let subs = (!subscribe.is_empty()).then(HashSet::new);
-                self.clients.insert(id, Client { queue, stream: None, peer, subs, pending: HashMap::new() });
+                let (pending, covered) = (HashMap::new(), HashMap::new());
+                self.clients.insert(id, Client { queue, stream: None, peer, subs, pending, covered });
                 for (task_id, offset, error_offset) in subscribe {
                     self.subscribe(id, task_id, offset, error_offset);
                 }
@@ -300,6 +337,7 @@ impl Hub {
             Ctl::Unsubscribe { id, task_id } => {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.subs.get_or_insert_with(HashSet::new).remove(&task_id);
+                    c.covered.remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
                         p.cancel.store(true, Ordering::Release);
                         let bytes: usize = p.events.iter().map(|e| e.json.len()).sum();
@@ -313,18 +351,24 @@ impl Hub {
                     return; // unsubscribed since: that replay was cancelled
                 }
                 let p = c.pending.remove(&task_id).expect("checked above");
+                let cv = Covered { cut, ended, started };
+                let mut last_seen = false;
                 for ev in p.events {
+                    last_seen |= matches!(ev.kind, EventKind::Completed);
                     // Counted in `queued` when it was held back.
-                    let replayed = match ev.kind {
-                        EventKind::Output { stream, offset, .. } => offset < cut[stream.index()],
-                        EventKind::Started => ended || started,
-                        EventKind::Failed | EventKind::Completed => ended,
-                    };
-                    if replayed {
+                    if cv.covers(&ev.kind) {
                         c.queue.queued.fetch_sub(ev.json.len(), Ordering::AcqRel);
                     } else {
                         let _ = c.queue.tx.send(Out::Text(ev.json));
                     }
+                }
+                // Until the task's last event has come by, later ones may still be repeats.
+                if !last_seen {
+                    if c.covered.len() >= MAX_COVERED {
+                        // Ended tasks' live events have long come by: forget those first.
+                        c.covered.retain(|_, cv| !cv.ended);
+                    }
+                    c.covered.insert(task_id, cv);
                 }
             }
             Ctl::Stop => {}

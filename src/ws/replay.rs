@@ -83,9 +83,9 @@ fn run(job: &Job) -> ([u64; 2], bool, bool) {
     let ended = record.status != TaskStatus::Running;
     let cut = [record.stdout_bytes, record.stderr_bytes];
     let from = [job.from.0, job.from.1];
-    // A running task replayed from its start: `started` first, as live. (Its live one, if
-    // the broadcaster has not passed it yet, is held and then dropped; one still to come
-    // cannot be, since `started_sent` is set after it is sent.)
+    // A running task replayed from its start: `started` first, as live. Its live one, sent
+    // with `started_sent` under the task's lock, is already on its way, and the broadcaster
+    // drops it as covered; had it not been sent yet, `started_sent` would be false.
     let started = !ended && started_sent && from == [0, 0];
     if started && !push(job, protocol::task_update(job.task_id, "started", task.to_json(false), None)) {
         return (cut, ended, started);
