@@ -958,28 +958,15 @@ fn announce_crosses_a_veth_pair_between_namespaces() {
     // The agent in A, broadcasting on the private subnet only.
     let dir = common::TempDir::new("netns-agent");
     let data = dir.path().join("data");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns_a, BIN])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
-        .env("HOME", dir.path())
-        .env("CLUSTER_PORT", "0")
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("CLUSTER_SECRET", common::SECRET)
-        .env("DATA_DIR", &data)
-        .env("JOBS_BASE_PATH", dir.path().join("jobs"))
-        .env("DISCOVERY_ENABLED", "true")
+    let mut ip_exec = Command::new("ip");
+    ip_exec.args(["netns", "exec", &ns_a, BIN]);
+    let mut cmd = common::wrapped_command(ip_exec, dir.path(), &data);
+    // Discovery on, to the private subnet's broadcast address only.
+    cmd.env("DISCOVERY_ENABLED", "true")
         .env("DISCOVERY_PORT", disc_port.to_string())
         .env("DISCOVERY_ADDRESSES", &brd)
         .env("ANNOUNCE_INTERVAL", "300")
-        .env("STATS_INTERVAL", "400")
-        .env("MAX_CPU_PERCENT", "100")
-        .env("MAX_MEMORY_PERCENT", "100")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("STATS_INTERVAL", "400");
     // Dropped before `guard` (declared later): the agent is killed, then the namespaces go.
     let mut agent = common::spawn_agent(cmd, dir, data);
     let http_port = agent.port;
@@ -1034,11 +1021,10 @@ fn announce_crosses_a_veth_pair_between_namespaces() {
 /// that swallows every query.
 #[test]
 fn a_hanging_master_server_lookup_delays_neither_announces_nor_shutdown() {
-    let probe = Command::new("unshare").args(["--net", "--mount", "true"]).output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED a_hanging_master_server_lookup_delays_neither_announces_nor_shutdown: cannot unshare: {probe:?}"
-        );
+    if !common::unshare_works(
+        "a_hanging_master_server_lookup_delays_neither_announces_nor_shutdown",
+        &["--net", "--mount", "true"],
+    ) {
         return;
     }
     let dir = common::TempDir::new("dns-hang");

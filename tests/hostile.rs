@@ -559,9 +559,7 @@ fn a_stalled_stdout_blocks_nothing() {
     let mut port = 0u16;
     let mut line = String::new();
     while port == 0 && stdout.read_line(&mut line).unwrap_or(0) > 0 {
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            port = rest.split(':').nth(1).and_then(|p| p.split(' ').next()).and_then(|p| p.parse().ok()).unwrap();
-        }
+        port = common::port_in_log_line(&line).unwrap_or(0);
         line.clear();
     }
     assert!(port != 0, "no port in the agent's output");

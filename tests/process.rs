@@ -432,15 +432,11 @@ fn tasks_have_no_controlling_terminal() {
 /// anywhere else. (`unshare` gives it such a namespace: `sh` is its pid 1, the agent pid 2.)
 #[test]
 fn agent_runs_in_a_pid_namespace_whose_session_leader_is_outside() {
-    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        other => {
-            eprintln!(
-                "SKIPPED agent_runs_in_a_pid_namespace_whose_session_leader_is_outside: cannot unshare: {other:?}"
-            );
-            return;
-        }
+    if !common::unshare_works(
+        "agent_runs_in_a_pid_namespace_whose_session_leader_is_outside",
+        &["--pid", "--fork", "--mount-proc", "true"],
+    ) {
+        return;
     }
     let dir = TempDir::new("pidns");
     let data = dir.path().join("data");
@@ -468,13 +464,8 @@ fn agent_runs_in_a_pid_namespace_whose_session_leader_is_outside() {
 /// a zombie.
 #[test]
 fn as_pid_1_it_reaps_what_tasks_orphan() {
-    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        other => {
-            eprintln!("SKIPPED as_pid_1_it_reaps_what_tasks_orphan: cannot unshare: {other:?}");
-            return;
-        }
+    if !common::unshare_works("as_pid_1_it_reaps_what_tasks_orphan", &["--pid", "--fork", "--mount-proc", "true"]) {
+        return;
     }
     let dir = TempDir::new("pid1");
     let data = dir.path().join("data");
@@ -587,9 +578,7 @@ fn a_low_open_file_limit_is_raised() {
 #[test]
 fn a_64_byte_hostname_is_reported_whole() {
     let name = "h".repeat(64);
-    let probe = std::process::Command::new("unshare").args(["--uts", "hostname", &name]).output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED a_64_byte_hostname_is_reported_whole: cannot unshare the UTS namespace: {probe:?}");
+    if !common::unshare_works("a_64_byte_hostname_is_reported_whole", &["--uts", "hostname", &name]) {
         return;
     }
     let dir = TempDir::new("hostname");

@@ -370,6 +370,23 @@ pub fn wrapped_command(mut cmd: Command, cwd: &Path, data: &Path) -> Command {
     cmd
 }
 
+/// Whether `unshare ARGS` runs here (namespaces need privileges CI may not have); when it
+/// does not, prints why `test` is skipped.
+pub fn unshare_works(test: &str, args: &[&str]) -> bool {
+    let probe = Command::new("unshare").args(args).output();
+    let ok = probe.as_ref().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED {test}: `unshare {}` does not work here: {probe:?}", args.join(" "));
+    }
+    ok
+}
+
+/// The HTTP port in the agent's "listening on http://ADDR:PORT" start-up line.
+pub fn port_in_log_line(line: &str) -> Option<u16> {
+    let rest = line.split("listening on http://").nth(1)?;
+    rest.split(':').nth(1)?.split(' ').next()?.parse().ok()
+}
+
 /// Starts an agent from a prepared command (see `base_command`) and waits until it listens.
 /// `dir` is kept alive with the agent (it is usually the command's working directory).
 #[track_caller]
@@ -382,10 +399,8 @@ pub fn spawn_agent(mut cmd: Command, dir: TempDir, data: PathBuf) -> Agent {
     let l = Arc::clone(&logs);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let port: u16 =
-                    rest.split(':').nth(1).and_then(|p| p.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
-                let _ = port_tx.send(port);
+            if line.contains("listening on http://") {
+                let _ = port_tx.send(port_in_log_line(&line).unwrap_or(0));
             }
             l.lock().unwrap().push(line);
         }
