@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags};
 use std::sync::Arc;
 
 use crate::tasks::output_log::Stream;
@@ -42,11 +42,11 @@ pub fn spawn<R: Read + AsFd + Send + 'static>(
 
 /// Whether `fd` has data (or its end, or an error) within `timeout`.
 fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let t = Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
     let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-    match poll(&mut fds, Some(&t)) {
+    // An interruption must not end the wait early: that would flush a partial line as if
+    // the task had gone quiet.
+    match crate::eintr::poll(&mut fds, Some(timeout)) {
         Ok(n) => n > 0,
-        Err(rustix::io::Errno::INTR) => false,
         Err(_) => true, // let the read report it
     }
 }
