@@ -2,12 +2,18 @@
 //! thread writing its queue. Each owns one half of the real `TcpStream` (`try_clone`), so
 //! pings and close frames are answered while the writer is busy. The queue is bounded in
 //! bytes ([`CLIENT_BUFFER_BYTES`]); the hub closes a client that falls further behind.
+//!
+//! Keep-alive: the writer pings every `WS_PING_INTERVAL` on a fixed schedule, whether or not
+//! it has events to send (an old main server never sends anything: its pongs are its only
+//! sign of life). The reader counts any frame as a sign of life and closes a client that
+//! sent none for [`SILENT_INTERVALS`] intervals. An interrupted read or write (EINTR, see
+//! [`crate::eintr`]) is retried, never taken for the end of the connection.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -17,10 +23,8 @@ use crate::ws::hub::Ctl;
 
 /// Bytes of messages a client may have queued before it is closed as too slow.
 pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
-/// Idle time after which the server pings a client.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A client that sends nothing (not even a pong) for this long is closed.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
+/// A client that sends no frame (not even a pong) for this many ping intervals is closed.
+pub const SILENT_INTERVALS: u32 = 3;
 /// A single write to a client may block this long before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message a client may send (subscribe requests are tiny).
@@ -95,7 +99,8 @@ pub struct ReadHalf(pub TcpStream);
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        // tungstenite takes any error for the end of the connection.
+        crate::eintr::retry(|| self.0.read(buf))
     }
 }
 
@@ -116,7 +121,7 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 /// Starts the two threads of client `id` on an upgraded stream (`leftover` = bytes the
-/// client sent right after its handshake).
+/// client sent right after its handshake), pinging it every `ping_interval`.
 pub fn start(
     id: u64,
     stream: TcpStream,
@@ -124,9 +129,11 @@ pub fn start(
     queue_rx: Receiver<Out>,
     queue: Queue,
     hub: Sender<Ctl>,
+    ping_interval: Duration,
 ) -> io::Result<()> {
+    let silence = ping_interval * SILENT_INTERVALS;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_read_timeout(Some(silence))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;
     let kicked = Arc::clone(&queue.kicked);
@@ -134,11 +141,11 @@ pub fn start(
     std::thread::Builder::new()
         .name(format!("ws-{id}-tx"))
         .stack_size(64 * 1024)
-        .spawn(move || writer(id, write_half, queue_rx, queued, kicked))?;
+        .spawn(move || writer(id, write_half, queue_rx, queued, kicked, ping_interval))?;
     let ws = WebSocket::from_partially_read(ReadHalf(stream), leftover, Role::Server, Some(ws_config()));
     let spawned = std::thread::Builder::new().name(format!("ws-{id}-rx")).stack_size(128 * 1024).spawn({
         let hub = hub.clone();
-        move || reader(id, ws, queue, hub)
+        move || reader(id, ws, queue, hub, silence)
     });
     if let Err(e) = spawned {
         let _ = hub.send(Ctl::Leave { id });
@@ -147,7 +154,7 @@ pub fn start(
     Ok(())
 }
 
-fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) {
+fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, silence: Duration) {
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => match crate::ws::hub::parse_request(t.as_str()) {
@@ -168,13 +175,15 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) 
             Err(tungstenite::Error::Io(e))
                 if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
             {
-                log::info!("websocket client {id}: silent for {} s; closing", READ_TIMEOUT.as_secs());
+                log::info!("websocket client {id}: answered no ping for {} ms; closing", silence.as_millis());
                 queue.push_control(Out::Close(CLOSE_GOING_AWAY, "idle"));
                 break;
             }
-            Err(
-                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed | tungstenite::Error::Io(_),
-            ) => break,
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => break,
+            Err(tungstenite::Error::Io(e)) => {
+                log::debug!("websocket client {id}: read failed: {e}");
+                break;
+            }
             Err(e) => {
                 log::info!("websocket client {id}: {e}; closing");
                 queue.push_control(Out::Close(CLOSE_PROTOCOL, "protocol error"));
@@ -185,22 +194,31 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) 
     let _ = hub.send(Ctl::Leave { id });
 }
 
-fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, queued: Arc<AtomicUsize>, kicked: Arc<AtomicBool>) {
-    let mut w = BufWriter::with_capacity(16 * 1024, &stream);
+fn writer(
+    id: u64,
+    stream: TcpStream,
+    rx: Receiver<Out>,
+    queued: Arc<AtomicUsize>,
+    kicked: Arc<AtomicBool>,
+    ping_interval: Duration,
+) {
+    let mut w = BufWriter::with_capacity(16 * 1024, crate::eintr::Retrying(&stream));
+    let mut next_ping = Instant::now() + ping_interval;
     let result = (|| -> io::Result<()> {
         loop {
-            let first = match rx.recv_timeout(PING_INTERVAL) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    write_frame(&mut w, 0x9, b"")?;
-                    w.flush()?;
-                    continue;
-                }
+            let mut next = match rx.recv_deadline(next_ping) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return write_close(&mut w, CLOSE_NORMAL, ""),
             };
-            // Everything already queued goes out in one flush: few syscalls under load.
-            let mut next = Some(first);
-            while let Some(out) = next.take() {
+            // Everything already queued goes out in one flush: few syscalls under load. The
+            // ping is due on its schedule even while events keep coming.
+            loop {
+                if Instant::now() >= next_ping {
+                    write_frame(&mut w, 0x9, b"")?;
+                    next_ping = Instant::now() + ping_interval;
+                }
+                let Some(out) = next.take() else { break };
                 queued.fetch_sub(out.cost(), Ordering::AcqRel);
                 match out {
                     Out::Text(s) if !kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
