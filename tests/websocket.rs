@@ -1500,3 +1500,17 @@ fn a_listening_client_gets_every_line_past_the_silence_timeout() {
     assert!(msgs.iter().any(|m| is_completed_of(m, id)), "no `completed`: {}", summary(&msgs));
     assert!(pings >= 2, "{pings} pings in 100 s at the default 30 s interval");
 }
+
+/// A pause inside a UTF-8 character: the quiet-time flush holds its first bytes back, so the
+/// event stream has the character whole, as the task object does.
+#[test]
+fn a_character_cut_by_a_pause_arrives_whole() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    let id = a.run("sh", &["-c", r"printf 'caf\303'; sleep 0.3; printf '\251 ok\n'"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let out: String = msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    assert_eq!(out, "caf\u{e9} ok\n", "{}", summary(&msgs));
+    assert_eq!(a.wait_task(id)["stdout"], "caf\u{e9} ok\n");
+}
