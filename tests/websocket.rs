@@ -1514,3 +1514,55 @@ fn a_character_cut_by_a_pause_arrives_whole() {
     assert_eq!(out, "caf\u{e9} ok\n", "{}", summary(&msgs));
     assert_eq!(a.wait_task(id)["stdout"], "caf\u{e9} ok\n");
 }
+
+/// A masked client frame with a zero mask (`opcode` with FIN set, payload ≤ 125 bytes).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A client that pings as fast as it can and never reads: only the latest ping needs an
+/// answer, so the agent holds one pong for it, not one per ping.
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let pid = a.agent_pid();
+    let before = vm_rss_kib(pid).expect("agent RSS");
+    let mut s = raw_ws(&a);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let burst: Vec<u8> = (0..512).flat_map(|_| client_frame(0x9, &[b'p'; 125])).collect();
+    let (deadline, mut peak, mut sent) = (Instant::now() + Duration::from_secs(6), before, 0usize);
+    while Instant::now() < deadline {
+        if s.write_all(&burst).is_err() {
+            break; // the agent may close a client it cannot write to: that bounds it too
+        }
+        sent += burst.len();
+        peak = peak.max(vm_rss_kib(pid).unwrap_or(0));
+    }
+    assert!(sent > 10 << 20, "the flood was too small to show anything: {sent} bytes");
+    assert!(peak < before + 32 * 1024, "RSS grew from {before} KiB to {peak} KiB under a ping flood of {sent} bytes");
+    drop(s);
+    let mut ws = connect_synced(&a);
+    let id = a.run("echo", &["after the flood"]);
+    until_completed(&mut ws, id, Duration::from_secs(30));
+}
+
+/// Close codes a client may not send (RFC 6455 §7.4) are answered with 1002; a valid one, or
+/// none, with 1000.
+#[test]
+fn invalid_close_codes_are_answered_with_1002() {
+    let a = common::agent().start();
+    for (code, want) in
+        [(Some(999u16), 1002u16), (Some(1005), 1002), (Some(5000), 1002), (Some(1000), 1000), (None, 1000)]
+    {
+        let mut s = raw_ws(&a);
+        let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+        s.write_all(&client_frame(0x8, &payload)).unwrap();
+        let (bytes, _) = common::read_until_close(&mut s, Duration::from_secs(20));
+        let at = bytes.iter().position(|&b| b == 0x88).unwrap_or_else(|| panic!("{code:?}: no close frame: {bytes:?}"));
+        assert_eq!(&bytes[at + 2..at + 4], &want.to_be_bytes(), "close code {code:?} answered with {bytes:?}");
+    }
+}
