@@ -1566,3 +1566,54 @@ fn invalid_close_codes_are_answered_with_1002() {
         assert_eq!(&bytes[at + 2..at + 4], &want.to_be_bytes(), "close code {code:?} answered with {bytes:?}");
     }
 }
+
+/// On a connection that gets every task, an unsubscribe stops only the task it names: one
+/// from a task that never existed (or has ended) changes nothing.
+#[test]
+fn unsubscribe_on_an_all_tasks_connection_removes_only_what_it_names() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    send_json(&mut ws, json!({"type": "unsubscribe", "taskId": 999_999}));
+    let quiet = a.run("sh", &["-c", "sleep 1; echo quiet-one"]);
+    send_json(&mut ws, json!({"type": "unsubscribe", "taskId": quiet}));
+    let loud = a.run("echo", &["still-served"]);
+    let msgs = until_completed(&mut ws, loud, Duration::from_secs(30));
+    assert!(msgs.iter().any(|m| m["data"] == "still-served\n"), "{}", summary(&msgs));
+    a.wait_task(quiet);
+    let after = a.run("echo", &["later"]);
+    let rest = until_completed(&mut ws, after, Duration::from_secs(30));
+    let all: Vec<&Value> = msgs.iter().chain(&rest).collect();
+    let of_quiet: Vec<_> = all.iter().filter(|m| m["taskId"] == quiet && m["event"] != "started").collect();
+    assert!(of_quiet.is_empty(), "events of the unsubscribed task {quiet}: {of_quiet:?}");
+}
+
+/// `?subscribe=` names at most 16 tasks: more is refused before the upgrade, not cut
+/// silently; `subscribe=A&subscribe=B` narrows to both.
+#[test]
+fn url_subscriptions_repeat_and_are_capped_explicitly() {
+    let a = common::agent().start();
+    let ids: Vec<String> = (1..=17).map(|i| i.to_string()).collect();
+    let (status, body) =
+        raw_upgrade_status(&a, &format!("/?subscribe={}", ids.join(",")), &format!("X-Cluster-Secret: {SECRET}\r\n"));
+    assert_eq!(status, Some(400), "{body}");
+    assert!(body.contains("subscribe names more than 16 tasks"), "{body}");
+    let one = a.run("echo", &["first"]);
+    let two = a.run("echo", &["second"]);
+    a.wait_task(one);
+    a.wait_task(two);
+    let query = format!("{SECRET}&subscribe={one}&subscribe={two}");
+    let mut ws = try_connect(&a, Auth::Query(&query)).expect("connect with two subscribe parameters");
+    let mut seen = std::collections::HashSet::new();
+    let msgs = collect_until(&mut ws, Duration::from_secs(30), "both tasks' completed", |v| {
+        if v["event"] == "completed" {
+            seen.extend(v["taskId"].as_u64());
+        }
+        seen.len() == 2
+    });
+    // The two replays run side by side: either may come first.
+    let mut out: Vec<&str> =
+        msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    out.sort();
+    assert_eq!(out, ["first\n", "second\n"], "{}", summary(&msgs));
+}

@@ -27,20 +27,26 @@ fn header<'a>(rq: &'a Request, name: &'static str) -> Option<&'a str> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim())
 }
 
-/// `?subscribe=7,8&offset=O&errorOffset=E`: tasks to narrow the connection to from its
-/// start, each replayed from the offsets (default 0).
+/// `?subscribe=7,8&offset=O&errorOffset=E` (or `subscribe=7&subscribe=8`): tasks to narrow
+/// the connection to from its start, each replayed from the offsets (default 0). At most
+/// [`hub::MAX_REPLAYS_PER_CLIENT`] tasks: more is an error, not a silent cut.
 fn url_subscriptions(q: &[(String, String)]) -> Result<Vec<(u64, u64, u64)>, String> {
-    let Some(list) = query::get(q, "subscribe").filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
     let num = |k: &str| match query::get(q, k) {
         None | Some("") => Ok(0),
         Some(v) => v.parse::<u64>().map_err(|_| format!("{k} must be a non-negative integer")),
     };
     let (offset, error_offset) = (num("offset")?, num("errorOffset")?);
-    list.split(',')
-        .take(hub::MAX_REPLAYS_PER_CLIENT)
-        .map(|t| t.trim().parse::<u64>().map(|id| (id, offset, error_offset)))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "subscribe must be task ids separated by commas".to_string())
+    let mut ids: Vec<u64> = Vec::new();
+    for t in query::get_all(q, "subscribe").flat_map(|l| l.split(',')).filter(|t| !t.trim().is_empty()) {
+        let id = t.trim().parse::<u64>().map_err(|_| "subscribe must be task ids separated by commas".to_string())?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > hub::MAX_REPLAYS_PER_CLIENT {
+            return Err(format!("subscribe names more than {} tasks", hub::MAX_REPLAYS_PER_CLIENT));
+        }
+    }
+    Ok(ids.into_iter().map(|id| (id, offset, error_offset)).collect())
 }
 
 /// Checks, answers the handshake, and hands the connection to the hub; or answers the refusal.
