@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod config;
 pub mod discover;
 pub mod discovery;
+pub mod eintr;
 pub mod events;
 pub mod http;
 pub mod logsink;

@@ -3,7 +3,7 @@
 //! client and never locks a task (a task's readers may be waiting on this thread's channel
 //! while holding their task's lock); a client over its budget is closed instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -112,8 +112,12 @@ struct Client {
     queue: Queue,
     stream: Option<TcpStream>,
     peer: String,
-    /// `None`: every task (compat). `Some`: only these.
+    /// `None`: every task (compat) but those in `excluded`. `Some`: only these.
     subs: Option<HashSet<u64>>,
+    /// Tasks unsubscribed from on a connection that gets every task; a task leaves the set
+    /// with its `completed` (its last event), or, when the set is full, the oldest id leaves
+    /// (a main server that unsubscribes from tasks already ended never sees them again).
+    excluded: BTreeSet<u64>,
     /// Tasks being replayed to this client: their live events wait here until the replay
     /// is done, so nothing is lost, repeated or reordered.
     pending: HashMap<u64, Pending>,
@@ -152,6 +156,10 @@ struct Pending {
 
 /// Finished replays remembered per client (see `Client::covered`).
 const MAX_COVERED: usize = 1024;
+
+/// Tasks a connection that gets every task keeps unsubscribed from at once (see
+/// `Client::excluded`).
+pub const MAX_EXCLUDED: usize = 1024;
 
 /// Replays one client may have under way at once; more subscribes get an error.
 pub const MAX_REPLAYS_PER_CLIENT: usize = 16;
@@ -223,9 +231,16 @@ impl Hub {
             return;
         }
         let mut kick = Vec::new();
+        let last = matches!(ev.kind, EventKind::Completed);
         for (id, c) in self.clients.iter_mut() {
             if c.subs.as_ref().is_some_and(|s| !s.contains(&ev.task_id)) {
                 continue;
+            }
+            if c.subs.is_none() && !c.excluded.is_empty() {
+                let skip = if last { c.excluded.remove(&ev.task_id) } else { c.excluded.contains(&ev.task_id) };
+                if skip {
+                    continue;
+                }
             }
             if let Some(cv) = c.covered.get(&ev.task_id) {
                 let covered = cv.covers(&ev.kind);
@@ -288,6 +303,7 @@ impl Hub {
             return;
         }
         c.subs.get_or_insert_with(HashSet::new).insert(task_id);
+        c.excluded.clear(); // narrowed: only the named tasks come now
         c.covered.remove(&task_id); // the new replay decides what is covered
         self.generation += 1;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -316,8 +332,8 @@ impl Hub {
                 // Subscriptions named in the URL hold from the first event on, so such a client
                 // never sees a task's live output ahead of its replay.
                 let subs = (!subscribe.is_empty()).then(HashSet::new);
-                let (pending, covered) = (HashMap::new(), HashMap::new());
-                self.clients.insert(id, Client { queue, stream: None, peer, subs, pending, covered });
+                let (pending, covered, excluded) = (HashMap::new(), HashMap::new(), BTreeSet::new());
+                self.clients.insert(id, Client { queue, stream: None, peer, subs, excluded, pending, covered });
                 for (task_id, offset, error_offset) in subscribe {
                     self.subscribe(id, task_id, offset, error_offset);
                 }
@@ -336,7 +352,18 @@ impl Hub {
             Ctl::Subscribe { id, task_id, offset, error_offset } => self.subscribe(id, task_id, offset, error_offset),
             Ctl::Unsubscribe { id, task_id } => {
                 if let Some(c) = self.clients.get_mut(&id) {
-                    c.subs.get_or_insert_with(HashSet::new).remove(&task_id);
+                    match &mut c.subs {
+                        Some(subs) => {
+                            subs.remove(&task_id);
+                        }
+                        // Every other task still comes (CONTRACT.md §3).
+                        None => {
+                            if c.excluded.len() >= MAX_EXCLUDED {
+                                c.excluded.pop_first();
+                            }
+                            c.excluded.insert(task_id);
+                        }
+                    }
                     c.covered.remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
                         p.cancel.store(true, Ordering::Release);

@@ -8,8 +8,7 @@ pub mod client;
 pub mod hub;
 pub mod replay;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tiny_http::{Header, Request, Response};
 
@@ -28,20 +27,26 @@ fn header<'a>(rq: &'a Request, name: &'static str) -> Option<&'a str> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim())
 }
 
-/// `?subscribe=7,8&offset=O&errorOffset=E`: tasks to narrow the connection to from its
-/// start, each replayed from the offsets (default 0).
+/// `?subscribe=7,8&offset=O&errorOffset=E` (or `subscribe=7&subscribe=8`): tasks to narrow
+/// the connection to from its start, each replayed from the offsets (default 0). At most
+/// [`hub::MAX_REPLAYS_PER_CLIENT`] tasks: more is an error, not a silent cut.
 fn url_subscriptions(q: &[(String, String)]) -> Result<Vec<(u64, u64, u64)>, String> {
-    let Some(list) = query::get(q, "subscribe").filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
     let num = |k: &str| match query::get(q, k) {
         None | Some("") => Ok(0),
         Some(v) => v.parse::<u64>().map_err(|_| format!("{k} must be a non-negative integer")),
     };
     let (offset, error_offset) = (num("offset")?, num("errorOffset")?);
-    list.split(',')
-        .take(hub::MAX_REPLAYS_PER_CLIENT)
-        .map(|t| t.trim().parse::<u64>().map(|id| (id, offset, error_offset)))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "subscribe must be task ids separated by commas".to_string())
+    let mut ids: Vec<u64> = Vec::new();
+    for t in query::get_all(q, "subscribe").flat_map(|l| l.split(',')).filter(|t| !t.trim().is_empty()) {
+        let id = t.trim().parse::<u64>().map_err(|_| "subscribe must be task ids separated by commas".to_string())?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > hub::MAX_REPLAYS_PER_CLIENT {
+            return Err(format!("subscribe names more than {} tasks", hub::MAX_REPLAYS_PER_CLIENT));
+        }
+    }
+    Ok(ids.into_iter().map(|id| (id, offset, error_offset)).collect())
 }
 
 /// Checks, answers the handshake, and hands the connection to the hub; or answers the refusal.
@@ -91,7 +96,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     // ahead of its registration. Events wait in the queue until the writer starts.
     let id = hub.next_client_id();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
+    let queue = Queue::new(tx);
     // Counted first, so tasks start producing events before the client can start a task.
     hub.clients.fetch_add(1, Ordering::AcqRel);
     let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone(), subscribe: initial });
@@ -112,7 +117,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
             return Ok(());
         }
     }
-    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone()) {
+    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone(), ctx.cfg.ws_ping_interval) {
         log::warn!("websocket client {id} ({from}): cannot start its threads: {e}");
         let _ = hub.ctl.send(Ctl::Leave { id });
     }
