@@ -75,6 +75,7 @@ fn soak() {
         let subscriber = spawn(s, "subscriber", || watchers::subscribe_loop(&run));
         let flapper = spawn(s, "flapper", || watchers::flap(&run));
         workload::run(&run);
+        let stalled = join(staller); // it starts tasks too
         run.end_load();
         let load_time = run.t0.elapsed();
         let outcome = Outcome {
@@ -83,7 +84,7 @@ fn soak() {
             silent_head_start,
             subscribed: join(subscriber),
             flapped: join(flapper),
-            stalled: join(staller),
+            stalled,
             polls: join(poller),
             probed: join(prober),
             paused_at: join(pauser),

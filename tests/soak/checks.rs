@@ -60,7 +60,8 @@ impl Report {
              clients: pong-only ({} messages, {} pings, closed: {}), silent ({} messages, closed: {}), \
              flapper ({} connections, {} messages), staller ({} episodes, {} closed with 1008)\n\
              API polls: {}; discovery probes: {} sent, {} answered; SIGSTOP/SIGCONT: {}\n\
-             agent RSS: {:.1} MiB before, peak {:.1} MiB (bound {} MiB), {:.1} MiB after; \
+             agent RSS: {:.1} MiB before, peak {:.1} MiB at t={:.1}s (bound {} MiB), {:.1} MiB after; \
+             peak by quarter of the run {}\n\
              fds {} before, peak {}, {} after; threads {} before, peak {}, {} after\n\
              orphaned setsid grandchildren killed by the test: {}; other task processes left: {}\n\
              ======================",
@@ -95,8 +96,10 @@ impl Report {
             o.paused_at.map_or("none".into(), |t| format!("at t={:.1}s", t.as_secs_f64())),
             mib(self.baseline.rss_kib),
             mib(o.peak.rss_kib),
+            o.peak.rss_at.as_secs_f64(),
             run.settings.rss_bound_mib,
             mib(self.after.rss_kib),
+            o.peak.rss_by_quarter.map(|k| format!("{:.1}", mib(k))).join(" / "),
             self.baseline.fds,
             o.peak.fds,
             self.after.fds,

@@ -57,6 +57,11 @@ impl Resources {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Peak {
     pub rss_kib: u64,
+    /// When the RSS peaked, since the start of the run.
+    pub rss_at: Duration,
+    /// The highest RSS in each quarter of the workload's time: flat in a run that leaks
+    /// nothing.
+    pub rss_by_quarter: [u64; 4],
     pub fds: usize,
     pub threads: usize,
     pub samples: u64,
@@ -67,7 +72,13 @@ pub fn sample(run: &Run) -> Peak {
     let mut peak = Peak::default();
     while run.sampling() {
         let r = Resources::now(run.agent);
-        peak.rss_kib = peak.rss_kib.max(r.rss_kib);
+        let quarter = (run.t0.elapsed().as_secs_f64() * 4.0 / run.settings.duration.as_secs_f64()) as usize;
+        let q = &mut peak.rss_by_quarter[quarter.min(3)];
+        *q = (*q).max(r.rss_kib);
+        if r.rss_kib > peak.rss_kib {
+            peak.rss_kib = r.rss_kib;
+            peak.rss_at = run.t0.elapsed();
+        }
         peak.fds = peak.fds.max(r.fds);
         peak.threads = peak.threads.max(r.threads);
         peak.samples += 1;

@@ -54,8 +54,14 @@ impl<'a> Run<'a> {
         !self.load_ended.load(Ordering::Acquire) && self.t0.elapsed() < self.settings.duration
     }
 
+    /// Called once every part that starts tasks has returned: no task is added after it.
     pub fn end_load(&self) {
         self.load_ended.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Run::end_load`] was called: the ledger is complete.
+    pub fn load_ended(&self) -> bool {
+        self.load_ended.load(Ordering::Acquire)
     }
 
     /// The last moment anything of the run may still be waiting for.

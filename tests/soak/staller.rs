@@ -68,10 +68,12 @@ fn episode(run: &Run, mut ws: Ws, stall_at: Duration) -> Result<bool, String> {
             Err(mpsc::TryRecvError::Disconnected) => true,
             Err(mpsc::TryRecvError::Empty) => false,
         })?;
-        // From here on it reads nothing: the flood backs up into the agent's queue for it.
+        // From here on it reads nothing, and tungstenite writes nothing (its pongs would
+        // never be read: see `wait_closed_slow`). The flood backs up into the agent's queue.
         let Some(id) = flood_id else { return Ok(false) };
+        ws.get_ref().mute();
         wait_closed_slow(run, &ws, before, id)?;
-        expect_close_1008(&mut ws)?;
+        expect_close_1008(&mut ws).map_err(|e| format!("{e}; the agent's log about it: {:?}", log_about(run, &ws)))?;
         Ok(true)
     })
 }
@@ -96,12 +98,14 @@ fn keep_up(run: &Run, ws: &mut Ws, mut stop: impl FnMut() -> bool) -> Result<(),
 }
 
 /// Waits, reading nothing, until the agent counts a client closed for falling behind. A
-/// heartbeat now and then (an unsolicited pong, written past tungstenite) keeps the agent
-/// from taking it for gone: it stopped reading, it did not leave. None is sent once the
-/// agent has closed it (unread bytes at close make the kernel reset the connection, and the
-/// close frame would be lost).
+/// heartbeat (an unsolicited pong, written past tungstenite) at the start and then every 2.5
+/// ping intervals keeps the agent from taking it for gone (3 intervals without a frame): it
+/// stopped reading, it did not leave. As few as that, and none once the agent has closed it:
+/// bytes the agent has not read when it closes the socket make the kernel reset the
+/// connection, and the close frame would be lost.
 fn wait_closed_slow(run: &Run, ws: &Ws, before: u64, flood: u64) -> Result<(), String> {
-    let beat = run.settings.ping() * 3 / 2;
+    let beat = run.settings.ping() * 5 / 2;
+    ws::heartbeat(&ws.get_ref().tcp);
     let mut last_beat = Instant::now();
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
@@ -131,4 +135,11 @@ fn expect_close_1008(ws: &mut Ws) -> Result<(), String> {
         }
     }
     Err("the agent counted it closed for falling behind, but no close frame came within 30 s".into())
+}
+
+/// The agent's log lines that name this client's address.
+fn log_about(run: &Run, ws: &Ws) -> Vec<String> {
+    let Ok(addr) = ws.get_ref().tcp.local_addr() else { return Vec::new() };
+    let addr = format!("({addr})");
+    run.agent.logs.lock().unwrap().iter().filter(|l| l.contains(&addr)).cloned().collect()
 }

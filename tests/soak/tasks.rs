@@ -18,7 +18,8 @@ pub enum Kind {
     Burst,
     /// 1 MiB on stderr at once.
     BurstErr,
-    /// Partial lines with pauses between them (a progress display), on both streams.
+    /// Partial lines with pauses between them (a progress display), on both streams, some
+    /// inside a UTF-8 character.
     Partial,
     /// Lines on both streams for about 2 s; its submitter follows `GET /output?follow=true`.
     Follow,
@@ -32,7 +33,8 @@ pub enum Kind {
     Exit3,
     /// A program that does not exist: `failed`, then `completed`.
     NoProgram,
-    /// 20 bursts of 1 MiB back to back: what makes a stalled client fall 8 MiB behind.
+    /// 20 bursts of 1 MiB, 0.1 s apart: a stalled client falls 8 MiB behind within about
+    /// 2 s, while one that keeps up (well under 10 MiB/s) has no trouble.
     Flood,
 }
 
@@ -94,7 +96,10 @@ impl Kind {
                 .into(),
             Kind::Burst => format!("yes '{BURST_LINE}' | head -c {BURST}; printf '\\n\\377 end of burst\\n'; seq 1 2000 >&2"),
             Kind::BurstErr => format!("seq 1 1000; yes '{BURST_LINE}' | head -c {BURST} >&2; echo done"),
-            Kind::Partial => "printf 'progress'; for i in 1 2 3; do sleep 0.15; printf ' %d0%%' $i; done; printf '\\r'; \
+            // The pauses also fall inside a 2-byte and a 3-byte character: a chunk flushed in
+            // a pause must not cut one.
+            Kind::Partial => "printf 'progress'; for i in 1 2 3; do sleep 0.15; printf ' %d0%%' $i; done; \
+                 printf ' caf\\303'; sleep 0.15; printf '\\251 \\342\\202'; sleep 0.15; printf '\\254\\r'; \
                  printf 'err partial' >&2; sleep 0.15; printf ' \\377 more\\n' >&2; printf 'done'"
                 .into(),
             Kind::Follow => format!(
@@ -107,7 +112,7 @@ impl Kind {
             Kind::Orphan => format!("setsid {ORPHAN_ARGS} & echo orphan started"),
             Kind::Exit3 => "echo about to fail; echo because >&2; exit 3".into(),
             Kind::Flood => format!(
-                "i=0; while [ $i -lt {FLOOD_BURSTS} ]; do yes '{FLOOD_LINE}' | head -c {BURST}; i=$((i+1)); done"
+                "i=0; while [ $i -lt {FLOOD_BURSTS} ]; do yes '{FLOOD_LINE}' | head -c {BURST}; sleep 0.1; i=$((i+1)); done"
             ),
             Kind::NoProgram => unreachable!("runs no script"),
         }
@@ -125,7 +130,9 @@ impl Kind {
             }
             Kind::Burst => ([burst(), b"\n\xff end of burst\n".to_vec()].concat(), seq(1, 2000)),
             Kind::BurstErr => ([seq(1, 1000), b"done\n".to_vec()].concat(), burst()),
-            Kind::Partial => (b"progress 10% 20% 30%\rdone".to_vec(), b"err partial \xff more\n".to_vec()),
+            Kind::Partial => {
+                (b"progress 10% 20% 30% caf\xc3\xa9 \xe2\x82\xac\rdone".to_vec(), b"err partial \xff more\n".to_vec())
+            }
             Kind::Follow => {
                 (lines(SLOW_LINES, |i| format!("slow out {i}\n")), lines(SLOW_LINES, |i| format!("slow err {i}\n")))
             }

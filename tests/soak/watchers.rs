@@ -100,8 +100,8 @@ fn read_all(run: &Run, ws: &mut Ws, w: &mut Watched, done: mpsc::Sender<(u64, Ve
     let mut next_look = Instant::now();
     while Instant::now() < run.hard_deadline() {
         if Instant::now() >= next_look {
-            // Once the workload is over: done when every task it started has ended here.
-            if !run.loading() && run.ledger.ids().is_subset(&w.completed) {
+            // Once no task can be added any more: done when every task started has ended here.
+            if run.load_ended() && run.ledger.ids().is_subset(&w.completed) {
                 return;
             }
             next_look = Instant::now() + Duration::from_millis(250);
