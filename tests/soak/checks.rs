@@ -8,7 +8,7 @@ use crate::common;
 use crate::probes::{Peak, Probed, Resources, FD_MARGIN, THREAD_MARGIN};
 use crate::run::{Metrics, Run};
 use crate::staller::Stalled;
-use crate::tasks::{ORPHAN_ARGS, TOKEN_VAR};
+use crate::tasks::{Kind, MIX, ORPHAN_ARGS, TOKEN_VAR};
 use crate::watchers::{Flapped, Subscribed, Watched};
 
 /// What the parts of the run returned.
@@ -162,6 +162,7 @@ impl Report {
         self.assert_resources(run);
         self.assert_metrics(run);
         self.assert_probes(run);
+        self.assert_coverage(run);
         let unchecked: Vec<&str> = run.problems.areas().into_iter().filter(|a| !AREAS.contains(a)).collect();
         assert!(unchecked.is_empty(), "problems in areas no check looks at: {unchecked:?}");
     }
@@ -319,8 +320,24 @@ impl Report {
             p.sent,
             run.disc_port
         );
-        let episodes = self.outcome.stalled.episodes;
-        assert!(episodes > 0, "the staller never stalled: the run ended before its flood could start");
+    }
+
+    /// The run did what it is for: a soak that quietly stopped exercising something would
+    /// prove nothing about it.
+    fn assert_coverage(&self, run: &Run) {
+        let o = &self.outcome;
+        for kind in MIX.iter().chain([&Kind::Flood]) {
+            let n = run.ledger.count(|e| e.kind == *kind);
+            assert!(n > 0, "no task of kind {kind:?} ran");
+        }
+        let full = run.ledger.rejected_slots.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(full > 0, "no submission was answered 503: the agent was never full");
+        assert!(o.stalled.episodes > 0, "the staller never stalled: the run ended before its flood could start");
+        assert!(o.subscribed.tasks > 0, "the subscriber never found a running task to subscribe to");
+        assert!(o.flapped.connections > 1, "the flapping client connected {} time(s)", o.flapped.connections);
+        assert!(o.polls > 0, "the API was never polled");
+        let pause = &run.settings.pause;
+        assert!(pause.is_zero() || o.paused_at.is_some(), "the agent was never paused (SOAK_PAUSE_MS={pause:?})");
     }
 }
 

@@ -84,7 +84,7 @@ impl Kind {
         }
         let mut body = json!({"command": "sh", "args": ["-c", self.script()], "env": env});
         if self == Kind::Timeout {
-            body["timeout"] = json!(300);
+            body["timeout"] = json!(1000);
         }
         body
     }
