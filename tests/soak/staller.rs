@@ -101,8 +101,9 @@ fn keep_up(run: &Run, ws: &mut Ws, mut stop: impl FnMut() -> bool) -> Result<(),
 /// heartbeat (an unsolicited pong, written past tungstenite) at the start and then every 2.5
 /// ping intervals keeps the agent from taking it for gone (3 intervals without a frame): it
 /// stopped reading, it did not leave. As few as that, and none once the agent has closed it:
-/// bytes the agent has not read when it closes the socket make the kernel reset the
-/// connection, and the close frame would be lost.
+/// the agent stops reading a client it closes for falling behind, and bytes it has not read
+/// when it closes the socket make the kernel reset the connection: the 1008 close frame, still
+/// in the agent's send buffer, would be lost.
 fn wait_closed_slow(run: &Run, ws: &Ws, before: u64, flood: u64) -> Result<(), String> {
     let beat = run.settings.ping() * 5 / 2;
     ws::heartbeat(&ws.get_ref().tcp);
