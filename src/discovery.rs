@@ -3,6 +3,10 @@
 //! One socket, bound to `DISCOVERY_PORT` with address and port reuse (a main server may share
 //! the host), broadcast on, multicast TTL 1. The thread sleeps in `poll` until the next packet
 //! is due, a datagram arrives, or it is told to stop, so an idle agent wakes only to announce.
+//! What it receives costs it little whatever arrives: it reads at most `MAX_DATAGRAM` bytes of
+//! a datagram and parses only what could be a probe, reads at most `BATCH` datagrams per
+//! wake-up, and rests the socket after a full batch, so a flood neither pins a core nor keeps
+//! the thread from its schedule or from stopping.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -27,6 +31,16 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 /// First announcement after start.
 pub const FIRST_ANNOUNCE: Duration = Duration::from_millis(50);
+/// Longest datagram read. A probe is 24 bytes and nothing larger is acted on, so a longer
+/// one is dropped unparsed (the kernel copies only this much of it and one byte more).
+pub const MAX_DATAGRAM: usize = 1024;
+/// Datagrams read per wake-up at most; then the thread goes back to its schedule, so a flood
+/// holds up neither an announcement nor a stop.
+pub const BATCH: usize = 32;
+/// After a wake-up that read a full `BATCH`, the socket is left alone this long (what arrives
+/// meanwhile waits in the kernel's queue, or overflows it): a flood, however fast, costs at
+/// most `BATCH` datagrams per pause, a few thousand a second.
+pub const FLOOD_PAUSE: Duration = Duration::from_millis(10);
 
 /// What the discovery thread needs to know about the node.
 pub struct NodeInfo {
@@ -219,12 +233,12 @@ impl Discovery {
         // CLOEXEC: a task inheriting the write end would keep the pipe from ever hanging up.
         let (wake_rx, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         sender.socket.set_nonblocking(true)?;
-        let (announce_every, stats_every) = (cfg.announce_interval, cfg.stats_interval);
+        let schedule = Schedule::new(Instant::now(), cfg.announce_interval, cfg.stats_interval);
         let node = Arc::new(node);
         let handle = std::thread::Builder::new()
             .name("discovery".into())
             .stack_size(256 * 1024)
-            .spawn(move || run(sender, &node, listening, announce_every, stats_every, &wake_rx))?;
+            .spawn(move || run(sender, &node, listening, schedule, &wake_rx))?;
         Ok(Discovery { wake, handle })
     }
 
@@ -239,27 +253,30 @@ fn to_json(v: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(v).expect("discovery packets serialise: plain fields")
 }
 
-fn run(
-    mut sender: Sender,
-    node: &NodeInfo,
-    listening: bool,
+/// When the periodic packets are due.
+struct Schedule {
     announce_every: Duration,
     stats_every: Duration,
-    wake: &OwnedFd,
-) {
-    let start = Instant::now();
-    let mut next_announce = start + FIRST_ANNOUNCE;
-    let mut next_stats = start + stats_every;
-    let mut window = Instant::now();
-    let mut replies = 0u32;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let now = Instant::now();
-        if now >= next_announce {
+    next_announce: Instant,
+    next_stats: Instant,
+}
+
+impl Schedule {
+    fn new(start: Instant, announce_every: Duration, stats_every: Duration) -> Schedule {
+        Schedule { announce_every, stats_every, next_announce: start + FIRST_ANNOUNCE, next_stats: start + stats_every }
+    }
+
+    fn next(&self) -> Instant {
+        self.next_announce.min(self.next_stats)
+    }
+
+    /// Sends the packets due at `now`.
+    fn send_due(&mut self, sender: &mut Sender, node: &NodeInfo, now: Instant) {
+        if now >= self.next_announce {
             sender.send(&to_json(&node.announce(false)));
-            next_announce = now + announce_every;
+            self.next_announce = now + self.announce_every;
         }
-        if now >= next_stats {
+        if now >= self.next_stats {
             let packet = StatsPacket {
                 kind: protocol::STATS.into(),
                 hostname: node.hostname.clone(),
@@ -268,50 +285,121 @@ fn run(
                 timestamp: protocol::now_ms(),
             };
             sender.send(&to_json(&packet));
-            next_stats = now + stats_every;
+            self.next_stats = now + self.stats_every;
         }
-        // Sleep until the next packet is due, a datagram arrives, or the stop pipe closes:
-        // an idle agent wakes only to announce.
-        let wait =
-            next_announce.min(next_stats).saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
-        if listening {
-            fds.push(PollFd::new(&sender.socket, PollFlags::IN));
+    }
+}
+
+/// Probe replies: at most `PROBE_REPLIES_PER_SEC` taken a second, whatever arrives.
+struct Replies {
+    window: Instant,
+    taken: u32,
+    /// (when, to whom): a handful at most.
+    pending: Vec<(Instant, SocketAddr)>,
+}
+
+impl Replies {
+    fn new(now: Instant) -> Replies {
+        Replies { window: now, taken: 0, pending: Vec::new() }
+    }
+
+    /// Takes a probe from `from`; false when this second's replies are used up.
+    fn take(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.taken = 0;
         }
-        match crate::eintr::poll(&mut fds, Some(wait)) {
-            Ok(_) => {}
+        if self.taken >= PROBE_REPLIES_PER_SEC {
+            return false;
+        }
+        self.taken += 1;
+        self.pending.push((now, from));
+        true
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.iter().map(|(at, _)| *at).min()
+    }
+
+    /// The probers whose reply is due at `now`, taken off the list.
+    fn due(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let (due, later) = self.pending.iter().partition::<Vec<_>, _>(|(at, _)| *at <= now);
+        self.pending = later;
+        due.into_iter().map(|(_, to)| to).collect()
+    }
+}
+
+/// Why `wait` returned.
+enum Woken {
+    Stop,
+    Readable,
+    Timeout,
+}
+
+/// Sleeps until `until`, a datagram on `socket` (when given), or the stop pipe closing.
+fn wait(wake: &OwnedFd, socket: Option<&UdpSocket>, until: Instant) -> Woken {
+    let timeout = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
+    if let Some(s) = socket {
+        fds.push(PollFd::new(s, PollFlags::IN));
+    }
+    if let Err(e) = crate::eintr::poll(&mut fds, Some(timeout)) {
+        log::warn!("discovery: poll failed: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+        return Woken::Timeout;
+    }
+    if !fds[0].revents().is_empty() {
+        Woken::Stop
+    } else if fds.get(1).is_some_and(|f| !f.revents().is_empty()) {
+        Woken::Readable
+    } else {
+        Woken::Timeout
+    }
+}
+
+/// Reads up to `BATCH` datagrams and takes the probes among them; returns how many it read.
+fn receive(socket: &UdpSocket, buf: &mut [u8; MAX_DATAGRAM + 1], replies: &mut Replies) -> usize {
+    for read in 0..BATCH {
+        let (n, from) = match crate::eintr::retry(|| socket.recv_from(buf)) {
+            Ok(x) => x,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return read,
             Err(e) => {
-                log::warn!("discovery: poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                log::debug!("discovery: receive failed: {e}");
+                return read;
             }
+        };
+        // Longer than MAX_DATAGRAM (truncated to the buffer): not a probe, not worth a parse.
+        if n <= MAX_DATAGRAM && protocol::packet_type(&buf[..n]).as_deref() == Some(protocol::PROBE) {
+            replies.take(from, Instant::now());
         }
-        if !fds[0].revents().is_empty() {
-            break;
+    }
+    BATCH
+}
+
+fn run(mut sender: Sender, node: &NodeInfo, listening: bool, mut schedule: Schedule, wake: &OwnedFd) {
+    let mut replies = Replies::new(Instant::now());
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        schedule.send_due(&mut sender, node, now);
+        for to in replies.due(now) {
+            sender.send_to(&to_json(&node.announce(true)), to);
         }
-        if fds.get(1).is_none_or(|f| f.revents().is_empty()) {
-            continue;
-        }
-        drop(fds);
-        loop {
-            let (n, from) = match sender.socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("discovery: receive failed: {e}");
-                    break;
-                }
-            };
-            if protocol::packet_type(&buf[..n]).as_deref() != Some(protocol::PROBE) {
-                continue;
-            }
-            if window.elapsed() >= Duration::from_secs(1) {
-                window = Instant::now();
-                replies = 0;
-            }
-            if replies < PROBE_REPLIES_PER_SEC {
-                replies += 1;
-                sender.send_to(&to_json(&node.announce(true)), from);
+        // Sleep until the next packet or reply is due, a datagram arrives (unless the socket
+        // rests after a flood's full batch), or the stop pipe closes: an idle agent wakes only
+        // to announce.
+        let listen = listening && paused_until.is_none_or(|t| now >= t);
+        let until = [replies.next_due(), paused_until.filter(|_| !listen)]
+            .into_iter()
+            .flatten()
+            .fold(schedule.next(), Instant::min);
+        match wait(wake, listen.then_some(&sender.socket), until) {
+            Woken::Stop => break,
+            Woken::Timeout => {}
+            Woken::Readable => {
+                let full = receive(&sender.socket, &mut buf, &mut replies) == BATCH;
+                paused_until = full.then(|| Instant::now() + FLOOD_PAUSE);
             }
         }
     }
@@ -322,4 +410,23 @@ fn run(
         timestamp: protocol::now_ms(),
     };
     sender.send(&to_json(&leave));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prober(n: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000 + n))
+    }
+
+    #[test]
+    fn at_most_five_replies_a_second() {
+        let t0 = Instant::now();
+        let mut r = Replies::new(t0);
+        let taken = (0..50).filter(|i| r.take(prober(*i), t0 + Duration::from_millis(*i as u64))).count();
+        assert_eq!(taken, PROBE_REPLIES_PER_SEC as usize);
+        assert!(!r.take(prober(99), t0 + Duration::from_millis(999)));
+        assert!(r.take(prober(99), t0 + Duration::from_millis(1000)));
+    }
 }
