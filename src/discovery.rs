@@ -9,6 +9,7 @@
 //! the thread from its schedule or from stopping.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -41,6 +42,9 @@ pub const BATCH: usize = 32;
 /// meanwhile waits in the kernel's queue, or overflows it): a flood, however fast, costs at
 /// most `BATCH` datagrams per pause, a few thousand a second.
 pub const FLOOD_PAUSE: Duration = Duration::from_millis(10);
+/// Probe replies go out after a random delay of up to this, so that a fleet answering one
+/// broadcast probe does not fill the prober's receive queue in the same millisecond.
+pub const REPLY_SPREAD: Duration = Duration::from_millis(500);
 
 /// What the discovery thread needs to know about the node.
 pub struct NodeInfo {
@@ -290,17 +294,22 @@ impl Schedule {
     }
 }
 
-/// Probe replies: at most `PROBE_REPLIES_PER_SEC` taken a second, whatever arrives.
+/// Probe replies: at most `PROBE_REPLIES_PER_SEC` taken a second, whatever arrives, each sent
+/// after a random delay of up to `REPLY_SPREAD`.
 struct Replies {
     window: Instant,
     taken: u32,
-    /// (when, to whom): a handful at most.
+    /// (when, to whom); at most `PROBE_REPLIES_PER_SEC` per `REPLY_SPREAD`, so a handful.
     pending: Vec<(Instant, SocketAddr)>,
+    /// std's hasher keys, drawn from the OS's randomness: agents started together, on one
+    /// host or on identical ones, still draw different delays (no extra crate needed).
+    random: RandomState,
+    drawn: u64,
 }
 
 impl Replies {
     fn new(now: Instant) -> Replies {
-        Replies { window: now, taken: 0, pending: Vec::new() }
+        Replies { window: now, taken: 0, pending: Vec::new(), random: RandomState::new(), drawn: 0 }
     }
 
     /// Takes a probe from `from`; false when this second's replies are used up.
@@ -313,7 +322,10 @@ impl Replies {
             return false;
         }
         self.taken += 1;
-        self.pending.push((now, from));
+        self.drawn += 1;
+        let spread = REPLY_SPREAD.as_millis() as u64 + 1;
+        let delay = Duration::from_millis(self.random.hash_one((self.drawn, from)) % spread);
+        self.pending.push((now + delay, from));
         true
     }
 
@@ -428,5 +440,28 @@ mod tests {
         assert_eq!(taken, PROBE_REPLIES_PER_SEC as usize);
         assert!(!r.take(prober(99), t0 + Duration::from_millis(999)));
         assert!(r.take(prober(99), t0 + Duration::from_millis(1000)));
+    }
+
+    #[test]
+    fn replies_are_spread_over_the_window_and_sent_once() {
+        let t0 = Instant::now();
+        let mut delays = Vec::new();
+        // Fresh limiters taking the same probe, as each agent of a fleet would.
+        for _ in 0..200 {
+            let mut r = Replies::new(t0);
+            assert!(r.take(prober(0), t0));
+            let at = r.next_due().unwrap();
+            assert!(r.due(at - Duration::from_nanos(1)).is_empty());
+            assert_eq!(r.due(at), vec![prober(0)]);
+            assert!(r.due(at + REPLY_SPREAD).is_empty(), "sent twice");
+            delays.push(at - t0);
+        }
+        assert!(delays.iter().all(|d| *d <= REPLY_SPREAD), "{delays:?}");
+        // Spread, not bunched: every tenth of the window gets some.
+        let mut tenths = [0; 10];
+        for d in &delays {
+            tenths[(d.as_millis() * 10 / (REPLY_SPREAD.as_millis() + 1)) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|n| *n > 0), "{tenths:?}");
     }
 }
