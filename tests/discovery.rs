@@ -1009,6 +1009,53 @@ fn discover_table_lists_two_agents() {
     drop(reserve);
 }
 
+/// Many agents on one discovery port answer one probe together: `discover --timeout 1`
+/// lists every one of them.
+#[test]
+fn discover_lists_a_fleet_of_40_agents_on_one_port() {
+    let reserve = Listener::shared(0);
+    let disc_port = reserve.port;
+    let agents: Vec<common::Agent> = (0..40)
+        .map(|_| {
+            common::agent()
+                .env("DISCOVERY_ENABLED", "true")
+                .env("DISCOVERY_PORT", &disc_port.to_string())
+                .env("DISCOVERY_ADDRESSES", "127.255.255.255")
+                // Found by the probe, not by what they broadcast anyway.
+                .env("ANNOUNCE_INTERVAL", "3600000")
+                .env("STATS_INTERVAL", "3600000")
+                .env("MAX_CONCURRENT_TASKS", "1")
+                .start()
+        })
+        .collect();
+    // Let the start-up announcements (each heard by all 40) settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let cwd = common::TempDir::new("discover-fleet");
+    let out =
+        common::run_binary(discover_cmd(disc_port, cwd.path(), &["--timeout", "1", "--json"]), Duration::from_secs(60));
+    let st =
+        out.status.unwrap_or_else(|| panic!("discover did not exit; stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr));
+    assert!(st.success(), "discover failed: {st:?}\nstdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", out.stdout, out.stderr));
+    let answered: BTreeSet<u16> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {v}"))
+        .iter()
+        .filter(|e| e["answeredProbe"] == true)
+        .filter_map(|e| e["address"].as_str()?.parse::<SocketAddr>().ok().map(|a| a.port()))
+        .collect();
+    let missing: Vec<u16> = agents.iter().map(|a| a.port).filter(|p| !answered.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} agents did not answer within 1 s: {missing:?}\nstderr:\n{}",
+        missing.len(),
+        agents.len(),
+        out.stderr
+    );
+    drop(reserve);
+}
+
 // ---------------------------------------------------------------------------
 // Across two network namespaces joined by a veth pair
 // ---------------------------------------------------------------------------
