@@ -4,8 +4,8 @@
 //! the host), broadcast on, multicast TTL 1. The thread sleeps in `poll` until the next packet
 //! is due, a datagram arrives, or it is told to stop, so an idle agent wakes only to announce.
 //! What it receives costs it little whatever arrives: it reads at most `MAX_DATAGRAM` bytes of
-//! a datagram and parses only what could be a probe, reads at most `BATCH` datagrams per
-//! wake-up, and rests the socket after a full batch, so a flood neither pins a core nor keeps
+//! a datagram and parses only what could be a probe, and reads at most `READ_BUDGET`
+//! datagrams per `READ_WINDOW` (so also per wake-up), so a flood neither pins a core nor keeps
 //! the thread from its schedule or from stopping.
 
 use std::collections::HashMap;
@@ -35,13 +35,14 @@ pub const FIRST_ANNOUNCE: Duration = Duration::from_millis(50);
 /// Longest datagram read. A probe is 24 bytes and nothing larger is acted on, so a longer
 /// one is dropped unparsed (the kernel copies only this much of it and one byte more).
 pub const MAX_DATAGRAM: usize = 1024;
-/// Datagrams read per wake-up at most; then the thread goes back to its schedule, so a flood
-/// holds up neither an announcement nor a stop.
-pub const BATCH: usize = 32;
-/// After a wake-up that read a full `BATCH`, the socket is left alone this long (what arrives
-/// meanwhile waits in the kernel's queue, or overflows it): a flood, however fast, costs at
-/// most `BATCH` datagrams per pause, a few thousand a second.
-pub const FLOOD_PAUSE: Duration = Duration::from_millis(10);
+/// Datagrams read per `READ_WINDOW` at most, so also per wake-up: then the thread goes back
+/// to its schedule, so a flood holds up neither an announcement nor a stop. Once a window's
+/// budget is spent the socket is left alone until the next window (what arrives meanwhile
+/// waits in the kernel's queue, or overflows it): a flood of any rate costs at most 3,200
+/// datagrams a second. A fleet's own traffic on a shared port (an announce every 5 s and a
+/// stats packet every 10 s per agent) stays under that up to some 10,000 agents.
+pub const READ_BUDGET: usize = 32;
+pub const READ_WINDOW: Duration = Duration::from_millis(10);
 /// Probe replies go out after a random delay of up to this, so that a fleet answering one
 /// broadcast probe does not fill the prober's receive queue in the same millisecond.
 pub const REPLY_SPREAD: Duration = Duration::from_millis(500);
@@ -369,9 +370,31 @@ fn wait(wake: &OwnedFd, socket: Option<&UdpSocket>, until: Instant) -> Woken {
     }
 }
 
-/// Reads up to `BATCH` datagrams and takes the probes among them; returns how many it read.
-fn receive(socket: &UdpSocket, buf: &mut [u8; MAX_DATAGRAM + 1], replies: &mut Replies) -> usize {
-    for read in 0..BATCH {
+/// Datagrams read in the current `READ_WINDOW`.
+struct Budget {
+    window: Instant,
+    used: usize,
+}
+
+impl Budget {
+    /// How many datagrams may still be read now.
+    fn left(&mut self, now: Instant) -> usize {
+        if now.saturating_duration_since(self.window) >= READ_WINDOW {
+            self.window = now;
+            self.used = 0;
+        }
+        READ_BUDGET - self.used
+    }
+
+    /// When reading may go on, once this window's budget is spent.
+    fn next_window(&self) -> Instant {
+        self.window + READ_WINDOW
+    }
+}
+
+/// Reads up to `max` datagrams and takes the probes among them; returns how many it read.
+fn receive(socket: &UdpSocket, buf: &mut [u8; MAX_DATAGRAM + 1], replies: &mut Replies, max: usize) -> usize {
+    for read in 0..max {
         let (n, from) = match crate::eintr::retry(|| socket.recv_from(buf)) {
             Ok(x) => x,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return read,
@@ -385,34 +408,29 @@ fn receive(socket: &UdpSocket, buf: &mut [u8; MAX_DATAGRAM + 1], replies: &mut R
             replies.take(from, Instant::now());
         }
     }
-    BATCH
+    max
 }
 
 fn run(mut sender: Sender, node: &NodeInfo, listening: bool, mut schedule: Schedule, wake: &OwnedFd) {
     let mut replies = Replies::new(Instant::now());
     let mut buf = [0u8; MAX_DATAGRAM + 1];
-    let mut paused_until: Option<Instant> = None;
+    let mut budget = Budget { window: Instant::now(), used: 0 };
     loop {
         let now = Instant::now();
         schedule.send_due(&mut sender, node, now);
         for to in replies.due(now) {
             sender.send_to(&to_json(&node.announce(true)), to);
         }
-        // Sleep until the next packet or reply is due, a datagram arrives (unless the socket
-        // rests after a flood's full batch), or the stop pipe closes: an idle agent wakes only
-        // to announce.
-        let listen = listening && paused_until.is_none_or(|t| now >= t);
-        let until = [replies.next_due(), paused_until.filter(|_| !listen)]
-            .into_iter()
-            .flatten()
-            .fold(schedule.next(), Instant::min);
-        match wait(wake, listen.then_some(&sender.socket), until) {
+        // Sleep until the next packet or reply is due, a datagram arrives (unless this
+        // window's budget is spent: then until the next window), or the stop pipe closes: an
+        // idle agent wakes only to announce.
+        let left = if listening { budget.left(now) } else { 0 };
+        let resume = (listening && left == 0).then(|| budget.next_window());
+        let until = [replies.next_due(), resume].into_iter().flatten().fold(schedule.next(), Instant::min);
+        match wait(wake, (left > 0).then_some(&sender.socket), until) {
             Woken::Stop => break,
             Woken::Timeout => {}
-            Woken::Readable => {
-                let full = receive(&sender.socket, &mut buf, &mut replies) == BATCH;
-                paused_until = full.then(|| Instant::now() + FLOOD_PAUSE);
-            }
+            Woken::Readable => budget.used += receive(&sender.socket, &mut buf, &mut replies, left),
         }
     }
     let leave = Leave {
@@ -430,6 +448,17 @@ mod tests {
 
     fn prober(n: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000 + n))
+    }
+
+    #[test]
+    fn the_read_budget_refills_each_window() {
+        let t0 = Instant::now();
+        let mut b = Budget { window: t0, used: 0 };
+        assert_eq!(b.left(t0), READ_BUDGET);
+        b.used += READ_BUDGET;
+        assert_eq!(b.left(t0 + READ_WINDOW / 2), 0);
+        assert_eq!(b.next_window(), t0 + READ_WINDOW);
+        assert_eq!(b.left(t0 + READ_WINDOW), READ_BUDGET);
     }
 
     #[test]
