@@ -62,6 +62,9 @@ pub struct Config {
     pub task_history: usize,
     pub max_output_bytes: usize,
     pub ws_allow_anonymous: bool,
+    /// Time between pings to each WebSocket client; one that sends no frame for three of
+    /// them is closed.
+    pub ws_ping_interval: Duration,
     /// `GET /metrics` needs the secret too.
     pub metrics_require_secret: bool,
     /// Peers in these ranges need no secret (HTTP and WebSocket).
@@ -131,6 +134,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("TASK_HISTORY", "1000", "finished tasks kept"),
     ("MAX_OUTPUT_BYTES", "1048576", "bytes of each stream's tail returned in the task object"),
     ("WS_ALLOW_ANONYMOUS", "false", "let WebSocket clients connect without the secret"),
+    (
+        "WS_PING_INTERVAL",
+        "30000",
+        "ms between pings to each WebSocket client; one silent for 3 intervals is closed (>= 100)",
+    ),
     ("METRICS_REQUIRE_SECRET", "false", "true: GET /metrics needs the secret like the task endpoints"),
     ("TRUSTED_ADDRESSES", "", "CIDRs whose requests need no secret, comma-separated; a bare address is /32 or /128"),
     ("RUST_LOG", "info", "log level"),
@@ -352,6 +360,7 @@ impl Config {
         let max_output_bytes = parse_int(src, "MAX_OUTPUT_BYTES", 1_048_576usize, 0, 1 << 30)?;
         let ws_allow_anonymous = parse_bool(src, "WS_ALLOW_ANONYMOUS", false)?;
         let metrics_require_secret = parse_bool(src, "METRICS_REQUIRE_SECRET", false)?;
+        let ws_ping_interval = parse_ms(src, "WS_PING_INTERVAL", 30_000, 100)?;
         let trusted_addresses = parse_trusted(src)?;
 
         let (secret, secret_source) = match src.get("CLUSTER_SECRET") {
@@ -384,6 +393,7 @@ impl Config {
             task_history,
             max_output_bytes,
             ws_allow_anonymous,
+            ws_ping_interval,
             metrics_require_secret,
             trusted_addresses,
             env_file: src.env_file.clone(),
@@ -455,6 +465,7 @@ impl Config {
             ("TASK_HISTORY", self.task_history.to_string()),
             ("MAX_OUTPUT_BYTES", self.max_output_bytes.to_string()),
             ("WS_ALLOW_ANONYMOUS", self.ws_allow_anonymous.to_string()),
+            ("WS_PING_INTERVAL", ms(self.ws_ping_interval)),
             ("METRICS_REQUIRE_SECRET", self.metrics_require_secret.to_string()),
             ("TRUSTED_ADDRESSES", self.trusted_list()),
         ]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{resolve_master, Config};
@@ -274,13 +274,12 @@ fn run(
         // an idle agent wakes only to announce.
         let wait =
             next_announce.min(next_stats).saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let timeout = Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
         let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
         if listening {
             fds.push(PollFd::new(&sender.socket, PollFlags::IN));
         }
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        match crate::eintr::poll(&mut fds, Some(wait)) {
+            Ok(_) => {}
             Err(e) => {
                 log::warn!("discovery: poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));

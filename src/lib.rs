@@ -22,6 +22,7 @@ pub mod cidr;
 pub mod config;
 pub mod discover;
 pub mod discovery;
+pub mod eintr;
 pub mod events;
 pub mod http;
 pub mod logsink;

@@ -1323,3 +1323,246 @@ fn subscribing_in_the_url_gives_ordered_output_from_the_start() {
     assert_eq!(out, want_out);
     assert_eq!(err, want_err);
 }
+
+// ---------------------------------------------------------------------------
+// Clients attached the way a main server attaches: for a long time, listening only, while
+// tasks run concurrently (issue: EINTR ended clients; listening clients were cut at 90 s).
+// ---------------------------------------------------------------------------
+
+/// Reads for `dur`, counting the server's pings, and returns the text messages (the
+/// connection must stay open). tungstenite answers each ping when it next reads.
+#[track_caller]
+fn read_counting_pings(ws: &mut Ws, dur: Duration, mut stop: impl FnMut(&Value) -> bool) -> (Vec<Value>, u32) {
+    let deadline = Instant::now() + dur;
+    let (mut msgs, mut pings) = (Vec::new(), 0u32);
+    while Instant::now() < deadline {
+        ws.get_ref().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("JSON event");
+                let done = stop(&v);
+                msgs.push(v);
+                if done {
+                    break;
+                }
+            }
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(Message::Close(f)) => panic!("the agent closed a client that keeps up: {f:?}; {}", summary(&msgs)),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => panic!("the connection of a client that keeps up ended: {e}; {}", summary(&msgs)),
+        }
+    }
+    (msgs, pings)
+}
+
+/// SIGSTOP then SIGCONT makes every blocking socket call with a timeout return EINTR: no
+/// client may take that for the end of its connection.
+#[test]
+fn stop_and_continue_of_the_agent_closes_no_client() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut clients: Vec<Ws> = (0..3).map(|_| connect_synced(&a)).collect();
+    for round in 0..3 {
+        a.signal("STOP");
+        std::thread::sleep(Duration::from_millis(300));
+        a.signal("CONT");
+        std::thread::sleep(Duration::from_millis(300));
+        let id = a.run("echo", &[&format!("after-continue-{round}")]);
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let msgs = until_completed(ws, id, Duration::from_secs(30));
+            assert!(
+                msgs.iter().any(|m| m["taskId"] == id && m["data"] == format!("after-continue-{round}\n")),
+                "client {i} lost the output after stop/continue {round}: {}",
+                summary(&msgs)
+            );
+        }
+    }
+    assert!(!a.log_text().contains("disconnected"), "a client was dropped:\n{}", a.log_text());
+}
+
+/// Tasks started four at a time: the SIGCHLDs of their ends interrupt socket reads of other
+/// threads. A client attached the whole time stays connected and gets every `completed`.
+#[test]
+fn a_client_attached_while_tasks_spawn_concurrently_is_never_dropped() {
+    let a = common::agent().env("MAX_CONCURRENT_TASKS", "4").start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let addr = a.addr();
+    let submitters: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, started, addr) = (Arc::clone(&stop), Arc::clone(&started), addr.clone());
+            std::thread::spawn(move || {
+                let body = br#"{"command":"/bin/true"}"#;
+                while !stop.load(Ordering::Acquire) {
+                    if let Some(id) = post_execute(&addr, body) {
+                        started.lock().unwrap().push(id);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(5)); // 503 while full
+                    }
+                }
+            })
+        })
+        .collect();
+    let watch = std::thread::spawn(move || {
+        let (msgs, _) = read_counting_pings(&mut ws, Duration::from_secs(20), |_| false);
+        (ws, msgs)
+    });
+    std::thread::sleep(Duration::from_secs(15));
+    stop.store(true, Ordering::Release);
+    for s in submitters {
+        s.join().unwrap();
+    }
+    let (mut ws, mut msgs) = watch.join().unwrap();
+    let ids = started.lock().unwrap().clone();
+    assert!(ids.len() >= 50, "too few tasks ran to show anything: {}", ids.len());
+    let mut completed: std::collections::HashSet<u64> =
+        msgs.iter().filter(|m| m["event"] == "completed").filter_map(|m| m["taskId"].as_u64()).collect();
+    // The last tasks' events may still be on their way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ids.iter().any(|id| !completed.contains(id)) && Instant::now() < deadline {
+        if let Got::Msg(m) = read_one(&mut ws, deadline) {
+            if m["event"] == "completed" {
+                completed.extend(m["taskId"].as_u64());
+            }
+            msgs.push(m);
+        }
+    }
+    let missing: Vec<_> = ids.iter().filter(|id| !completed.contains(id)).collect();
+    assert!(missing.is_empty(), "{} of {} tasks without `completed`: {missing:?}", missing.len(), ids.len());
+}
+
+/// `POST /execute` on a new connection; the task id, or None when refused.
+fn post_execute(addr: &str, body: &[u8]) -> Option<u64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let head = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Cluster-Secret: {SECRET}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let r = common::read_response(&mut std::io::BufReader::new(s));
+    (r.status == 200).then(|| r.json()["taskId"].as_u64()).flatten()
+}
+
+/// Pings follow their schedule while events flow: a client that only listens is pinged, so
+/// its pongs show it is alive.
+#[test]
+fn pings_keep_their_schedule_while_events_flow() {
+    let a = common::agent().env("WS_PING_INTERVAL", "300").start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    // A line every 50 ms for about 4 s: the client is never without events for long.
+    let id = a.run("sh", &["-c", "for i in $(seq 1 80); do echo line-$i; sleep 0.05; done"]);
+    let (msgs, pings) = read_counting_pings(&mut ws, Duration::from_secs(60), |v| is_completed_of(v, id));
+    assert!(msgs.iter().any(|m| is_completed_of(m, id)), "no `completed`: {}", summary(&msgs));
+    let out: String = msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    assert_eq!(out, (1..=80).map(|i| format!("line-{i}\n")).collect::<String>());
+    // About 13 at 300 ms; at least 5 whatever the machine's load.
+    assert!(pings >= 5, "only {pings} pings in the ~4 s of steady output");
+}
+
+/// A client that answers no ping (it never sends a frame) is closed after three intervals
+/// with 1001, and the log says why.
+#[test]
+fn a_client_that_answers_no_ping_is_closed() {
+    let a = common::agent().env("WS_PING_INTERVAL", "200").start();
+    let _g = common::logs_on_panic(&a);
+    let mut s = raw_ws(&a);
+    let (bytes, closed) = common::read_until_close(&mut s, Duration::from_secs(20));
+    assert!(closed, "a client that answers no ping was never closed");
+    // Frames: pings (0x89 0x00), then a close (0x88) with 1001.
+    let close_at = bytes.iter().position(|&b| b == 0x88).expect("a close frame");
+    assert!(bytes[..close_at].chunks(2).all(|f| f == [0x89, 0x00]), "before the close: {bytes:?}");
+    assert!(close_at >= 4, "closed before two pings went unanswered: {bytes:?}");
+    assert_eq!(&bytes[close_at + 2..close_at + 4], &1001u16.to_be_bytes(), "close code: {bytes:?}");
+    let log = a.wait_log("answered no ping", Duration::from_secs(10));
+    assert!(log.contains("answered no ping for 600 ms; closing"), "{log}");
+}
+
+/// The old main server's way, with the default settings: one client, attached, never sending
+/// anything but the pongs its library answers, while a task prints a line every second for
+/// 100 s, past the 90 s after which a silent client is closed.
+#[test]
+fn a_listening_client_gets_every_line_past_the_silence_timeout() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    let id = a.run("sh", &["-c", "for i in $(seq 1 100); do echo tick-$i; sleep 1; done"]);
+    let (msgs, pings) = read_counting_pings(&mut ws, Duration::from_secs(240), |v| is_completed_of(v, id));
+    let out: String = msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    assert_eq!(out, (1..=100).map(|i| format!("tick-{i}\n")).collect::<String>(), "lines lost");
+    assert!(msgs.iter().any(|m| is_completed_of(m, id)), "no `completed`: {}", summary(&msgs));
+    assert!(pings >= 2, "{pings} pings in 100 s at the default 30 s interval");
+}
+
+/// A pause inside a UTF-8 character: the quiet-time flush holds its first bytes back, so the
+/// event stream has the character whole, as the task object does.
+#[test]
+fn a_character_cut_by_a_pause_arrives_whole() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    let id = a.run("sh", &["-c", r"printf 'caf\303'; sleep 0.3; printf '\251 ok\n'"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let out: String = msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    assert_eq!(out, "caf\u{e9} ok\n", "{}", summary(&msgs));
+    assert_eq!(a.wait_task(id)["stdout"], "caf\u{e9} ok\n");
+}
+
+/// A masked client frame with a zero mask (`opcode` with FIN set, payload ≤ 125 bytes).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A client that pings as fast as it can and never reads: only the latest ping needs an
+/// answer, so the agent holds one pong for it, not one per ping.
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let pid = a.agent_pid();
+    let before = vm_rss_kib(pid).expect("agent RSS");
+    let mut s = raw_ws(&a);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let burst: Vec<u8> = (0..512).flat_map(|_| client_frame(0x9, &[b'p'; 125])).collect();
+    let (deadline, mut peak, mut sent) = (Instant::now() + Duration::from_secs(6), before, 0usize);
+    while Instant::now() < deadline {
+        if s.write_all(&burst).is_err() {
+            break; // the agent may close a client it cannot write to: that bounds it too
+        }
+        sent += burst.len();
+        peak = peak.max(vm_rss_kib(pid).unwrap_or(0));
+    }
+    assert!(sent > 10 << 20, "the flood was too small to show anything: {sent} bytes");
+    assert!(peak < before + 32 * 1024, "RSS grew from {before} KiB to {peak} KiB under a ping flood of {sent} bytes");
+    drop(s);
+    let mut ws = connect_synced(&a);
+    let id = a.run("echo", &["after the flood"]);
+    until_completed(&mut ws, id, Duration::from_secs(30));
+}
+
+/// Close codes a client may not send (RFC 6455 §7.4) are answered with 1002; a valid one, or
+/// none, with 1000.
+#[test]
+fn invalid_close_codes_are_answered_with_1002() {
+    let a = common::agent().start();
+    for (code, want) in
+        [(Some(999u16), 1002u16), (Some(1005), 1002), (Some(5000), 1002), (Some(1000), 1000), (None, 1000)]
+    {
+        let mut s = raw_ws(&a);
+        let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+        s.write_all(&client_frame(0x8, &payload)).unwrap();
+        let (bytes, _) = common::read_until_close(&mut s, Duration::from_secs(20));
+        let at = bytes.iter().position(|&b| b == 0x88).unwrap_or_else(|| panic!("{code:?}: no close frame: {bytes:?}"));
+        assert_eq!(&bytes[at + 2..at + 4], &want.to_be_bytes(), "close code {code:?} answered with {bytes:?}");
+    }
+}

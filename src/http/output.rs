@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags};
 
 use crate::protocol::TaskStatus;
 use crate::tasks::output_log::{LogReader, Stream};
@@ -47,8 +47,7 @@ impl OutputStream {
     fn peer_gone(&self) -> bool {
         let Some(peer) = &self.peer else { return false };
         let mut fds = [PollFd::new(peer, PollFlags::RDHUP)];
-        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-        match poll(&mut fds, Some(&zero)) {
+        match crate::eintr::poll(&mut fds, Some(Duration::ZERO)) {
             Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
             Err(_) => false,
         }

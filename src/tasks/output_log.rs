@@ -54,7 +54,7 @@ pub fn append(file: &mut File, stream: Stream, data: &[u8]) -> io::Result<()> {
     let len = (data.len() as u32).to_le_bytes();
     let head = [stream.tag(), len[0], len[1], len[2], len[3]];
     let total = HEADER + data.len();
-    let written = file.write_vectored(&[io::IoSlice::new(&head), io::IoSlice::new(data)])?;
+    let written = crate::eintr::retry(|| file.write_vectored(&[io::IoSlice::new(&head), io::IoSlice::new(data)]))?;
     if written < total {
         // Short write (a full disk, a signal): finish it plainly.
         let rest = head[..].iter().chain(data).copied().skip(written).collect::<Vec<u8>>();

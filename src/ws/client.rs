@@ -2,12 +2,18 @@
 //! thread writing its queue. Each owns one half of the real `TcpStream` (`try_clone`), so
 //! pings and close frames are answered while the writer is busy. The queue is bounded in
 //! bytes ([`CLIENT_BUFFER_BYTES`]); the hub closes a client that falls further behind.
+//!
+//! Keep-alive: the writer pings every `WS_PING_INTERVAL` on a fixed schedule, whether or not
+//! it has events to send (an old main server never sends anything: its pongs are its only
+//! sign of life). The reader counts any frame as a sign of life and closes a client that
+//! sent none for [`SILENT_INTERVALS`] intervals. An interrupted read or write (EINTR, see
+//! [`crate::eintr`]) is retried, never taken for the end of the connection.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -17,10 +23,8 @@ use crate::ws::hub::Ctl;
 
 /// Bytes of messages a client may have queued before it is closed as too slow.
 pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
-/// Idle time after which the server pings a client.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A client that sends nothing (not even a pong) for this long is closed.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
+/// A client that sends no frame (not even a pong) for this many ping intervals is closed.
+pub const SILENT_INTERVALS: u32 = 3;
 /// A single write to a client may block this long before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message a client may send (subscribe requests are tiny).
@@ -36,7 +40,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 #[derive(Debug)]
 pub enum Out {
     Text(Arc<str>),
-    Pong(Vec<u8>),
+    /// Answer the latest ping (in [`Queue::pong`]).
+    PongDue,
     Close(u16, &'static str),
 }
 
@@ -44,8 +49,7 @@ impl Out {
     pub fn cost(&self) -> usize {
         match self {
             Out::Text(s) => s.len(),
-            Out::Pong(p) => p.len(),
-            Out::Close(..) => 0,
+            Out::PongDue | Out::Close(..) => 0,
         }
     }
 }
@@ -57,9 +61,29 @@ pub struct Queue {
     pub tx: Sender<Out>,
     pub queued: Arc<AtomicUsize>,
     pub kicked: Arc<AtomicBool>,
+    /// The payload of the latest ping not yet answered. Only the latest needs an answer, so
+    /// a client that pings without reading holds one pong (≤ 125 bytes) at most.
+    pong: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Queue {
+    pub fn new(tx: Sender<Out>) -> Queue {
+        Queue {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            kicked: Arc::new(AtomicBool::new(false)),
+            pong: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Queues the answer to a ping, replacing an unanswered earlier one.
+    pub fn pong(&self, payload: Vec<u8>) {
+        let was_empty = self.pong.lock().unwrap_or_else(|p| p.into_inner()).replace(payload).is_none();
+        if was_empty {
+            let _ = self.tx.send(Out::PongDue);
+        }
+    }
+
     /// Queues `out` unless it would take the client over its budget; false then.
     pub fn push(&self, out: Out) -> bool {
         let cost = out.cost();
@@ -74,8 +98,8 @@ impl Queue {
         true
     }
 
-    /// Queues a message whatever the budget (control frames, and messages held back during
-    /// a replay, which were counted when they were held).
+    /// Queues a message whatever the budget: a close frame (one per client), and messages
+    /// held back during a replay, which were counted when they were held.
     pub fn push_control(&self, out: Out) {
         let cost = out.cost();
         self.queued.fetch_add(cost, Ordering::AcqRel);
@@ -95,7 +119,8 @@ pub struct ReadHalf(pub TcpStream);
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        // tungstenite takes any error for the end of the connection.
+        crate::eintr::retry(|| self.0.read(buf))
     }
 }
 
@@ -116,7 +141,7 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 /// Starts the two threads of client `id` on an upgraded stream (`leftover` = bytes the
-/// client sent right after its handshake).
+/// client sent right after its handshake), pinging it every `ping_interval`.
 pub fn start(
     id: u64,
     stream: TcpStream,
@@ -124,21 +149,27 @@ pub fn start(
     queue_rx: Receiver<Out>,
     queue: Queue,
     hub: Sender<Ctl>,
+    ping_interval: Duration,
 ) -> io::Result<()> {
+    let silence = ping_interval * SILENT_INTERVALS;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_read_timeout(Some(silence))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;
-    let kicked = Arc::clone(&queue.kicked);
-    let queued = Arc::clone(&queue.queued);
+    // The writer gets the queue's counters but no sender: it ends when every sender is gone.
+    let side = WriterSide {
+        queued: Arc::clone(&queue.queued),
+        kicked: Arc::clone(&queue.kicked),
+        pong: Arc::clone(&queue.pong),
+    };
     std::thread::Builder::new()
         .name(format!("ws-{id}-tx"))
         .stack_size(64 * 1024)
-        .spawn(move || writer(id, write_half, queue_rx, queued, kicked))?;
+        .spawn(move || writer(id, write_half, queue_rx, side, ping_interval))?;
     let ws = WebSocket::from_partially_read(ReadHalf(stream), leftover, Role::Server, Some(ws_config()));
     let spawned = std::thread::Builder::new().name(format!("ws-{id}-rx")).stack_size(128 * 1024).spawn({
         let hub = hub.clone();
-        move || reader(id, ws, queue, hub)
+        move || reader(id, ws, queue, hub, silence)
     });
     if let Err(e) = spawned {
         let _ = hub.send(Ctl::Leave { id });
@@ -147,7 +178,7 @@ pub fn start(
     Ok(())
 }
 
-fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) {
+fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, silence: Duration) {
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => match crate::ws::hub::parse_request(t.as_str()) {
@@ -159,22 +190,32 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) 
                     queue.push(Out::Text(msg.into()));
                 }
             },
-            Ok(Message::Ping(p)) => queue.push_control(Out::Pong(p.to_vec())),
-            Ok(Message::Close(_)) => {
-                queue.push_control(Out::Close(CLOSE_NORMAL, ""));
+            Ok(Message::Ping(p)) => queue.pong(p.to_vec()),
+            Ok(Message::Close(frame)) => {
+                // RFC 6455 §7.4: a code a client may not send is a protocol error; tungstenite
+                // hands such a frame over as 1002 already. The answer echoes 1002.
+                let code = frame.map(|f| u16::from(f.code));
+                if code.is_some_and(|c| c == CLOSE_PROTOCOL || !close_code_allowed(c)) {
+                    log::info!("websocket client {id}: closed with a protocol error (close code not allowed)");
+                    queue.push_control(Out::Close(CLOSE_PROTOCOL, "invalid close code"));
+                } else {
+                    queue.push_control(Out::Close(CLOSE_NORMAL, ""));
+                }
                 break;
             }
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
                 if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
             {
-                log::info!("websocket client {id}: silent for {} s; closing", READ_TIMEOUT.as_secs());
+                log::info!("websocket client {id}: answered no ping for {} ms; closing", silence.as_millis());
                 queue.push_control(Out::Close(CLOSE_GOING_AWAY, "idle"));
                 break;
             }
-            Err(
-                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed | tungstenite::Error::Io(_),
-            ) => break,
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => break,
+            Err(tungstenite::Error::Io(e)) => {
+                log::debug!("websocket client {id}: read failed: {e}");
+                break;
+            }
             Err(e) => {
                 log::info!("websocket client {id}: {e}; closing");
                 queue.push_control(Out::Close(CLOSE_PROTOCOL, "protocol error"));
@@ -185,27 +226,40 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>) 
     let _ = hub.send(Ctl::Leave { id });
 }
 
-fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, queued: Arc<AtomicUsize>, kicked: Arc<AtomicBool>) {
-    let mut w = BufWriter::with_capacity(16 * 1024, &stream);
+/// What the writer shares with the queue's senders.
+struct WriterSide {
+    queued: Arc<AtomicUsize>,
+    kicked: Arc<AtomicBool>,
+    pong: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_interval: Duration) {
+    let mut w = BufWriter::with_capacity(16 * 1024, crate::eintr::Retrying(&stream));
+    let mut next_ping = Instant::now() + ping_interval;
     let result = (|| -> io::Result<()> {
         loop {
-            let first = match rx.recv_timeout(PING_INTERVAL) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    write_frame(&mut w, 0x9, b"")?;
-                    w.flush()?;
-                    continue;
-                }
+            let mut next = match rx.recv_deadline(next_ping) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return write_close(&mut w, CLOSE_NORMAL, ""),
             };
-            // Everything already queued goes out in one flush: few syscalls under load.
-            let mut next = Some(first);
-            while let Some(out) = next.take() {
-                queued.fetch_sub(out.cost(), Ordering::AcqRel);
+            // Everything already queued goes out in one flush: few syscalls under load. The
+            // ping is due on its schedule even while events keep coming.
+            loop {
+                if Instant::now() >= next_ping {
+                    write_frame(&mut w, 0x9, b"")?;
+                    next_ping = Instant::now() + ping_interval;
+                }
+                let Some(out) = next.take() else { break };
+                side.queued.fetch_sub(out.cost(), Ordering::AcqRel);
                 match out {
-                    Out::Text(s) if !kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
+                    Out::Text(s) if !side.kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
                     Out::Text(_) => {}
-                    Out::Pong(p) => write_frame(&mut w, 0xA, &p)?,
+                    Out::PongDue => {
+                        if let Some(p) = side.pong.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                            write_frame(&mut w, 0xA, &p)?;
+                        }
+                    }
                     Out::Close(code, reason) => return write_close(&mut w, code, reason),
                 }
                 next = rx.try_recv().ok();
@@ -219,6 +273,12 @@ fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, queued: Arc<AtomicUsize
     drop(w);
     // Wakes the reader too, if it is still waiting.
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Whether a client may send this close code (RFC 6455 §7.4.1 and the IANA registry):
+/// 1000–1003, 1007–1014, and 3000–4999 for libraries and applications.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn write_close(w: &mut impl Write, code: u16, reason: &str) -> io::Result<()> {
@@ -255,6 +315,29 @@ pub fn write_frame(w: &mut impl Write, opcode: u8, payload: &[u8]) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_codes() {
+        for ok in [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert!(close_code_allowed(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535] {
+            assert!(!close_code_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pongs_are_coalesced() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let q = Queue::new(tx);
+        for i in 0..10_000u32 {
+            q.pong(i.to_be_bytes().to_vec());
+        }
+        assert_eq!(rx.len(), 1, "one wake-up for the writer, however many pings");
+        assert_eq!(q.pong.lock().unwrap().take(), Some(9_999u32.to_be_bytes().to_vec()));
+        q.pong(vec![1]);
+        assert_eq!(rx.len(), 2, "a ping after the answer was taken wakes the writer again");
+    }
 
     #[test]
     fn frame_lengths() {

@@ -8,8 +8,7 @@ pub mod client;
 pub mod hub;
 pub mod replay;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tiny_http::{Header, Request, Response};
 
@@ -91,7 +90,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     // ahead of its registration. Events wait in the queue until the writer starts.
     let id = hub.next_client_id();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
+    let queue = Queue::new(tx);
     // Counted first, so tasks start producing events before the client can start a task.
     hub.clients.fetch_add(1, Ordering::AcqRel);
     let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone(), subscribe: initial });
@@ -112,7 +111,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
             return Ok(());
         }
     }
-    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone()) {
+    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone(), ctx.cfg.ws_ping_interval) {
         log::warn!("websocket client {id} ({from}): cannot start its threads: {e}");
         let _ = hub.ctl.send(Ctl::Leave { id });
     }

@@ -52,21 +52,33 @@ pub(crate) enum Connection {
     #[cfg(unix)]
     Unix(unix_net::UnixStream),
 }
+/// Calls `f` until it returns anything but `Interrupted`. A socket call with a timeout is
+/// never restarted by the kernel (whatever `SA_RESTART` says): a signal to the process, or a
+/// SIGSTOP/SIGCONT, makes it return EINTR, which is not the end of the connection.
+fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 impl std::io::Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Self::Tcp(s) => s.read(buf),
+            Self::Tcp(s) => retry_eintr(|| s.read(buf)),
             #[cfg(unix)]
-            Self::Unix(s) => s.read(buf),
+            Self::Unix(s) => retry_eintr(|| s.read(buf)),
         }
     }
 }
 impl std::io::Write for Connection {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Self::Tcp(s) => s.write(buf),
+            Self::Tcp(s) => retry_eintr(|| s.write(buf)),
             #[cfg(unix)]
-            Self::Unix(s) => s.write(buf),
+            Self::Unix(s) => retry_eintr(|| s.write(buf)),
         }
     }
 
