@@ -83,7 +83,7 @@ pub fn stats(ctx: &Ctx) -> Result<Reply, ApiError> {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
     let clients = ctx.hub.clients.load(std::sync::atomic::Ordering::Acquire);
-    let text = ctx.reg.metrics.render(&ctx.stats(), clients);
+    let text = ctx.reg.metrics.render(&ctx.stats(), clients, &crate::procfs::SelfUsage::read());
     Ok(Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -151,7 +151,7 @@ pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
 
     let routed = router::route(&method, path);
     let public = matches!(routed, Ok(r) if r.is_public(ctx.cfg.metrics_require_secret));
-    let reply = if !public && !auth::is_valid(auth::presented(rq.headers()), &ctx.cfg.secret) {
+    let reply = if !public && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), auth::presented(rq.headers())) {
         crate::metrics::inc(&ctx.reg.metrics.refused_requests);
         log::warn!("refused {method} {path} from {from}: invalid or missing cluster secret");
         Err(ApiError::Forbidden)

@@ -61,7 +61,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     let from = rq.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
     let (_, q) = query::split_url(rq.url());
     let presented = auth::presented(rq.headers()).or_else(|| query::get(&q, "secret"));
-    if !ctx.cfg.ws_allow_anonymous && !auth::is_valid(presented, &ctx.cfg.secret) {
+    if !ctx.cfg.ws_allow_anonymous && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), presented) {
         crate::metrics::inc(&ctx.reg.metrics.refused_requests);
         log::warn!("refused WebSocket upgrade from {from}: invalid or missing cluster secret");
         return Err((rq, Reply::error(&ApiError::Forbidden)));
