@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{is_timeout, read_event, ws_connect, Http, Ws};
+use client::{is_retry, read_event, ws_connect, Http, Ws};
 use proc::{median, ms, percentile, Agent, SECRET};
 
 /// The whole bench must end well within 5 minutes.
@@ -256,7 +256,7 @@ fn await_completed(ws: &mut Ws, id: u64, deadline: Instant) -> Result<serde_json
         match read_event(ws) {
             Ok(Some(e)) if e.task_id == id && e.event == "completed" => return Ok(e.data),
             Ok(_) => {}
-            Err(e) if is_timeout(&e) => {}
+            Err(e) if is_retry(&e) => {}
             Err(e) => return Err(format!("WebSocket: {e}")),
         }
     }
@@ -440,7 +440,7 @@ fn seq_over_ws(a: &Agent, expected: &[u8]) -> Result<(f64, usize), String> {
                 }
             }
             Ok(None) => {}
-            Err(e) if is_timeout(&e) => {}
+            Err(e) if is_retry(&e) => {}
             Err(e) => return Err(format!("WebSocket: {e}")),
         }
     }
