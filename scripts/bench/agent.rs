@@ -23,6 +23,8 @@
 mod client;
 #[path = "proc.rs"]
 mod proc;
+#[path = "report.rs"]
+mod report;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -34,67 +36,13 @@ use std::time::{Duration, Instant};
 
 use client::{is_retry, read_event, ws_connect, Http, Ws};
 use proc::{median, ms, percentile, Agent, SECRET};
+use report::{table, Notes, Row};
 
 /// The whole bench must end well within 5 minutes.
 const BUDGET: Duration = Duration::from_secs(270);
 
 const TRUE_BODY: &str = r#"{"command":"/bin/true"}"#;
 const SEQ_BYTES: usize = 6_888_896;
-
-// ---------------------------------------------------------------------------------------
-// Report rows
-
-struct Row {
-    fig: String,
-    name: String,
-    value: String,
-    floor: String,
-    ratio: Option<f64>,
-    target: String,
-    /// None: could not be measured.
-    met: Option<bool>,
-}
-
-impl Row {
-    fn new(fig: &str, name: &str) -> Row {
-        Row {
-            fig: fig.into(),
-            name: name.into(),
-            value: "-".into(),
-            floor: "-".into(),
-            ratio: None,
-            target: "-".into(),
-            met: None,
-        }
-    }
-
-    fn error(fig: &str, name: &str, target: &str, why: &str) -> Row {
-        let mut r = Row::new(fig, name);
-        r.value = format!("ERROR: {}", why.lines().next().unwrap_or(why));
-        r.target = target.into();
-        r
-    }
-
-    fn met_text(&self) -> &'static str {
-        match self.met {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "n/a",
-        }
-    }
-}
-
-/// Notes printed under the table: details, counts, diagnostics.
-#[derive(Default)]
-struct Notes(Mutex<Vec<String>>);
-
-impl Notes {
-    fn add(&self, s: impl Into<String>) {
-        let s = s.into();
-        println!("    · {s}");
-        self.0.lock().unwrap().push(s);
-    }
-}
 
 struct Bench {
     bin: PathBuf,
@@ -1180,58 +1128,6 @@ fn cpu_model() -> (String, usize) {
         .map_or("?".to_string(), |(_, v)| v.trim().to_string());
     let n = info.lines().filter(|l| l.starts_with("processor")).count();
     (model, n)
-}
-
-fn table(rows: &[Row]) -> (String, String) {
-    let head = ["#", "figure", "value", "floor", "ratio", "target", "met"];
-    let cells: Vec<[String; 7]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.fig.clone(),
-                r.name.clone(),
-                r.value.clone(),
-                r.floor.clone(),
-                r.ratio.map_or("-".into(), |x| format!("{x:.2}×")),
-                r.target.clone(),
-                r.met_text().to_string(),
-            ]
-        })
-        .collect();
-    let mut w = head.map(|h| h.chars().count());
-    for c in &cells {
-        for i in 0..7 {
-            w[i] = w[i].max(c[i].chars().count());
-        }
-    }
-    let line = |c: &[String]| -> String {
-        let mut s = String::new();
-        for i in 0..7 {
-            let pad = w[i] - c[i].chars().count();
-            s.push_str(&c[i]);
-            s.push_str(&" ".repeat(pad));
-            s.push_str(if i < 6 { "  " } else { "" });
-        }
-        s.trim_end().to_string()
-    };
-    let mut text = line(&head.map(String::from));
-    text.push('\n');
-    text.push_str(&"-".repeat(w.iter().sum::<usize>() + 12));
-    text.push('\n');
-    for c in &cells {
-        text.push_str(&line(c));
-        text.push('\n');
-    }
-    let mut md = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(7));
-    for c in &cells {
-        let esc: Vec<String> = c.iter().map(|x| x.replace('|', "\\|")).collect();
-        let mut row = esc.clone();
-        if row[6] == "NO" {
-            row[6] = "**NO**".into();
-        }
-        md.push_str(&format!("| {} |\n", row.join(" | ")));
-    }
-    (text, md)
 }
 
 fn main() {
