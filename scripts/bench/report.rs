@@ -1,16 +1,22 @@
-//! The bench's report: one row per figure, and the table (text and Markdown).
+//! The bench's report: one row per figure, the table (text and Markdown), the summary line.
 
 use std::sync::Mutex;
 
+/// One figure of one run.
 pub struct Row {
     pub fig: String,
     pub name: String,
     pub value: String,
     pub floor: String,
+    /// value / floor, measured against the clean floor (the target's base).
     pub ratio: Option<f64>,
+    /// The same against a floor interleaved with the agent's work (informational).
+    pub interleaved: Option<f64>,
     pub target: String,
     /// None: could not be measured.
     pub met: Option<bool>,
+    /// Informational: shown, counted in no total.
+    pub info: bool,
 }
 
 impl Row {
@@ -21,8 +27,10 @@ impl Row {
             value: "-".into(),
             floor: "-".into(),
             ratio: None,
+            interleaved: None,
             target: "-".into(),
             met: None,
+            info: false,
         }
     }
 
@@ -34,15 +42,24 @@ impl Row {
     }
 
     fn met_text(&self) -> &'static str {
-        match self.met {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "n/a",
+        match (self.info, self.met) {
+            (true, _) => "(info)",
+            (_, Some(true)) => "yes",
+            (_, Some(false)) => "NO",
+            (_, None) => "n/a",
+        }
+    }
+
+    fn ratio_text(&self) -> String {
+        match (self.ratio, self.interleaved) {
+            (Some(r), Some(i)) => format!("{r:.2}× (interleaved {i:.2}×)"),
+            (Some(r), None) => format!("{r:.2}×"),
+            _ => "-".into(),
         }
     }
 }
 
-/// Notes printed under the table: details, counts, diagnostics.
+/// Notes printed as they come and listed under the table: details, counts, diagnostics.
 #[derive(Default)]
 pub struct Notes(pub Mutex<Vec<String>>);
 
@@ -50,57 +67,83 @@ impl Notes {
     pub fn add(&self, s: impl Into<String>) {
         let s = s.into();
         println!("    · {s}");
-        self.0.lock().unwrap().push(s);
+        self.0.lock().expect("notes lock").push(s);
     }
+}
+
+/// Rows in figure order: 1, 2, 3, 3b, …, 10, 11.
+pub fn sort(rows: &mut [Row]) {
+    let key = |f: &str| -> (u32, String) {
+        let n: String = f.chars().take_while(char::is_ascii_digit).collect();
+        (n.parse().unwrap_or(99), f.to_string())
+    };
+    rows.sort_by_key(|r| key(&r.fig));
+}
+
+/// "12 of 12 targets met, 0 missed, 0 not measured (+ 1 informational)".
+pub fn counts(rows: &[Row]) -> String {
+    let targets: Vec<&Row> = rows.iter().filter(|r| !r.info).collect();
+    let met = targets.iter().filter(|r| r.met == Some(true)).count();
+    let missed = targets.iter().filter(|r| r.met == Some(false)).count();
+    let unmeasured = targets.iter().filter(|r| r.met.is_none()).count();
+    let info = rows.len() - targets.len();
+    let mut s = format!("{met} of {} targets met, {missed} missed, {unmeasured} not measured", targets.len());
+    if info > 0 {
+        s.push_str(&format!(" (+ {info} informational)"));
+    }
+    s
 }
 
 /// The table as aligned text and as Markdown.
 pub fn table(rows: &[Row]) -> (String, String) {
-    let head = ["#", "figure", "value", "floor", "ratio", "target", "met"];
-    let cells: Vec<[String; 7]> = rows
+    let head = ["#", "figure", "value", "floor", "ratio", "target", "met"].map(String::from);
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.fig.clone(),
                 r.name.clone(),
                 r.value.clone(),
                 r.floor.clone(),
-                r.ratio.map_or("-".into(), |x| format!("{x:.2}×")),
+                r.ratio_text(),
                 r.target.clone(),
                 r.met_text().to_string(),
             ]
         })
         .collect();
-    let mut w = head.map(|h| h.chars().count());
-    for c in &cells {
-        for i in 0..7 {
+    render(&head, &cells)
+}
+
+fn render(head: &[String], cells: &[Vec<String>]) -> (String, String) {
+    let cols = head.len();
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for c in cells {
+        for i in 0..cols {
             w[i] = w[i].max(c[i].chars().count());
         }
     }
     let line = |c: &[String]| -> String {
         let mut s = String::new();
-        for i in 0..7 {
-            let pad = w[i] - c[i].chars().count();
+        for i in 0..cols {
             s.push_str(&c[i]);
-            s.push_str(&" ".repeat(pad));
-            s.push_str(if i < 6 { "  " } else { "" });
+            s.push_str(&" ".repeat(w[i] - c[i].chars().count()));
+            s.push_str("  ");
         }
         s.trim_end().to_string()
     };
-    let mut text = line(&head.map(String::from));
+    let mut text = line(head);
     text.push('\n');
-    text.push_str(&"-".repeat(w.iter().sum::<usize>() + 12));
+    text.push_str(&"-".repeat(w.iter().sum::<usize>() + 2 * (cols - 1)));
     text.push('\n');
-    for c in &cells {
+    for c in cells {
         text.push_str(&line(c));
         text.push('\n');
     }
-    let mut md = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(7));
-    for c in &cells {
-        let esc: Vec<String> = c.iter().map(|x| x.replace('|', "\\|")).collect();
-        let mut row = esc.clone();
-        if row[6] == "NO" {
-            row[6] = "**NO**".into();
+    let mut md = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(cols));
+    for c in cells {
+        let mut row: Vec<String> = c.iter().map(|x| x.replace('|', "\\|")).collect();
+        if row[cols - 1] == "NO" {
+            row[cols - 1] = "**NO**".into();
         }
         md.push_str(&format!("| {} |\n", row.join(" | ")));
     }
