@@ -17,8 +17,14 @@
 //! alternating with the agent's blocks; figures 1-2 also report the ratio against raw spawns
 //! interleaved with the agent's round trips (informational).
 //!
+//! Options (after `--`):
+//! - `--runs N` (1-10): run the whole bench N times and print the spread (min, median, max)
+//!   of figures 1, 2, 3, 3b and 7; each run has its own budget, so N runs take up to N × `BUDGET`.
+//! - `--only 1,3,7`: run those figures only; the floors always run.
+//! - `--quick`: reduced counts and windows, to check the bench itself (figures not comparable
+//!   with the targets; the report says so).
+//!
 //! Knobs for investigating a figure (none is needed for the report):
-//! - `--only 1,3,7` (after `--`): run those figures only; the floors always run.
 //! - `BENCH_AGENT_ENV="MALLOC_ARENA_MAX=1 TASK_HISTORY=100"`: extra variables for every agent
 //!   (loopback, discovery and port settings still win).
 //! - `BENCH_ATTACH_WAIT=SECONDS`: print each agent's pid and wait, to attach strace/perf.
@@ -48,7 +54,7 @@ use monitor::{Delivery, Watch};
 use proc::{median, ms, percentile, Agent, SECRET};
 use report::{Notes, Row};
 
-/// The whole bench must end well within 5 minutes.
+/// Each run of the bench must end well within 5 minutes (`--runs N`: N times this).
 const BUDGET: Duration = Duration::from_secs(270);
 
 /// Pause before a block of raw spawns, so the agent has finished its last task (log lines,
@@ -58,10 +64,31 @@ const SETTLE: Duration = Duration::from_millis(20);
 const TRUE_BODY: &str = r#"{"command":"/bin/true"}"#;
 const SEQ_BYTES: usize = 6_888_896;
 
+/// Command-line options (after `--`); others (cargo passes `--bench`) are ignored.
+struct Opts {
+    /// `--only 1,3,7`: the figures to run (all when None).
+    only: Option<Vec<u32>>,
+    /// `--runs N`: whole runs, for the spread.
+    runs: usize,
+    /// `--quick`: reduced counts.
+    quick: bool,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let args: Vec<String> = std::env::args().collect();
+        let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+        let only = value("--only").map(|list| list.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+        let runs = value("--runs").and_then(|n| n.parse().ok()).unwrap_or(1).clamp(1, 10);
+        Opts { only, runs, quick: args.iter().any(|a| a == "--quick") }
+    }
+}
+
 struct Bench {
     bin: PathBuf,
     /// `--only 1,3,7`: the figures to run (all when None).
     only: Option<Vec<u32>>,
+    quick: bool,
     start: Instant,
     notes: Notes,
     rows: Vec<Row>,
@@ -79,6 +106,15 @@ impl Bench {
         }
         println!("  skipped {fig} {name}: {:.0} s left, needs ~{:.0} s", self.left().as_secs_f64(), need.as_secs_f64());
         false
+    }
+
+    /// `full` normally; `quick` with `--quick`.
+    fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
     }
 
     fn want(&self, figs: &[u32]) -> bool {
@@ -528,7 +564,7 @@ fn floors(b: &mut Bench) -> Floors {
     println!("\n[floors] raw spawns of /bin/true, seq | cat");
     // Start-of-run references, before any agent runs; figures 1-3 take their floors from
     // blocks measured next to their own (the machine is shared and drifts).
-    let spawn_p50 = match raw_sequential(2000, Duration::from_secs(12)) {
+    let spawn_p50 = match raw_sequential(b.pick(2000, 300), Duration::from_secs(12)) {
         Ok(v) => {
             b.notes.add(format!(
                 "floor (a) raw sequential spawn of /bin/true (piped, read to EOF, waited): {} runs, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
@@ -544,7 +580,7 @@ fn floors(b: &mut Bench) -> Floors {
             None
         }
     };
-    let secs = 3;
+    let secs = b.pick(3, 1);
     let rate = raw_parallel(2, Duration::from_secs(secs));
     b.notes.add(format!("floor (b) raw two-thread spawn rate over {secs} s: {rate:.0} tasks/s"));
     let seq_cat = match raw_seq_cat() {
@@ -656,7 +692,7 @@ fn round_trip_wait(b: &mut Bench, a: &Agent, fl: &Floors) {
     };
     let mut h = Http::new(a.addr, SECRET);
     let cpu0 = proc::cpu_ticks_all(a.pid).unwrap_or((0, 0)).0;
-    let res = paired(250, Duration::from_secs(20), || {
+    let res = paired(b.pick(250, 50), Duration::from_secs(20), || {
         let t = Instant::now();
         let r = h.post_json("/execute?wait=true", TRUE_BODY).map_err(|e| e.to_string())?;
         let d = t.elapsed();
@@ -688,7 +724,7 @@ fn round_trip_wait(b: &mut Bench, a: &Agent, fl: &Floors) {
 /// Figure 2: `POST /execute`, then its `completed` on the bench's own WebSocket client.
 fn round_trip_ws(b: &mut Bench, a: &Agent, fl: &Floors) {
     let name = "seq. round trip POST /execute → WS completed, p50";
-    match ws_round_trips(a, 250, Duration::from_secs(20)) {
+    match ws_round_trips(a, b.pick(250, 50), Duration::from_secs(20)) {
         Ok(p) => {
             b.notes.add(format!("fig 2: {}; start-of-run floor {:.3} ms", p.text(), fl.spawn_p50.unwrap_or(f64::NAN)));
             let mut row = ratio_row("2", name, p.p50(), "ms", Some(p.clean_floor()), 1.25, false);
@@ -720,9 +756,9 @@ enum Block {
 /// Three rounds of three blocks: raw spawns with the agent idle, the agent with a WebSocket
 /// client attached, the agent without one; the middle round in reverse order, so a machine
 /// drifting through the run weighs on all three alike.
-fn throughput_blocks(a: &Agent) -> Throughput {
-    let raw_len = Duration::from_millis(1500);
-    let agent_len = Duration::from_millis(1700);
+fn throughput_blocks(b: &Bench, a: &Agent) -> Throughput {
+    let raw_len = Duration::from_millis(b.pick(1500, 400));
+    let agent_len = Duration::from_millis(b.pick(1700, 500));
     let mut t = Throughput::default();
     for round in 0..3 {
         let order = [Block::Raw, Block::WithClient, Block::WithoutClient];
@@ -761,7 +797,7 @@ fn throughput(b: &mut Bench, a: &Agent, fl: &Floors) {
     let name = "throughput, 4 clients ?wait=true, MAX_CONCURRENT_TASKS=4, WS client attached";
     let name_b = "throughput as 3, no WS client (so no events built)";
     let target = "≥ 0.85× floor";
-    let t = throughput_blocks(a);
+    let t = throughput_blocks(b, a);
     let floor = t.raw_rates.iter().sum::<f64>() / t.raw_rates.len().max(1) as f64;
     b.notes.add(format!(
         "fig 3: raw two-thread rate in blocks with the agent idle: {} tasks/s (start-of-run floor {:.0})",
@@ -867,7 +903,7 @@ fn idle_figures(b: &mut Bench) {
     }
     b.rows.push(r5);
 
-    let window = Duration::from_secs(30);
+    let window = Duration::from_secs(b.pick(30, 5));
     if !b.fits("7", name7, window + Duration::from_secs(2)) {
         b.rows.push(Row::error("7", name7, "≤ 0.02% of a core", "skipped (time budget)"));
         return;
@@ -890,6 +926,7 @@ fn idle_figures(b: &mut Bench) {
     r7.value = format!("{pct:.4}% of a core");
     r7.target = "≤ 0.02% of a core".into();
     r7.met = Some(pct <= 0.02);
+    r7.num = Some((pct, "%"));
     b.rows.push(r7);
     let mut by_thread: Vec<String> = Vec::new();
     for (tid, name, ns) in &per1 {
@@ -971,7 +1008,7 @@ fn memory_after_tasks(b: &mut Bench) {
     println!("\n[figure 6] RSS after 2 × 10,000 tasks of 10 KiB output, WS client attached");
     let name_a = "RSS after 10,000 tasks of 10 KiB output (TASK_HISTORY=1000), WS client attached";
     let name_b = "RSS added by a second 10,000 tasks";
-    let n = 10_000;
+    let n = b.pick(10_000, 1_000);
     let only = |t: u64| if t < 10_000 { format!(" (only {t} tasks)") } else { String::new() };
     let started = b.start_agent("memory", &[("MAX_CONCURRENT_TASKS", "4")]).and_then(|a| {
         let rss0 = proc::rss_kib(a.pid).unwrap_or(0);
@@ -1027,7 +1064,7 @@ fn many_clients(b: &mut Bench) {
             return;
         }
     };
-    let want = 1000;
+    let want = b.pick(1000, 100);
     std::thread::sleep(Duration::from_millis(1000));
     let rss0 = proc::rss_kib(a.pid).unwrap_or(0);
     let th0 = proc::threads(a.pid).unwrap_or(0);
@@ -1149,7 +1186,7 @@ fn list_times(a: &Agent) -> Result<(Vec<f64>, usize, usize), String> {
 fn list_tasks(b: &mut Bench) {
     println!("\n[figure 9] GET /tasks?limit=50 with 10,000 tasks in history, WS client attached");
     let name = "GET /tasks?limit=50 with 10,000 tasks in history, WS client attached, p50";
-    let n = 10_000;
+    let n = b.pick(10_000, 1_000);
     let measured =
         b.start_agent("history", &[("TASK_HISTORY", "10000"), ("MAX_CONCURRENT_TASKS", "4")]).and_then(|a| {
             let watch = Watch::begin(&a)?;
@@ -1323,42 +1360,103 @@ fn cpu_model() -> (String, usize) {
     (model, n)
 }
 
-fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let start = Instant::now();
-    let bin = match locate_binary(&root) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            std::process::exit(1);
-        }
-    };
-    let (model, cpus) = cpu_model();
-    let header = format!(
-        "codara-agent benchmark\n  date:    {}\n  system:  {}\n  CPU:     {model}, {cpus} core(s) (available parallelism {})\n  load:    {} (1/5/15 min load average at start)\n  commit:  {}{}\n  binary:  {}\n  limits:  open files {} (bench process)",
-        proc::command_text("date", &["+%Y-%m-%d %H:%M:%S %Z"]),
-        proc::command_text("uname", &["-srm"]),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        proc::command_text("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]),
-        if proc::command_text("git", &["-C", &root.to_string_lossy(), "status", "--porcelain", "--", "src", "vendor", "Cargo.toml"]) != "?" {
-            " (+ uncommitted changes in src/vendor/Cargo.toml)"
-        } else {
-            ""
-        },
-        bin.display(),
-        proc::command_text("sh", &["-c", "ulimit -n"]),
-    );
-    println!("{header}");
-    // `--only 1,3,7` runs those figures alone (the floors always run: they are the ratios' base).
-    let args: Vec<String> = std::env::args().collect();
-    let only: Option<Vec<u32>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|list| list.split(',').filter_map(|x| x.trim().parse().ok()).collect());
-    let mut b = Bench { bin, only, start, notes: Notes::default(), rows: Vec::new() };
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
+/// `git rev-parse --short HEAD`, with "+dirty" when the work tree has changes (the figures
+/// are then of code no commit holds).
+fn commit(root: &Path) -> String {
+    let dir = root.to_string_lossy();
+    let head = proc::command_text("git", &["-C", &dir, "rev-parse", "--short", "HEAD"]);
+    let dirty = proc::command_text("git", &["-C", &dir, "status", "--porcelain"]) != "?";
+    format!("{head}{}", if dirty { "+dirty" } else { "" })
+}
+
+/// Where and when a run measured: the report's header and the README's line.
+struct Machine {
+    date: String,
+    day: String,
+    system: String,
+    cpu: String,
+    load: String,
+    commit: String,
+    /// What else the README's line must say: another binary, reduced counts.
+    caveats: String,
+}
+
+impl Machine {
+    fn now(root: &Path, bin: &Path, quick: bool) -> Machine {
+        let mut caveats = String::new();
+        if std::env::var_os("BENCH_BIN").is_some() {
+            caveats.push_str(&format!("; binary {} (BENCH_BIN)", bin.display()));
+        }
+        if quick {
+            caveats.push_str("; --quick: reduced counts, NOT comparable with the targets");
+        }
+        let (model, cpus) = cpu_model();
+        Machine {
+            date: proc::command_text("date", &["+%Y-%m-%d %H:%M:%S %Z"]),
+            day: proc::command_text("date", &["+%Y-%m-%d"]),
+            system: proc::command_text("uname", &["-srm"]),
+            cpu: format!("{cpus}-core {model}"),
+            load: loadavg(),
+            commit: commit(root),
+            caveats,
+        }
+    }
+
+    fn header(&self, bin: &Path, quick: bool) -> String {
+        format!(
+            "codara-agent benchmark{}\n  date:    {}\n  system:  {}\n  CPU:     {} (available parallelism {})\n  load:    {} (1/5/15 min load average at start)\n  commit:  {}\n  binary:  {}\n  limits:  open files {} (bench process)",
+            if quick { " (--quick: reduced counts, figures NOT comparable with the targets)" } else { "" },
+            self.date,
+            self.system,
+            self.cpu,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            self.load,
+            self.commit,
+            bin.display(),
+            proc::command_text("sh", &["-c", "ulimit -n"]),
+        )
+    }
+
+    /// The line above the table in the README.
+    fn readme_line(&self) -> String {
+        format!(
+            "A run on {} of commit `{}` ({}, {}; load average {} at the start{})",
+            self.day, self.commit, self.system, self.cpu, self.load, self.caveats
+        )
+    }
+}
+
+/// One whole run of the bench.
+struct Run {
+    machine: Machine,
+    header: String,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    summary: String,
+}
+
+/// Runs every wanted figure once, within `BUDGET`.
+fn run_once(root: &Path, bin: &Path, opts: &Opts) -> Run {
+    let machine = Machine::now(root, bin, opts.quick);
+    let header = machine.header(bin, opts.quick);
+    println!("{header}");
+    let mut b = Bench {
+        bin: bin.to_path_buf(),
+        only: opts.only.clone(),
+        quick: opts.quick,
+        start: Instant::now(),
+        notes: Notes::default(),
+        rows: Vec::new(),
+    };
     let fl = floors(&mut b);
     if b.want(&[1, 2, 3, 4]) {
         latency_figures(&mut b, &fl);
@@ -1376,12 +1474,8 @@ fn main() {
         if b.left() > Duration::from_secs(25) {
             list_tasks(&mut b);
         } else {
-            b.rows.push(Row::error(
-                "9",
-                "GET /tasks?limit=50 with 10,000 tasks in history, p50",
-                "≤ 2 ms",
-                "skipped (time budget)",
-            ));
+            let name = "GET /tasks?limit=50 with 10,000 tasks in history, p50";
+            b.rows.push(Row::error("9", name, "≤ 2 ms", "skipped (time budget)"));
         }
     }
     if b.want(&[10]) {
@@ -1390,28 +1484,84 @@ fn main() {
     if b.want(&[11]) {
         binary_size(&mut b);
     }
-
-    let mut order: Vec<Row> = std::mem::take(&mut b.rows);
-    report::sort(&mut order);
-    let (text, md) = report::table(&order);
+    let mut rows = std::mem::take(&mut b.rows);
+    report::sort(&mut rows);
     let summary = format!(
         "{}; bench run time {:.1} s; load average at the end {}",
-        report::counts(&order),
-        start.elapsed().as_secs_f64(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        report::counts(&rows),
+        b.start.elapsed().as_secs_f64(),
+        loadavg()
     );
-    println!("\n{header}\n\n{text}\n{summary}\n");
-    let notes = b.notes.0.lock().unwrap().clone();
-    let report = format!(
-        "# codara-agent benchmark\n\n```\n{header}\n```\n\n{md}\n{summary}\n\nDetails:\n\n{}\n",
-        notes.iter().map(|n| format!("- {}", n.replace('\n', "\n  "))).collect::<Vec<_>>().join("\n")
-    );
-    println!("Markdown:\n\n{md}");
+    let notes = b.notes.0.lock().expect("notes lock").clone();
+    Run { machine, header, rows, notes, summary }
+}
+
+/// Figures whose spread over runs is reported (`--runs N`).
+const SPREAD: [&str; 5] = ["1", "2", "3", "3b", "7"];
+
+/// The README's part of the report: the last run's table and, with several runs, the
+/// spread of `SPREAD` over them.
+fn readme_text(runs: &[Run]) -> String {
+    let last = runs.last().expect("at least one run");
+    let n = runs.len();
+    let of = if n > 1 { format!(", run {n} of {n}") } else { String::new() };
+    let mut out = format!("{}{of}:\n\n{}\n{}\n", last.machine.readme_line(), report::table(&last.rows).1, last.summary);
+    let rows: Vec<&[Row]> = runs.iter().map(|r| r.rows.as_slice()).collect();
+    if let Some((_, md)) = report::spread(&rows, &SPREAD).filter(|_| n > 1) {
+        out.push_str(&format!(
+            "\nSpread over {n} runs of commit `{}` (each run's figure, then min, median and max):\n\n{md}",
+            last.machine.commit
+        ));
+    }
+    out
+}
+
+/// The Markdown report: the README's part, then each run's header, table, summary, notes.
+fn report_text(runs: &[Run], quick: bool) -> String {
+    let n = runs.len();
+    let mut out = String::from("# codara-agent benchmark\n\n");
+    if quick {
+        out.push_str("**--quick: reduced counts; these figures are NOT comparable with the targets.**\n\n");
+    }
+    out.push_str(&format!("## For the README\n\n{}", readme_text(runs)));
+    for (k, run) in runs.iter().enumerate() {
+        out.push_str(&format!(
+            "\n## Run {} of {n}\n\n```\n{}\n```\n\n{}\n{}\n\nDetails:\n\n{}\n",
+            k + 1,
+            run.header,
+            report::table(&run.rows).1,
+            run.summary,
+            run.notes.iter().map(|n| format!("- {}", n.replace('\n', "\n  "))).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    out
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let opts = Opts::parse();
+    let bin = match locate_binary(&root) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut runs = Vec::new();
+    for k in 1..=opts.runs {
+        if opts.runs > 1 {
+            println!("\n===== run {k} of {} =====", opts.runs);
+        }
+        let run = run_once(&root, &bin, &opts);
+        println!("\n{}\n\n{}\n{}\n", run.header, report::table(&run.rows).0, run.summary);
+        runs.push(run);
+    }
+    let rows: Vec<&[Row]> = runs.iter().map(|r| r.rows.as_slice()).collect();
+    if let Some((text, _)) = report::spread(&rows, &SPREAD).filter(|_| runs.len() > 1) {
+        println!("Spread over {} runs:\n\n{text}", runs.len());
+    }
+    println!("Markdown for the README:\n\n{}", readme_text(&runs));
+    let report = report_text(&runs, opts.quick);
     let path = root.join("target/bench-report.md");
     match std::fs::write(&path, report) {
         Ok(()) => println!("report written to {}", path.display()),

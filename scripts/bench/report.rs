@@ -1,4 +1,5 @@
-//! The bench's report: one row per figure, the table (text and Markdown), the summary line.
+//! The bench's report: one row per figure, the table (text and Markdown), the summary line,
+//! and the spread of chosen figures over several runs.
 
 use std::sync::Mutex;
 
@@ -17,6 +18,8 @@ pub struct Row {
     pub met: Option<bool>,
     /// Informational: shown, counted in no total.
     pub info: bool,
+    /// The figure's number when it is not a ratio, for the spread over runs (and its unit).
+    pub num: Option<(f64, &'static str)>,
 }
 
 impl Row {
@@ -31,6 +34,7 @@ impl Row {
             target: "-".into(),
             met: None,
             info: false,
+            num: None,
         }
     }
 
@@ -55,6 +59,19 @@ impl Row {
             (Some(r), Some(i)) => format!("{r:.2}× (interleaved {i:.2}×)"),
             (Some(r), None) => format!("{r:.2}×"),
             _ => "-".into(),
+        }
+    }
+
+    /// The number the spread compares: the ratio, else `num`.
+    fn key(&self) -> Option<f64> {
+        self.ratio.or(self.num.map(|n| n.0))
+    }
+
+    fn key_text(&self, x: f64) -> String {
+        match (self.ratio, self.num) {
+            (Some(_), _) => format!("{x:.2}×"),
+            (None, Some((_, unit))) => format!("{x:.4}{unit}"),
+            _ => format!("{x}"),
         }
     }
 }
@@ -112,6 +129,34 @@ pub fn table(rows: &[Row]) -> (String, String) {
         })
         .collect();
     render(&head, &cells)
+}
+
+/// The spread of `figs` over runs: each run's figure, then min, median and max, and in how
+/// many runs the target was met. None when no run has any of them (`--only`).
+pub fn spread(runs: &[&[Row]], figs: &[&str]) -> Option<(String, String)> {
+    let n = runs.len();
+    let mut head: Vec<String> = vec!["#".into(), "figure".into()];
+    head.extend((1..=n).map(|i| format!("run {i}")));
+    head.extend(["min", "median", "max", "target", "met"].map(String::from));
+    let mut cells = Vec::new();
+    for fig in figs {
+        let found: Vec<Option<&Row>> = runs.iter().map(|rows| rows.iter().find(|r| r.fig == *fig)).collect();
+        let Some(first) = found.iter().flatten().next() else { continue };
+        let mut keys: Vec<f64> = found.iter().flatten().filter_map(|r| r.key()).collect();
+        keys.sort_by(f64::total_cmp);
+        let mut c = vec![first.fig.clone(), first.name.clone()];
+        c.extend(found.iter().map(|r| r.and_then(|r| r.key().map(|x| r.key_text(x))).unwrap_or_else(|| "-".into())));
+        let at = |i: usize| keys.get(i).map_or("-".into(), |x| first.key_text(*x));
+        let median = if keys.is_empty() { "-".into() } else { first.key_text(crate::proc::median(&keys)) };
+        c.extend([at(0), median, at(keys.len().wrapping_sub(1)), first.target.clone()]);
+        c.push(if first.info {
+            "(info)".into()
+        } else {
+            format!("{}/{n}", found.iter().flatten().filter(|r| r.met == Some(true)).count())
+        });
+        cells.push(c);
+    }
+    (!cells.is_empty()).then(|| render(&head, &cells))
 }
 
 fn render(head: &[String], cells: &[Vec<String>]) -> (String, String) {
