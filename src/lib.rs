@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod cidr;
 pub mod config;
 pub mod discover;
 pub mod discovery;

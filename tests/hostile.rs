@@ -578,3 +578,61 @@ fn a_stalled_stdout_blocks_nothing() {
     let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
     assert!(rest.contains("task 1 started"), "{}", &rest[..rest.len().min(500)]);
 }
+
+/// A client that reads a response at 2 KiB a second: its socket has a small receive buffer,
+/// so the agent's writes keep waiting on it.
+fn trickle_download(addr: String, path: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::io::Read;
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&SockAddr::from(addr.parse::<std::net::SocketAddr>().unwrap())).expect("connect");
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let (mut got, mut buf) = (0usize, [0u8; 2048]);
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    got
+}
+
+/// Six clients downloading large responses slowly (a task's output log, the task object with
+/// its tails) hold no request worker: /health, /execute and upgrades are answered meanwhile.
+#[test]
+fn slow_downloads_do_not_stop_the_api() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let big = a.run_wait(json!({"command": "seq", "args": ["1", "1500000"]}));
+    let id = big["id"].as_u64().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let paths = [format!("/task/{id}/output"), format!("/task/{id}/output?stream=stdout")];
+    let downloads: Vec<_> = (0..6)
+        .map(|i| {
+            let (addr, path, stop) = (a.addr(), paths[i % 2].clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || trickle_download(addr, path, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // the downloads are under way
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut answered = 0;
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        assert!(a.health_ok(), "/health not answered while downloads trickle; log:\n{}", a.log_text());
+        let r = a.post("/execute", &json!({"command": "true"}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(t0.elapsed() < Duration::from_secs(8), "an API round trip took {:?}", t0.elapsed());
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let got: Vec<usize> = downloads.into_iter().map(|d| d.join().unwrap()).collect();
+    assert!(got.iter().all(|&g| g > 0), "every download made progress: {got:?}");
+    assert!(answered >= 10, "only {answered} round trips in 12 s");
+}

@@ -665,3 +665,42 @@ fn a_memory_limited_control_group_is_what_stats_and_admission_use() {
     let refused = refused.unwrap_or_else(|| panic!("no 503 with the group 90% full; hog: {hog_task}"));
     assert_eq!(refused["error"], "Insufficient resources", "{refused}");
 }
+
+/// A hundred cancels at once send SIGTERM once: the task's cleanup trap runs once, and each
+/// cancel is answered (200 while the task runs, 400 once it has ended).
+#[test]
+fn concurrent_cancels_send_sigterm_once() {
+    let a = common::agent().env("KILL_GRACE", "5000").start();
+    let _g = common::logs_on_panic(&a);
+    let script = "trap 'echo trapped; sleep 1; exit 0' TERM; echo ready; while :; do sleep 0.1; done";
+    let id = a.run("sh", &["-c", script]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.get(&format!("/task/{id}")).json()["stdout"].as_str().unwrap_or("").contains("ready") {
+        assert!(Instant::now() < deadline, "the task never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = a.addr();
+    let statuses: Vec<u16> = (0..100)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let head = format!(
+                    "POST /task/{id}/cancel HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Cluster-Secret: {}\r\nContent-Length: 0\r\n\r\n",
+                    common::SECRET
+                );
+                std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+                common::read_response(&mut std::io::BufReader::new(s)).status
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 400), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let t = a.wait_task(id);
+    assert_eq!(t["status"], "cancelled", "{t}");
+    assert_eq!(t["stdout"], "ready\ntrapped\n", "the trap must run once: {t}");
+}

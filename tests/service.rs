@@ -784,6 +784,14 @@ fn metrics_parse_and_count_what_happened() {
         ("codara_refused_requests", "counter"),
         ("codara_running_tasks", "gauge"),
         ("codara_task_duration_seconds", "histogram"),
+        ("process_cpu_seconds", "counter"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+        ("process_threads", "gauge"),
+        ("codara_build_info", "gauge"),
     ] {
         assert_eq!(ty(&m0, fam).as_deref(), Some(want), "family {fam}");
     }
@@ -857,6 +865,70 @@ fn metrics_parse_and_count_what_happened() {
             assert!(m1.get(k) >= *v, "{k} went down");
         }
     }
+}
+
+/// The standard `process_*` series and `codara_build_info`: present, parsed, and plausible
+/// for a small agent; `process_open_fds` follows connections held open.
+#[test]
+fn metrics_report_the_process() {
+    let epoch = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let before = epoch();
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let m = fetch_metrics(&a);
+    for fam in ["process_cpu_seconds", "process_open_fds", "process_resident_memory_bytes", "codara_build_info"] {
+        let help = m.families.get(fam).and_then(|f| f["help"].as_str()).unwrap_or("");
+        assert!(!help.is_empty(), "family {fam} has no # HELP");
+    }
+    let rss = m.get("process_resident_memory_bytes");
+    assert!(rss > (1 << 20) as f64 && rss < (1 << 30) as f64, "resident memory {rss} bytes");
+    assert!(m.get("process_virtual_memory_bytes") >= rss, "virtual below resident");
+    let cpu = m.get("process_cpu_seconds_total");
+    assert!((0.0..600.0).contains(&cpu), "cpu seconds {cpu}");
+    let threads = m.get("process_threads");
+    assert!(threads > 3.0 && threads < 4096.0, "threads {threads}");
+    let fds = m.get("process_open_fds");
+    assert!(fds > 3.0 && m.get("process_max_fds") >= fds, "open fds {fds}, max {}", m.get("process_max_fds"));
+    // Started between the test's spawn and now (generous: btime has whole seconds and the
+    // wall clock may be stepped), and certainly within the last hour.
+    let start = m.get("process_start_time_seconds");
+    let now = epoch();
+    assert!(start > before - 300.0 && start < now + 60.0 && start > now - 3600.0, "start {start}, spawned {before}");
+    let version = format!("codara_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(m.get(&version), 1.0);
+    assert_eq!(m.samples.keys().filter(|k| k.starts_with("codara_build_info")).count(), 1, "one build_info");
+
+    // Each connection held open is one more descriptor in the agent.
+    const HELD: usize = 16;
+    let held: Vec<std::net::TcpStream> = (0..HELD).map(|_| keep_alive_connection(&a)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (m2, fds2) = loop {
+        let m2 = fetch_metrics(&a);
+        let fds2 = m2.get("process_open_fds");
+        if fds2 >= fds + HELD as f64 || Instant::now() > deadline {
+            break (m2, fds2);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(fds2 >= fds + HELD as f64, "open fds {fds} -> {fds2} with {HELD} more connections open");
+    // Where the test may look at the agent's descriptors itself, the figure matches (give
+    // or take the scrape's own connection and directory handle).
+    let seen = a.fd_count() as f64;
+    assert!(seen == 0.0 || (fds2 - seen).abs() <= 8.0, "process_open_fds {fds2}, /proc/<pid>/fd has {seen}");
+    assert!(m2.get("process_cpu_seconds_total") >= cpu, "the CPU counter went down");
+    drop(held);
+}
+
+/// A connection that has had one request answered and stays open (keep-alive), so the agent
+/// has certainly accepted it.
+fn keep_alive_connection(a: &common::Agent) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(a.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = common::read_response(&mut std::io::BufReader::new(&s));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.header("connection"), Some("close"), "the agent closes a keep-alive connection");
+    s
 }
 
 #[test]

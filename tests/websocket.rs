@@ -1500,3 +1500,120 @@ fn a_listening_client_gets_every_line_past_the_silence_timeout() {
     assert!(msgs.iter().any(|m| is_completed_of(m, id)), "no `completed`: {}", summary(&msgs));
     assert!(pings >= 2, "{pings} pings in 100 s at the default 30 s interval");
 }
+
+/// A pause inside a UTF-8 character: the quiet-time flush holds its first bytes back, so the
+/// event stream has the character whole, as the task object does.
+#[test]
+fn a_character_cut_by_a_pause_arrives_whole() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    let id = a.run("sh", &["-c", r"printf 'caf\303'; sleep 0.3; printf '\251 ok\n'"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    let out: String = msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    assert_eq!(out, "caf\u{e9} ok\n", "{}", summary(&msgs));
+    assert_eq!(a.wait_task(id)["stdout"], "caf\u{e9} ok\n");
+}
+
+/// A masked client frame with a zero mask (`opcode` with FIN set, payload ≤ 125 bytes).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A client that pings as fast as it can and never reads: only the latest ping needs an
+/// answer, so the agent holds one pong for it, not one per ping.
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let pid = a.agent_pid();
+    let before = vm_rss_kib(pid).expect("agent RSS");
+    let mut s = raw_ws(&a);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let burst: Vec<u8> = (0..512).flat_map(|_| client_frame(0x9, &[b'p'; 125])).collect();
+    let (deadline, mut peak, mut sent) = (Instant::now() + Duration::from_secs(6), before, 0usize);
+    while Instant::now() < deadline {
+        if s.write_all(&burst).is_err() {
+            break; // the agent may close a client it cannot write to: that bounds it too
+        }
+        sent += burst.len();
+        peak = peak.max(vm_rss_kib(pid).unwrap_or(0));
+    }
+    assert!(sent > 10 << 20, "the flood was too small to show anything: {sent} bytes");
+    assert!(peak < before + 32 * 1024, "RSS grew from {before} KiB to {peak} KiB under a ping flood of {sent} bytes");
+    drop(s);
+    let mut ws = connect_synced(&a);
+    let id = a.run("echo", &["after the flood"]);
+    until_completed(&mut ws, id, Duration::from_secs(30));
+}
+
+/// Close codes a client may not send (RFC 6455 §7.4) are answered with 1002; a valid one, or
+/// none, with 1000.
+#[test]
+fn invalid_close_codes_are_answered_with_1002() {
+    let a = common::agent().start();
+    for (code, want) in
+        [(Some(999u16), 1002u16), (Some(1005), 1002), (Some(5000), 1002), (Some(1000), 1000), (None, 1000)]
+    {
+        let mut s = raw_ws(&a);
+        let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+        s.write_all(&client_frame(0x8, &payload)).unwrap();
+        let (bytes, _) = common::read_until_close(&mut s, Duration::from_secs(20));
+        let at = bytes.iter().position(|&b| b == 0x88).unwrap_or_else(|| panic!("{code:?}: no close frame: {bytes:?}"));
+        assert_eq!(&bytes[at + 2..at + 4], &want.to_be_bytes(), "close code {code:?} answered with {bytes:?}");
+    }
+}
+
+/// On a connection that gets every task, an unsubscribe stops only the task it names: one
+/// from a task that never existed (or has ended) changes nothing.
+#[test]
+fn unsubscribe_on_an_all_tasks_connection_removes_only_what_it_names() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut ws = connect_synced(&a);
+    send_json(&mut ws, json!({"type": "unsubscribe", "taskId": 999_999}));
+    let quiet = a.run("sh", &["-c", "sleep 1; echo quiet-one"]);
+    send_json(&mut ws, json!({"type": "unsubscribe", "taskId": quiet}));
+    let loud = a.run("echo", &["still-served"]);
+    let msgs = until_completed(&mut ws, loud, Duration::from_secs(30));
+    assert!(msgs.iter().any(|m| m["data"] == "still-served\n"), "{}", summary(&msgs));
+    a.wait_task(quiet);
+    let after = a.run("echo", &["later"]);
+    let rest = until_completed(&mut ws, after, Duration::from_secs(30));
+    let all: Vec<&Value> = msgs.iter().chain(&rest).collect();
+    let of_quiet: Vec<_> = all.iter().filter(|m| m["taskId"] == quiet && m["event"] != "started").collect();
+    assert!(of_quiet.is_empty(), "events of the unsubscribed task {quiet}: {of_quiet:?}");
+}
+
+/// `?subscribe=` names at most 16 tasks: more is refused before the upgrade, not cut
+/// silently; `subscribe=A&subscribe=B` narrows to both.
+#[test]
+fn url_subscriptions_repeat_and_are_capped_explicitly() {
+    let a = common::agent().start();
+    let ids: Vec<String> = (1..=17).map(|i| i.to_string()).collect();
+    let (status, body) =
+        raw_upgrade_status(&a, &format!("/?subscribe={}", ids.join(",")), &format!("X-Cluster-Secret: {SECRET}\r\n"));
+    assert_eq!(status, Some(400), "{body}");
+    assert!(body.contains("subscribe names more than 16 tasks"), "{body}");
+    let one = a.run("echo", &["first"]);
+    let two = a.run("echo", &["second"]);
+    a.wait_task(one);
+    a.wait_task(two);
+    let query = format!("{SECRET}&subscribe={one}&subscribe={two}");
+    let mut ws = try_connect(&a, Auth::Query(&query)).expect("connect with two subscribe parameters");
+    let mut seen = std::collections::HashSet::new();
+    let msgs = collect_until(&mut ws, Duration::from_secs(30), "both tasks' completed", |v| {
+        if v["event"] == "completed" {
+            seen.extend(v["taskId"].as_u64());
+        }
+        seen.len() == 2
+    });
+    // The two replays run side by side: either may come first.
+    let mut out: Vec<&str> =
+        msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
+    out.sort();
+    assert_eq!(out, ["first\n", "second\n"], "{}", summary(&msgs));
+}

@@ -23,6 +23,11 @@ pub fn get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// Every value of `key`, in order (`?subscribe=1&subscribe=2`).
+pub fn get_all<'a>(q: &'a [(String, String)], key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    q.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
 /// `true`/`1`/`yes` (or the bare key) are true; anything else false.
 pub fn flag(q: &[(String, String)], key: &str) -> bool {
     matches!(get(q, key), Some("" | "true" | "1" | "yes"))

@@ -65,8 +65,13 @@ pub fn read_loop<R: Read + AsFd>(
     let mut carry: Vec<u8> = Vec::new();
     loop {
         if !carry.is_empty() && !wait(pipe.as_fd(), IDLE_FLUSH) {
-            emit(&carry);
-            carry.clear();
+            // A character cut by the pause stays whole: its first bytes wait for the rest
+            // (or for the end of the pipe).
+            let cut = utf8_boundary(&carry);
+            if cut > 0 {
+                emit(&carry[..cut]);
+                carry.drain(..cut);
+            }
         }
         while !wait(pipe.as_fd(), ABANDON_CHECK) {
             if abandoned() {
@@ -194,6 +199,21 @@ mod tests {
             || false,
         );
         assert_eq!(out, vec![b"Password: ".to_vec(), b"x\n".to_vec()]);
+    }
+
+    #[test]
+    fn a_pause_inside_a_character_does_not_cut_it() {
+        // `printf 'caf\303'; sleep 0.3; printf '\251 ok\n'`: quiet after the lead byte.
+        let mut quiet = vec![false];
+        let mut out = Vec::new();
+        read_loop(
+            pieces(vec![b"caf\xc3".to_vec(), b"\xa9 ok\n".to_vec()]),
+            |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
+            |c| out.push(c.to_vec()),
+            || false,
+        );
+        assert_eq!(out, vec![b"caf".to_vec(), "\u{e9} ok\n".as_bytes().to_vec()]);
+        assert!(out.iter().all(|c| std::str::from_utf8(c).is_ok()));
     }
 
     #[test]

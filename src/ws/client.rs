@@ -19,79 +19,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::ws::hub::Ctl;
+use crate::ws::ctl::{self, Ctl};
+use crate::ws::queue::{Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, WRITE_TIMEOUT};
 
-/// Bytes of messages a client may have queued before it is closed as too slow.
-pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
 /// A client that sends no frame (not even a pong) for this many ping intervals is closed.
 pub const SILENT_INTERVALS: u32 = 3;
-/// A single write to a client may block this long before the client is dropped.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message a client may send (subscribe requests are tiny).
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
-/// Close code for a client that fell too far behind (RFC 6455: policy violation).
-pub const CLOSE_TOO_SLOW: u16 = 1008;
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_PROTOCOL: u16 = 1002;
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-
-/// What a writer sends.
-#[derive(Debug)]
-pub enum Out {
-    Text(Arc<str>),
-    Pong(Vec<u8>),
-    Close(u16, &'static str),
-}
-
-impl Out {
-    pub fn cost(&self) -> usize {
-        match self {
-            Out::Text(s) => s.len(),
-            Out::Pong(p) => p.len(),
-            Out::Close(..) => 0,
-        }
-    }
-}
-
-/// The sending side of a client's queue, shared by the hub, the replay threads and the
-/// client's reader.
-#[derive(Clone)]
-pub struct Queue {
-    pub tx: Sender<Out>,
-    pub queued: Arc<AtomicUsize>,
-    pub kicked: Arc<AtomicBool>,
-}
-
-impl Queue {
-    /// Queues `out` unless it would take the client over its budget; false then.
-    pub fn push(&self, out: Out) -> bool {
-        let cost = out.cost();
-        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
-        if before + cost > CLIENT_BUFFER_BYTES {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-            return false;
-        }
-        if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-        }
-        true
-    }
-
-    /// Queues a message whatever the budget (control frames, and messages held back during
-    /// a replay, which were counted when they were held).
-    pub fn push_control(&self, out: Out) {
-        let cost = out.cost();
-        self.queued.fetch_add(cost, Ordering::AcqRel);
-        if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-        }
-    }
-
-    pub fn is_over(&self, extra: usize) -> bool {
-        self.queued.load(Ordering::Acquire) + extra > CLIENT_BUFFER_BYTES
-    }
-}
 
 /// The read half: reads the socket, throws away whatever tungstenite tries to write (its
 /// automatic pong and close replies); the writer thread sends those instead.
@@ -136,12 +70,13 @@ pub fn start(
     stream.set_read_timeout(Some(silence))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;
-    let kicked = Arc::clone(&queue.kicked);
-    let queued = Arc::clone(&queue.queued);
+    // The writer gets the queue's counters but no sender: it ends when every sender is gone.
+    let side =
+        WriterSide { queued: Arc::clone(&queue.queued), kicked: Arc::clone(&queue.kicked), pong: queue.pong_slot() };
     std::thread::Builder::new()
         .name(format!("ws-{id}-tx"))
         .stack_size(64 * 1024)
-        .spawn(move || writer(id, write_half, queue_rx, queued, kicked, ping_interval))?;
+        .spawn(move || writer(id, write_half, queue_rx, side, ping_interval))?;
     let ws = WebSocket::from_partially_read(ReadHalf(stream), leftover, Role::Server, Some(ws_config()));
     let spawned = std::thread::Builder::new().name(format!("ws-{id}-rx")).stack_size(128 * 1024).spawn({
         let hub = hub.clone();
@@ -157,18 +92,23 @@ pub fn start(
 fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, silence: Duration) {
     loop {
         match ws.read() {
-            Ok(Message::Text(t)) => match crate::ws::hub::parse_request(t.as_str()) {
+            Ok(Message::Text(t)) => match ctl::parse_request(t.as_str()) {
                 Ok(ctl) => {
                     let _ = hub.send(ctl(id));
                 }
-                Err(why) => {
-                    let msg = serde_json::json!({ "type": "error", "error": why }).to_string();
-                    queue.push(Out::Text(msg.into()));
-                }
+                Err(why) => queue.push_error(&why, None),
             },
-            Ok(Message::Ping(p)) => queue.push_control(Out::Pong(p.to_vec())),
-            Ok(Message::Close(_)) => {
-                queue.push_control(Out::Close(CLOSE_NORMAL, ""));
+            Ok(Message::Ping(p)) => queue.pong(p.to_vec()),
+            Ok(Message::Close(frame)) => {
+                // RFC 6455 §7.4: a code a client may not send is a protocol error; tungstenite
+                // hands such a frame over as 1002 already. The answer echoes 1002.
+                let code = frame.map(|f| u16::from(f.code));
+                if code.is_some_and(|c| c == CLOSE_PROTOCOL || !close_code_allowed(c)) {
+                    log::info!("websocket client {id}: closed with a protocol error (close code not allowed)");
+                    queue.push_control(Out::Close(CLOSE_PROTOCOL, "invalid close code"));
+                } else {
+                    queue.push_control(Out::Close(CLOSE_NORMAL, ""));
+                }
                 break;
             }
             Ok(_) => {}
@@ -194,14 +134,14 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
     let _ = hub.send(Ctl::Leave { id });
 }
 
-fn writer(
-    id: u64,
-    stream: TcpStream,
-    rx: Receiver<Out>,
+/// What the writer shares with the queue's senders.
+struct WriterSide {
     queued: Arc<AtomicUsize>,
     kicked: Arc<AtomicBool>,
-    ping_interval: Duration,
-) {
+    pong: PongSlot,
+}
+
+fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_interval: Duration) {
     let mut w = BufWriter::with_capacity(16 * 1024, crate::eintr::Retrying(&stream));
     let mut next_ping = Instant::now() + ping_interval;
     let result = (|| -> io::Result<()> {
@@ -219,11 +159,15 @@ fn writer(
                     next_ping = Instant::now() + ping_interval;
                 }
                 let Some(out) = next.take() else { break };
-                queued.fetch_sub(out.cost(), Ordering::AcqRel);
+                side.queued.fetch_sub(out.cost(), Ordering::AcqRel);
                 match out {
-                    Out::Text(s) if !kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
+                    Out::Text(s) if !side.kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
                     Out::Text(_) => {}
-                    Out::Pong(p) => write_frame(&mut w, 0xA, &p)?,
+                    Out::PongDue => {
+                        if let Some(p) = side.pong.take() {
+                            write_frame(&mut w, 0xA, &p)?;
+                        }
+                    }
                     Out::Close(code, reason) => return write_close(&mut w, code, reason),
                 }
                 next = rx.try_recv().ok();
@@ -237,6 +181,12 @@ fn writer(
     drop(w);
     // Wakes the reader too, if it is still waiting.
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Whether a client may send this close code (RFC 6455 §7.4.1 and the IANA registry):
+/// 1000–1003, 1007–1014, and 3000–4999 for libraries and applications.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn write_close(w: &mut impl Write, code: u16, reason: &str) -> io::Result<()> {
@@ -273,6 +223,16 @@ pub fn write_frame(w: &mut impl Write, opcode: u8, payload: &[u8]) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_codes() {
+        for ok in [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert!(close_code_allowed(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535] {
+            assert!(!close_code_allowed(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn frame_lengths() {

@@ -3,7 +3,7 @@
 //! client and never locks a task (a task's readers may be waiting on this thread's channel
 //! while holding their task's lock); a client over its budget is closed instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,82 +13,12 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::events::{Event, EventKind, EventRx};
 use crate::tasks::registry::Registry;
-use crate::ws::client::{Out, Queue, CLIENT_BUFFER_BYTES, CLOSE_GOING_AWAY, CLOSE_TOO_SLOW};
+use crate::ws::ctl::Ctl;
+use crate::ws::queue::{Out, Queue, CLIENT_BUFFER_BYTES, CLOSE_GOING_AWAY, CLOSE_TOO_SLOW};
 use crate::ws::replay;
 
 /// Most WebSocket clients at once; more get 503 before the upgrade.
 pub const MAX_CLIENTS: usize = 4096;
-
-/// Messages to the broadcaster from clients, replays and the agent.
-pub enum Ctl {
-    /// Sent before the handshake's answer, so the client misses no event of a task started
-    /// right after it.
-    Join {
-        id: u64,
-        queue: Queue,
-        peer: String,
-        /// `?subscribe=N,M&offset=O&errorOffset=E` from the URL: (task, offset, errorOffset).
-        subscribe: Vec<(u64, u64, u64)>,
-    },
-    /// The upgraded socket, to shut down a client that falls behind.
-    Attach {
-        id: u64,
-        stream: TcpStream,
-    },
-    Leave {
-        id: u64,
-    },
-    /// Narrow the client to this task, first replaying its output from these offsets.
-    Subscribe {
-        id: u64,
-        task_id: u64,
-        offset: u64,
-        error_offset: u64,
-    },
-    Unsubscribe {
-        id: u64,
-        task_id: u64,
-    },
-    /// A replay has queued the task's output up to `cut` (stdout, stderr bytes), and its end
-    /// when `ended`; held-back live events before that are dropped, the rest sent.
-    ReplayDone {
-        id: u64,
-        task_id: u64,
-        /// Which subscribe it answers: a later one (after an unsubscribe) has its own.
-        generation: u64,
-        cut: [u64; 2],
-        ended: bool,
-        /// The replay sent `started` itself.
-        started: bool,
-    },
-    Stop,
-}
-
-/// Parses a client's text message into a [`Ctl`] for that client.
-pub fn parse_request(text: &str) -> Result<Box<dyn FnOnce(u64) -> Ctl + Send>, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let task_id =
-        || v.get("taskId").and_then(|t| t.as_u64()).ok_or_else(|| "taskId must be a non-negative integer".to_string());
-    match v.get("type").and_then(|t| t.as_str()) {
-        Some("subscribe") => {
-            let (task_id, offset) = (task_id()?, offset_or("offset", &v)?);
-            let error_offset = offset_or("errorOffset", &v)?;
-            Ok(Box::new(move |id| Ctl::Subscribe { id, task_id, offset, error_offset }))
-        }
-        Some("unsubscribe") => {
-            let task_id = task_id()?;
-            Ok(Box::new(move |id| Ctl::Unsubscribe { id, task_id }))
-        }
-        _ => Err("unknown message: expected {\"type\":\"subscribe\"|\"unsubscribe\",\"taskId\":N}".into()),
-    }
-}
-
-fn offset_or(k: &str, v: &serde_json::Value) -> Result<u64, String> {
-    match v.get(k) {
-        None | Some(serde_json::Value::Null) => Ok(0),
-        Some(o) => o.as_u64().ok_or_else(|| format!("{k} must be a non-negative integer")),
-    }
-}
 
 /// What the agent keeps of the broadcaster: its control channel and client count.
 #[derive(Clone)]
@@ -112,8 +42,12 @@ struct Client {
     queue: Queue,
     stream: Option<TcpStream>,
     peer: String,
-    /// `None`: every task (compat). `Some`: only these.
+    /// `None`: every task (compat) but those in `excluded`. `Some`: only these.
     subs: Option<HashSet<u64>>,
+    /// Tasks unsubscribed from on a connection that gets every task; a task leaves the set
+    /// with its `completed` (its last event), or, when the set is full, the oldest id leaves
+    /// (a main server that unsubscribes from tasks already ended never sees them again).
+    excluded: BTreeSet<u64>,
     /// Tasks being replayed to this client: their live events wait here until the replay
     /// is done, so nothing is lost, repeated or reordered.
     pending: HashMap<u64, Pending>,
@@ -152,6 +86,10 @@ struct Pending {
 
 /// Finished replays remembered per client (see `Client::covered`).
 const MAX_COVERED: usize = 1024;
+
+/// Tasks a connection that gets every task keeps unsubscribed from at once (see
+/// `Client::excluded`).
+pub const MAX_EXCLUDED: usize = 1024;
 
 /// Replays one client may have under way at once; more subscribes get an error.
 pub const MAX_REPLAYS_PER_CLIENT: usize = 16;
@@ -223,9 +161,16 @@ impl Hub {
             return;
         }
         let mut kick = Vec::new();
+        let last = matches!(ev.kind, EventKind::Completed);
         for (id, c) in self.clients.iter_mut() {
             if c.subs.as_ref().is_some_and(|s| !s.contains(&ev.task_id)) {
                 continue;
+            }
+            if c.subs.is_none() && !c.excluded.is_empty() {
+                let skip = if last { c.excluded.remove(&ev.task_id) } else { c.excluded.contains(&ev.task_id) };
+                if skip {
+                    continue;
+                }
             }
             if let Some(cv) = c.covered.get(&ev.task_id) {
                 let covered = cv.covers(&ev.kind);
@@ -281,13 +226,11 @@ impl Hub {
             return; // a replay of it is already under way
         }
         if c.pending.len() >= MAX_REPLAYS_PER_CLIENT {
-            let msg = serde_json::json!({
-                "type": "error", "error": "Too many replays under way", "taskId": task_id
-            });
-            c.queue.push(Out::Text(msg.to_string().into()));
+            c.queue.push_error("Too many replays under way", Some(task_id));
             return;
         }
         c.subs.get_or_insert_with(HashSet::new).insert(task_id);
+        c.excluded.clear(); // narrowed: only the named tasks come now
         c.covered.remove(&task_id); // the new replay decides what is covered
         self.generation += 1;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -316,8 +259,8 @@ impl Hub {
                 // Subscriptions named in the URL hold from the first event on, so such a client
                 // never sees a task's live output ahead of its replay.
                 let subs = (!subscribe.is_empty()).then(HashSet::new);
-                let (pending, covered) = (HashMap::new(), HashMap::new());
-                self.clients.insert(id, Client { queue, stream: None, peer, subs, pending, covered });
+                let (pending, covered, excluded) = (HashMap::new(), HashMap::new(), BTreeSet::new());
+                self.clients.insert(id, Client { queue, stream: None, peer, subs, excluded, pending, covered });
                 for (task_id, offset, error_offset) in subscribe {
                     self.subscribe(id, task_id, offset, error_offset);
                 }
@@ -336,7 +279,18 @@ impl Hub {
             Ctl::Subscribe { id, task_id, offset, error_offset } => self.subscribe(id, task_id, offset, error_offset),
             Ctl::Unsubscribe { id, task_id } => {
                 if let Some(c) = self.clients.get_mut(&id) {
-                    c.subs.get_or_insert_with(HashSet::new).remove(&task_id);
+                    match &mut c.subs {
+                        Some(subs) => {
+                            subs.remove(&task_id);
+                        }
+                        // Every other task still comes (CONTRACT.md §3).
+                        None => {
+                            if c.excluded.len() >= MAX_EXCLUDED {
+                                c.excluded.pop_first();
+                            }
+                            c.excluded.insert(task_id);
+                        }
+                    }
                     c.covered.remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
                         p.cancel.store(true, Ordering::Release);

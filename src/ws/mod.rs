@@ -5,19 +5,21 @@
 //! ([`replay`]).
 
 pub mod client;
+pub mod ctl;
 pub mod hub;
+pub mod queue;
 pub mod replay;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tiny_http::{Header, Request, Response};
 
 use crate::http::error::ApiError;
-use crate::http::handlers::Reply;
+use crate::http::reply::{respond, Reply};
 use crate::http::{auth, query, Ctx};
-use crate::ws::client::Queue;
-use crate::ws::hub::{Ctl, HubHandle, MAX_CLIENTS};
+use crate::ws::ctl::Ctl;
+use crate::ws::hub::{HubHandle, MAX_CLIENTS};
+use crate::ws::queue::Queue;
 
 /// Whether the request asks for a WebSocket upgrade.
 pub fn is_upgrade(rq: &Request) -> bool {
@@ -28,26 +30,32 @@ fn header<'a>(rq: &'a Request, name: &'static str) -> Option<&'a str> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim())
 }
 
-/// `?subscribe=7,8&offset=O&errorOffset=E`: tasks to narrow the connection to from its
-/// start, each replayed from the offsets (default 0).
+/// `?subscribe=7,8&offset=O&errorOffset=E` (or `subscribe=7&subscribe=8`): tasks to narrow
+/// the connection to from its start, each replayed from the offsets (default 0). At most
+/// [`hub::MAX_REPLAYS_PER_CLIENT`] tasks: more is an error, not a silent cut.
 fn url_subscriptions(q: &[(String, String)]) -> Result<Vec<(u64, u64, u64)>, String> {
-    let Some(list) = query::get(q, "subscribe").filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
     let num = |k: &str| match query::get(q, k) {
         None | Some("") => Ok(0),
         Some(v) => v.parse::<u64>().map_err(|_| format!("{k} must be a non-negative integer")),
     };
     let (offset, error_offset) = (num("offset")?, num("errorOffset")?);
-    list.split(',')
-        .take(hub::MAX_REPLAYS_PER_CLIENT)
-        .map(|t| t.trim().parse::<u64>().map(|id| (id, offset, error_offset)))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "subscribe must be task ids separated by commas".to_string())
+    let mut ids: Vec<u64> = Vec::new();
+    for t in query::get_all(q, "subscribe").flat_map(|l| l.split(',')).filter(|t| !t.trim().is_empty()) {
+        let id = t.trim().parse::<u64>().map_err(|_| "subscribe must be task ids separated by commas".to_string())?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > hub::MAX_REPLAYS_PER_CLIENT {
+            return Err(format!("subscribe names more than {} tasks", hub::MAX_REPLAYS_PER_CLIENT));
+        }
+    }
+    Ok(ids.into_iter().map(|id| (id, offset, error_offset)).collect())
 }
 
 /// Checks, answers the handshake, and hands the connection to the hub; or answers the refusal.
 pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) {
     if let Err((rq, reply)) = upgrade(ctx, hub, rq) {
-        crate::http::server::respond(rq, reply);
+        respond(rq, reply);
     }
 }
 
@@ -56,7 +64,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     let from = rq.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
     let (_, q) = query::split_url(rq.url());
     let presented = auth::presented(rq.headers()).or_else(|| query::get(&q, "secret"));
-    if !ctx.cfg.ws_allow_anonymous && !auth::is_valid(presented, &ctx.cfg.secret) {
+    if !ctx.cfg.ws_allow_anonymous && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), presented) {
         crate::metrics::inc(&ctx.reg.metrics.refused_requests);
         log::warn!("refused WebSocket upgrade from {from}: invalid or missing cluster secret");
         return Err((rq, Reply::error(&ApiError::Forbidden)));
@@ -79,9 +87,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     };
     if hub.clients.load(Ordering::Acquire) >= MAX_CLIENTS {
         log::warn!("refused WebSocket upgrade from {from}: {MAX_CLIENTS} clients already connected");
-        let mut r = Reply::json(503, &serde_json::json!({ "error": "Too many WebSocket clients" }));
-        r.headers.push(("Retry-After", "5".into()));
-        return Err((rq, r));
+        return Err((rq, Reply::unavailable("Too many WebSocket clients", 5)));
     }
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = Response::empty(101).with_header(
@@ -91,7 +97,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     // ahead of its registration. Events wait in the queue until the writer starts.
     let id = hub.next_client_id();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), kicked: Arc::new(AtomicBool::new(false)) };
+    let queue = Queue::new(tx);
     // Counted first, so tasks start producing events before the client can start a task.
     hub.clients.fetch_add(1, Ordering::AcqRel);
     let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone(), subscribe: initial });
