@@ -296,10 +296,13 @@ impl Schedule {
 }
 
 /// Probe replies: at most `PROBE_REPLIES_PER_SEC` taken a second, whatever arrives, each sent
-/// after a random delay of up to `REPLY_SPREAD`.
+/// after a random delay of up to `REPLY_SPREAD`; and at most `PROBE_REPLIES_PER_SEC` sent in
+/// any second (the delays could otherwise bunch two seconds' replies into one).
 struct Replies {
     window: Instant,
     taken: u32,
+    /// When the latest replies went out (at most `PROBE_REPLIES_PER_SEC`).
+    sent: std::collections::VecDeque<Instant>,
     /// (when, to whom); at most `PROBE_REPLIES_PER_SEC` per `REPLY_SPREAD`, so a handful.
     pending: Vec<(Instant, SocketAddr)>,
     /// std's hasher keys, drawn from the OS's randomness: agents started together, on one
@@ -310,7 +313,8 @@ struct Replies {
 
 impl Replies {
     fn new(now: Instant) -> Replies {
-        Replies { window: now, taken: 0, pending: Vec::new(), random: RandomState::new(), drawn: 0 }
+        let sent = std::collections::VecDeque::new();
+        Replies { window: now, taken: 0, sent, pending: Vec::new(), random: RandomState::new(), drawn: 0 }
     }
 
     /// Takes a probe from `from`; false when this second's replies are used up.
@@ -334,11 +338,18 @@ impl Replies {
         self.pending.iter().map(|(at, _)| *at).min()
     }
 
-    /// The probers whose reply is due at `now`, taken off the list.
+    /// The probers whose reply is due at `now` and may go out, taken off the list (a reply
+    /// that would make more than `PROBE_REPLIES_PER_SEC` in a second is dropped).
     fn due(&mut self, now: Instant) -> Vec<SocketAddr> {
         let (due, later) = self.pending.iter().partition::<Vec<_>, _>(|(at, _)| *at <= now);
         self.pending = later;
-        due.into_iter().map(|(_, to)| to).collect()
+        while self.sent.front().is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(1)) {
+            self.sent.pop_front();
+        }
+        let room = (PROBE_REPLIES_PER_SEC as usize).saturating_sub(self.sent.len());
+        let out: Vec<SocketAddr> = due.into_iter().map(|(_, to)| to).take(room).collect();
+        self.sent.extend(std::iter::repeat_n(now, out.len()));
+        out
     }
 }
 
@@ -469,6 +480,25 @@ mod tests {
         assert_eq!(taken, PROBE_REPLIES_PER_SEC as usize);
         assert!(!r.take(prober(99), t0 + Duration::from_millis(999)));
         assert!(r.take(prober(99), t0 + Duration::from_millis(1000)));
+    }
+
+    /// Probes taken at the end of one second and the start of the next may fall due together;
+    /// still at most five go out in any second.
+    #[test]
+    fn at_most_five_replies_are_sent_in_any_second() {
+        let t0 = Instant::now();
+        let mut r = Replies::new(t0);
+        let mut sent = Vec::new();
+        for ms in (0..3000).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            r.take(prober(ms as u16), now);
+            sent.extend(r.due(now).into_iter().map(|_| now));
+        }
+        assert!(sent.len() >= 10, "replies still go out: {}", sent.len());
+        for (i, t) in sent.iter().enumerate() {
+            let in_a_second = sent[i..].iter().filter(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+            assert!(in_a_second <= PROBE_REPLIES_PER_SEC as usize, "{in_a_second} replies within 1 s of {t:?}");
+        }
     }
 
     #[test]
