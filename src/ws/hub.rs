@@ -236,7 +236,7 @@ impl Hub {
         let cancel = Arc::new(AtomicBool::new(false));
         c.pending
             .insert(task_id, Pending { generation: self.generation, cancel: Arc::clone(&cancel), events: Vec::new() });
-        let job = replay::Job {
+        let job = replay::Replay {
             reg: Arc::clone(&self.reg),
             client: id,
             task_id,
