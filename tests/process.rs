@@ -621,7 +621,10 @@ fn a_memory_limited_control_group_is_what_stats_and_admission_use() {
         || !joinable(&dir)
     {
         let _ = std::fs::remove_dir(&dir);
-        eprintln!("SKIPPED a_memory_limited_control_group_is_what_stats_and_admission_use: cannot make a memory-limited cgroup at {}", dir.display());
+        common::skip_or_fail(
+            "a_memory_limited_control_group_is_what_stats_and_admission_use",
+            &format!("cannot make a memory-limited cgroup at {} (needs root and a memory controller)", dir.display()),
+        );
         return;
     }
     let tmp = TempDir::new("cgroup");
