@@ -1229,8 +1229,8 @@ fn subscribe_to_a_running_task_replays_what_came_before_the_client() {
     let a = common::agent().start();
     let script = "for i in $(seq 1 40); do echo line-$i; sleep 0.05; done";
     let id = a.run("sh", &["-c", script]);
-    // About a third of the lines are out before any client exists.
-    std::thread::sleep(Duration::from_millis(700));
+    // Some lines are out before any client exists.
+    wait_task_bytes(&a, id, |t| t["stdout"].as_str().is_some_and(|o| o.contains("line-10\n")), "line-10");
     let mut ws = connect(&a);
     subscribe(&mut ws, id, 0, 0);
     let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
@@ -1243,6 +1243,20 @@ fn subscribe_to_a_running_task_replays_what_came_before_the_client() {
     assert_eq!(text, expected, "{}", summary(&msgs));
     let completed = msgs.iter().filter(|m| is_completed_of(m, id)).count();
     assert_eq!(completed, 1, "{}", summary(&msgs));
+}
+
+/// Polls `GET /task/:id` (20 s at most) until `ready` holds for the task object.
+#[track_caller]
+fn wait_task_bytes(a: &Agent, id: u64, ready: impl Fn(&Value) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = a.get(&format!("/task/{id}")).json();
+        if ready(&t) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {id}: no {what} within 20 s: {t}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// An idle client is pinged (every 30 s), and a pong keeps it connected.
@@ -1303,7 +1317,7 @@ fn subscribing_in_the_url_gives_ordered_output_from_the_start() {
     let a = common::agent().start();
     let script = "i=0; while [ $i -lt 3000 ]; do echo out-$i; echo err-$i >&2; i=$((i+1)); done; sleep 0.5; echo end";
     let id = a.run("sh", &["-c", script]);
-    std::thread::sleep(Duration::from_millis(30));
+    wait_task_bytes(&a, id, |t| t["stdoutBytes"].as_u64() > Some(0) && t["stderrBytes"].as_u64() > Some(0), "output");
     let query = format!("{SECRET}&subscribe={id}");
     let mut ws = try_connect(&a, Auth::Query(&query)).expect("connect with ?subscribe=");
     let msgs = until_completed(&mut ws, id, Duration::from_secs(60));
