@@ -519,9 +519,7 @@ fn unknown_or_non_numeric_task_is_404() {
     ] {
         let r = a.get(p);
         assert_eq!(r.status, 404, "{p}: {}", r.text());
-        if !p.ends_with("/output") {
-            assert_eq!(r.json(), json!({"error": "Task not found"}), "{p}");
-        }
+        assert_eq!(r.json(), json!({"error": "Task not found"}), "{p}");
     }
     a.assert_alive();
 }
@@ -775,20 +773,21 @@ fn known_path_wrong_method_is_405() {
     let _logs_a = common::logs_on_panic(&a);
     let id = a.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
     let cases = [
-        ("GET", "/execute".to_string()),
-        ("PUT", "/execute".to_string()),
-        ("DELETE", format!("/task/{id}")),
-        ("POST", format!("/task/{id}")),
-        ("GET", format!("/task/{id}/cancel")),
-        ("POST", format!("/task/{id}/output")),
-        ("POST", "/tasks".to_string()),
-        ("POST", "/health".to_string()),
-        ("POST", "/stats".to_string()),
+        ("GET", "/execute".to_string(), "POST"),
+        ("PUT", "/execute".to_string(), "POST"),
+        ("DELETE", format!("/task/{id}"), "GET"),
+        ("POST", format!("/task/{id}"), "GET"),
+        ("GET", format!("/task/{id}/cancel"), "POST"),
+        ("POST", format!("/task/{id}/output"), "GET"),
+        ("POST", "/tasks".to_string(), "GET"),
+        ("POST", "/health".to_string(), "GET"),
+        ("POST", "/stats".to_string(), "GET"),
     ];
-    for (m, p) in cases {
+    for (m, p, allow) in cases {
         let r = a.request(m, &p, &[auth()], b"");
         assert_eq!(r.status, 405, "{m} {p}: {}", r.text());
-        assert!(r.json()["error"].is_string(), "{m} {p}: {}", r.text());
+        assert_eq!(r.json(), json!({"error": "Method not allowed", "allow": allow}), "{m} {p}");
+        assert_eq!(r.header("allow"), Some(allow), "{m} {p}: {:?}", r.headers);
     }
     // DELETE did not delete anything.
     assert_eq!(a.get(&format!("/task/{id}")).status, 200);
@@ -807,6 +806,8 @@ fn body_over_one_mib_is_413() {
     let (r, raw) = common::send_raw(&a, head.as_bytes(), big.into_bytes(), Duration::from_secs(30));
     let r = r.unwrap_or_else(|| panic!("no response to a 2 MiB body: {:?}", String::from_utf8_lossy(&raw)));
     assert_eq!(r.status, 413, "{}", r.text());
+    let body = json!({"error": "Request body too large (limit 1048576 bytes)", "limit": 1048576});
+    assert_eq!(r.json(), body, "413 body");
     let t = a.get("/tasks").json();
     assert_eq!(t["tasks"].as_array().map(Vec::len), Some(0), "{t}");
     // Just under 1 MiB is accepted.
