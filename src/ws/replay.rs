@@ -14,8 +14,8 @@ use crossbeam_channel::Sender;
 use crate::protocol::{self, CompletedData, TaskStatus};
 use crate::tasks::output_log::LogReader;
 use crate::tasks::registry::Registry;
-use crate::ws::client::{Out, Queue, WRITE_TIMEOUT};
-use crate::ws::hub::Ctl;
+use crate::ws::ctl::Ctl;
+use crate::ws::queue::{Out, Queue, WRITE_TIMEOUT};
 
 pub struct Job {
     pub reg: Arc<Registry>,
@@ -70,8 +70,7 @@ fn push(job: &Job, json: String) -> bool {
 fn run(job: &Job) -> ([u64; 2], bool, bool) {
     let Some(task) = job.reg.get(job.task_id) else {
         // Unknown (or not yet created): whatever comes live is new.
-        let msg = serde_json::json!({ "type": "error", "error": "Task not found", "taskId": job.task_id });
-        push(job, msg.to_string());
+        job.queue.push_error("Task not found", Some(job.task_id));
         return ([0, 0], false, false);
     };
     // Under the task's lock, its byte counts and its log agree: the log holds exactly the
