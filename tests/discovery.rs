@@ -1084,17 +1084,18 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 #[test]
 fn announce_crosses_a_veth_pair_between_namespaces() {
+    const TEST: &str = "announce_crosses_a_veth_pair_between_namespaces";
     static N: AtomicUsize = AtomicUsize::new(0);
     let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
     let (ns_a, ns_b) = (format!("cdr-a-{tag}"), format!("cdr-b-{tag}"));
     let mut guard = Netns(Vec::new());
     if let Err(e) = ip(&["netns", "add", &ns_a]) {
-        eprintln!("SKIPPED announce_crosses_a_veth_pair_between_namespaces: network namespaces unavailable: {e}");
+        common::skip_or_fail(TEST, &format!("network namespaces unavailable: {e}"));
         return;
     }
     guard.0.push(ns_a.clone());
     if let Err(e) = ip(&["netns", "add", &ns_b]) {
-        eprintln!("SKIPPED announce_crosses_a_veth_pair_between_namespaces: cannot add a second namespace: {e}");
+        common::skip_or_fail(TEST, &format!("cannot add a second network namespace: {e}"));
         return;
     }
     guard.0.push(ns_b.clone());
@@ -1108,7 +1109,7 @@ fn announce_crosses_a_veth_pair_between_namespaces() {
     ];
     for args in &setup {
         if let Err(e) = ip(args) {
-            eprintln!("SKIPPED announce_crosses_a_veth_pair_between_namespaces: cannot create a veth pair: {e}");
+            common::skip_or_fail(TEST, &format!("cannot create a veth pair: {e}"));
             return;
         }
     }
