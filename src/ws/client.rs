@@ -20,7 +20,9 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::ws::ctl::{self, Ctl};
-use crate::ws::queue::{Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, WRITE_TIMEOUT};
+use crate::ws::queue::{
+    Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, WRITE_TIMEOUT,
+};
 
 /// A client that sends no frame (not even a pong) for this many ping intervals is closed.
 pub const SILENT_INTERVALS: u32 = 3;
@@ -122,6 +124,11 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => break,
             Err(tungstenite::Error::Io(e)) => {
                 log::debug!("websocket client {id}: read failed: {e}");
+                break;
+            }
+            Err(tungstenite::Error::Capacity(e)) => {
+                log::info!("websocket client {id}: {e}; closing");
+                queue.push_control(Out::Close(CLOSE_TOO_BIG, "message too big"));
                 break;
             }
             Err(e) => {

@@ -18,6 +18,8 @@ pub const CLOSE_TOO_SLOW: u16 = 1008;
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client message over the size limit (RFC 6455: message too big).
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// What a writer sends.
 #[derive(Debug)]
