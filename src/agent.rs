@@ -69,6 +69,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if cfg.ws_allow_anonymous {
         log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
     }
+    if !cfg.trusted_addresses.is_empty() {
+        let ranges = cfg.trusted_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        log::warn!("TRUSTED_ADDRESSES: requests from {ranges} need no cluster secret");
+    }
 
     let ctx = Arc::new(Ctx {
         cfg: Arc::clone(&cfg),

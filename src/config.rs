@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The secret the old Node agent shipped in its `.env.example`; refused.
-pub const PLACEHOLDER_SECRET: &str = "your-cluster-secret-key";
-/// Shortest secret accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 16;
+use crate::secret::check_secret;
+
+use crate::cidr::{self, Cidr};
+
 /// Name of the generated secret's file inside `DATA_DIR`.
 pub const SECRET_FILE: &str = "cluster-secret";
 
@@ -65,6 +65,8 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// `GET /metrics` needs the secret too.
     pub metrics_require_secret: bool,
+    /// Peers in these ranges need no secret (HTTP and WebSocket).
+    pub trusted_addresses: Vec<Cidr>,
     /// Which `.env` file was read, if any (for the start-up summary).
     pub env_file: Option<PathBuf>,
 }
@@ -136,6 +138,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "ms between pings to each WebSocket client; one silent for 3 intervals is closed (>= 100)",
     ),
     ("METRICS_REQUIRE_SECRET", "false", "true: GET /metrics needs the secret like the task endpoints"),
+    ("TRUSTED_ADDRESSES", "", "CIDRs whose requests need no secret, comma-separated; a bare address is /32 or /128"),
     ("RUST_LOG", "info", "log level"),
 ];
 
@@ -264,6 +267,14 @@ fn parse_targets(src: &Source, var: &str, default: &str, port: u16) -> Result<Ve
     Ok(out)
 }
 
+/// `TRUSTED_ADDRESSES`: comma-separated CIDRs or bare addresses; empty by default.
+fn parse_trusted(src: &Source) -> Result<Vec<Cidr>, ConfigError> {
+    let raw = src.get("TRUSTED_ADDRESSES").unwrap_or("");
+    cidr::parse_list(raw).map_err(|why| {
+        invalid("TRUSTED_ADDRESSES", raw, &format!("IP addresses or CIDRs (address/prefix), comma-separated ({why})"))
+    })
+}
+
 /// `1.2.3.4`, `1.2.3.4:99`, `[::1]:99` or `::1`, as a socket address (no name resolution).
 pub fn parse_host_port(entry: &str, default_port: u16) -> Option<SocketAddr> {
     if let Ok(sa) = entry.parse::<SocketAddr>() {
@@ -348,6 +359,7 @@ impl Config {
         let ws_allow_anonymous = parse_bool(src, "WS_ALLOW_ANONYMOUS", false)?;
         let metrics_require_secret = parse_bool(src, "METRICS_REQUIRE_SECRET", false)?;
         let ws_ping_interval = parse_ms(src, "WS_PING_INTERVAL", 30_000, 100)?;
+        let trusted_addresses = parse_trusted(src)?;
 
         let (secret, secret_source) = match src.get("CLUSTER_SECRET") {
             Some(s) => {
@@ -381,6 +393,7 @@ impl Config {
             ws_allow_anonymous,
             ws_ping_interval,
             metrics_require_secret,
+            trusted_addresses,
             env_file: src.env_file.clone(),
         })
     }
@@ -391,26 +404,12 @@ impl Config {
         crate::store::prepare_data_dir(&cfg.data_dir)
             .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", cfg.data_dir.display().to_string())))?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {
-            let (secret, generated) = crate::secret::load_or_generate(path)?;
+            let (secret, generated) = crate::secret::load_or_generate(path).map_err(ConfigError)?;
             cfg.secret = secret;
             cfg.secret_source = SecretSource::File { path: path.clone(), generated };
         }
         Ok(cfg)
     }
-}
-
-/// Why a secret is refused, or `Ok`.
-pub fn check_secret(s: &str) -> Result<(), String> {
-    if s == PLACEHOLDER_SECRET {
-        return Err(format!("it is the old placeholder {PLACEHOLDER_SECRET:?}; set a real secret"));
-    }
-    if s.len() < MIN_SECRET_LEN {
-        return Err(format!("it is {} bytes long; at least {MIN_SECRET_LEN} are required", s.len()));
-    }
-    if s.trim() != s || s.chars().any(|c| c.is_control()) {
-        return Err("it contains whitespace at its ends or control characters".to_string());
-    }
-    Ok(())
 }
 
 impl Config {
@@ -452,7 +451,13 @@ impl Config {
             ("WS_ALLOW_ANONYMOUS", self.ws_allow_anonymous.to_string()),
             ("WS_PING_INTERVAL", ms(self.ws_ping_interval)),
             ("METRICS_REQUIRE_SECRET", self.metrics_require_secret.to_string()),
+            ("TRUSTED_ADDRESSES", self.trusted_list()),
         ]
+    }
+
+    /// `TRUSTED_ADDRESSES` as `a/n,b/m` (empty when unset).
+    pub fn trusted_list(&self) -> String {
+        self.trusted_addresses.iter().map(Cidr::to_string).collect::<Vec<_>>().join(",")
     }
 
     /// Checks what `load` would do, without creating or writing anything: the secret file
@@ -522,6 +527,9 @@ mod tests {
             ("DISCOVERY_ADDRESSES", "not-an-ip"),
             ("BIND_ADDRESS", "localhost"),
             ("MASTER_SERVER", "host:notaport"),
+            ("TRUSTED_ADDRESSES", "10.0.0.0/33"),
+            ("TRUSTED_ADDRESSES", "10.0.0.0/8,::1/129"),
+            ("TRUSTED_ADDRESSES", "garbage"),
         ] {
             let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)])).unwrap_err();
             assert!(e.0.contains(k) && e.0.contains(v), "{e}");
@@ -531,7 +539,7 @@ mod tests {
     #[test]
     fn secret_rules() {
         assert!(Config::from_source(&src(&[("CLUSTER_SECRET", "short")])).is_err());
-        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", PLACEHOLDER_SECRET)])).is_err());
+        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", crate::secret::PLACEHOLDER_SECRET)])).is_err());
         let c = Config::from_source(&src(&[])).unwrap();
         assert!(matches!(c.secret_source, SecretSource::File { .. }));
     }
@@ -545,6 +553,16 @@ mod tests {
         let c = Config::from_source(&Source::from_maps(env, dot)).unwrap();
         assert_eq!(c.cluster_port, 5000);
         assert_eq!(c.max_concurrent_tasks, 7);
+    }
+
+    #[test]
+    fn trusted_addresses() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert!(c.trusted_addresses.is_empty(), "trusts no one by default");
+        let c = Config::from_source(&src(&[("TRUSTED_ADDRESSES", "10.0.0.0/8, 192.168.1.5,::1")])).unwrap();
+        assert_eq!(c.trusted_list(), "10.0.0.0/8,192.168.1.5/32,::1/128");
+        let shown = c.effective_values().into_iter().find(|(k, _)| *k == "TRUSTED_ADDRESSES").unwrap().1;
+        assert_eq!(shown, "10.0.0.0/8,192.168.1.5/32,::1/128");
     }
 
     #[test]

@@ -18,8 +18,9 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod cidr;
+pub mod cli_discover;
 pub mod config;
-pub mod discover;
 pub mod discovery;
 pub mod eintr;
 pub mod events;

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::procfs::SelfUsage;
 use crate::protocol::Stats;
 
 /// Upper bounds (seconds) of the task duration histogram's buckets.
@@ -46,12 +47,22 @@ impl Metrics {
         self.duration_sum_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
-    /// The whole exposition, with the gauges of the moment.
-    pub fn render(&self, stats: &Stats, ws_clients: usize) -> String {
+    /// The whole exposition, with the gauges of the moment and this process's `usage`.
+    pub fn render(&self, stats: &Stats, ws_clients: usize, usage: &SelfUsage) -> String {
+        let mut out = String::with_capacity(6144);
+        self.render_counters(&mut out);
+        render_gauges(&mut out, stats, ws_clients);
+        self.render_histogram(&mut out);
+        render_process(&mut out, usage);
+        family(&mut out, "codara_build_info", "gauge", "The agent's version, as a label; the value is always 1.");
+        let _ = writeln!(out, "codara_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        out
+    }
+
+    fn render_counters(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            family(out, name, "counter", help);
             for (labels, v) in samples {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
@@ -97,19 +108,12 @@ impl Metrics {
             "WebSocket clients closed for falling behind.",
             &[("", get(&self.ws_kicked))],
         );
+    }
 
-        let mut gauge = |name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge("codara_running_tasks", "Tasks running now.", stats.running_tasks as f64);
-        gauge("codara_max_tasks", "MAX_CONCURRENT_TASKS.", stats.max_tasks as f64);
-        gauge("codara_websocket_clients", "Connected WebSocket clients.", ws_clients as f64);
-        gauge("codara_cpu_usage_percent", "CPU usage of all cores, 0-100.", stats.cpu_percent);
-        gauge("codara_memory_usage_percent", "Memory in use (total - available), percent.", stats.memory_usage_percent);
-        gauge("codara_load_average_1m", "1-minute load average.", stats.load_average[0]);
-
+    fn render_histogram(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let name = "codara_task_duration_seconds";
-        let _ = writeln!(out, "# HELP {name} Duration of ended tasks.\n# TYPE {name} histogram");
+        family(out, name, "histogram", "Duration of ended tasks.");
         for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.duration_buckets) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
         }
@@ -117,7 +121,59 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {}", get(&self.duration_sum_ms) as f64 / 1000.0);
         let _ = writeln!(out, "{name}_count {count}");
-        out
+    }
+}
+
+/// `# HELP` and `# TYPE` of one metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A sample value as the text format writes it (`+Inf`, not Rust's `inf`; `NaN` is the same).
+fn value(v: f64) -> String {
+    match v {
+        f64::INFINITY => "+Inf".to_string(),
+        f64::NEG_INFINITY => "-Inf".to_string(),
+        v => v.to_string(),
+    }
+}
+
+fn render_gauges(out: &mut String, stats: &Stats, ws_clients: usize) {
+    let mut gauge = |name: &str, help: &str, v: f64| {
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {}", value(v));
+    };
+    gauge("codara_running_tasks", "Tasks running now.", stats.running_tasks as f64);
+    gauge("codara_max_tasks", "MAX_CONCURRENT_TASKS.", stats.max_tasks as f64);
+    gauge("codara_websocket_clients", "Connected WebSocket clients.", ws_clients as f64);
+    gauge("codara_cpu_usage_percent", "CPU usage of all cores, 0-100.", stats.cpu_percent);
+    gauge("codara_memory_usage_percent", "Memory in use (total - available), percent.", stats.memory_usage_percent);
+    gauge("codara_load_average_1m", "1-minute load average.", stats.load_average[0]);
+}
+
+/// The standard `process_*` series (names, help and types as the Prometheus client libraries
+/// export them). A figure that could not be read is left out, not reported as 0.
+fn render_process(out: &mut String, u: &SelfUsage) {
+    let int = |v: Option<u64>| v.map(|n| n as f64);
+    let series: [(&str, &str, &str, Option<f64>); 7] = [
+        ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", u.cpu_seconds),
+        ("process_open_fds", "gauge", "Number of open file descriptors.", int(u.open_fds)),
+        ("process_max_fds", "gauge", "Maximum number of open file descriptors.", u.max_fds),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", int(u.virtual_bytes)),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", int(u.resident_bytes)),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            u.start_time_seconds,
+        ),
+        ("process_threads", "gauge", "Number of OS threads in the process.", int(u.threads)),
+    ];
+    for (name, kind, help, v) in series {
+        if let Some(v) = v {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {}", value(v));
+        }
     }
 }
 
@@ -131,10 +187,41 @@ mod tests {
         m.observe_duration(5);
         m.observe_duration(2000);
         let stats = crate::monitor::Snapshot::default().to_stats(0, 4);
-        let text = m.render(&stats, 0);
+        let text = m.render(&stats, 0, &SelfUsage::default());
         assert!(text.contains("codara_task_duration_seconds_bucket{le=\"0.01\"} 1\n"));
         assert!(text.contains("codara_task_duration_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("codara_task_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("codara_task_duration_seconds_count 2\n"));
+    }
+
+    #[test]
+    fn process_series_and_build_info() {
+        let stats = crate::monitor::Snapshot::default().to_stats(0, 4);
+        let usage = SelfUsage {
+            resident_bytes: Some(4 << 20),
+            virtual_bytes: Some(64 << 20),
+            cpu_seconds: Some(1.25),
+            open_fds: Some(12),
+            max_fds: Some(f64::INFINITY),
+            start_time_seconds: Some(1_764_800_000.5),
+            threads: Some(9),
+        };
+        let text = Metrics::default().render(&stats, 0, &usage);
+        for line in [
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.25\n",
+            "# TYPE process_open_fds gauge\nprocess_open_fds 12\n",
+            "# TYPE process_max_fds gauge\nprocess_max_fds +Inf\n",
+            "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes 67108864\n",
+            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 4194304\n",
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1764800000.5\n",
+            "# TYPE process_threads gauge\nprocess_threads 9\n",
+            "# TYPE codara_build_info gauge\ncodara_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        // Unknown figures are left out, not reported as 0.
+        let text = Metrics::default().render(&stats, 0, &SelfUsage::default());
+        assert!(!text.contains("process_"), "{text}");
+        assert!(text.ends_with(&format!("codara_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
     }
 }

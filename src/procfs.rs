@@ -1,4 +1,7 @@
-//! `/proc/<pid>/stat`, read by field number as proc(5) numbers them.
+//! `/proc`: `/proc/<pid>/stat` read by field number as proc(5) numbers them, the boot time,
+//! and this process's own usage for the `process_*` metrics.
+
+use std::sync::OnceLock;
 
 /// One process's `/proc/<pid>/stat` line.
 pub struct Stat(String);
@@ -27,9 +30,71 @@ impl Stat {
     }
 }
 
+/// The boot time, in seconds since the epoch (`btime` of `/proc/stat`).
+pub fn boot_time() -> Option<u64> {
+    parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_btime(proc_stat: &str) -> Option<u64> {
+    proc_stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
+}
+
+/// The number after `key:` in a `/proc/<pid>/status` text (`Threads`, `VmRSS` in kB, ...).
+pub fn status_value(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?.split_whitespace().next()?.parse().ok()
+}
+
+/// This process's resource usage, as the `process_*` series of every Prometheus client
+/// library report it. A figure that cannot be read (no `/proc`) is `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SelfUsage {
+    pub resident_bytes: Option<u64>,
+    pub virtual_bytes: Option<u64>,
+    /// User plus system CPU time.
+    pub cpu_seconds: Option<f64>,
+    pub open_fds: Option<u64>,
+    /// The soft `RLIMIT_NOFILE`; infinite when unlimited.
+    pub max_fds: Option<f64>,
+    /// Seconds since the epoch.
+    pub start_time_seconds: Option<f64>,
+    pub threads: Option<u64>,
+}
+
+impl SelfUsage {
+    /// Reads `/proc/self/{stat,status,fd}` and the open-file limit.
+    pub fn read() -> SelfUsage {
+        let stat = Stat::read("self");
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        let mut u = stat.as_ref().map(Self::from_stat).unwrap_or_default();
+        u.threads = status.as_deref().and_then(|s| status_value(s, "Threads"));
+        u.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        u.max_fds = Some(soft.map_or(f64::INFINITY, |n| n as f64));
+        u
+    }
+
+    /// The figures `/proc/self/stat` holds: CPU time (fields 14 + 15, in clock ticks), start
+    /// time (22, ticks after boot), virtual size (23, bytes), resident set (24, pages).
+    fn from_stat(stat: &Stat) -> SelfUsage {
+        let num = |n: usize| stat.field(n).and_then(|f| f.parse::<u64>().ok());
+        let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
+        let page = rustix::param::page_size() as u64;
+        // Constant for the life of the process: read /proc/stat once.
+        static START: OnceLock<Option<f64>> = OnceLock::new();
+        let start = *START.get_or_init(|| Some(boot_time()? as f64 + num(22)? as f64 / hz));
+        SelfUsage {
+            resident_bytes: num(24).map(|pages| pages * page),
+            virtual_bytes: num(23),
+            cpu_seconds: num(14).zip(num(15)).map(|(user, system)| (user + system) as f64 / hz),
+            start_time_seconds: start,
+            ..SelfUsage::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Stat;
+    use super::*;
 
     #[test]
     fn fields_are_counted_past_an_odd_command_name() {
@@ -51,5 +116,30 @@ mod tests {
             s.field(4).and_then(|p| p.parse::<u32>().ok()),
             Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32))
         );
+    }
+
+    #[test]
+    fn status_and_boot_time_parse() {
+        let status = "Name:\tcodara-agent\nThreadsX:\t9\nThreads:\t12\nVmRSS:\t   3800 kB\n";
+        assert_eq!(status_value(status, "Threads"), Some(12));
+        assert_eq!(status_value(status, "VmRSS"), Some(3800));
+        assert_eq!(status_value(status, "Nope"), None);
+        assert_eq!(parse_btime("cpu  1 2 3\nbtime 1764800000\nprocesses 9\n"), Some(1_764_800_000));
+        assert_eq!(parse_btime("cpu 1\n"), None);
+    }
+
+    #[test]
+    fn usage_of_this_process() {
+        let u = SelfUsage::read();
+        let rss = u.resident_bytes.expect("rss");
+        assert!(rss > 1 << 20 && rss < 1 << 32, "rss {rss}");
+        assert!(u.virtual_bytes.expect("vsize") >= rss);
+        assert!(u.cpu_seconds.expect("cpu") >= 0.0);
+        assert!(u.open_fds.expect("fds") >= 3);
+        assert!(u.max_fds.expect("limit") >= u.open_fds.unwrap_or(0) as f64);
+        assert!(u.threads.expect("threads") >= 1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let start = u.start_time_seconds.expect("start time");
+        assert!(start <= now + 2.0 && start > now - 3600.0, "start {start}, now {now}");
     }
 }

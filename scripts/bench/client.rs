@@ -223,7 +223,9 @@ pub fn read_event(ws: &mut Ws) -> Result<Option<Event>, tungstenite::Error> {
     }
 }
 
-/// Whether a tungstenite error is a read timeout.
-pub fn is_timeout(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock || io.kind() == io::ErrorKind::TimedOut)
+/// Whether a tungstenite error leaves the connection as it was, to be read again: a read
+/// timeout, or an interrupted read (EINTR: seen here on a socket with a read timeout while
+/// the bench spawns raw processes, though it installs no signal handler).
+pub fn is_retry(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted))
 }

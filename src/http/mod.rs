@@ -1,8 +1,9 @@
 //! The HTTP API and the WebSocket upgrade, on one tiny_http server.
 //!
 //! A request goes: `server` (worker threads on `recv()`) → `router::route` → auth →
-//! `handlers::*` → `Reply` → tiny_http response. `?follow=true` and uploads tiny_http has not
-//! pre-read get a thread of their own (at most `server::MAX_LONG_REQUESTS`); `?wait=true`
+//! `handlers::*` → `Reply` → tiny_http response. `?follow=true`, uploads tiny_http has not
+//! pre-read, and replies over `server::SMALL_REPLY` get a thread of their own (at most
+//! `server::MAX_LONG_REQUESTS`); `?wait=true`
 //! holds none (the task's waiter answers it); a WebSocket upgrade is answered on the worker,
 //! which then hands the socket to `ws::client`'s two threads.
 
@@ -12,6 +13,7 @@ pub mod execute;
 pub mod handlers;
 pub mod output;
 pub mod query;
+pub mod reply;
 pub mod router;
 pub mod server;
 

@@ -1,24 +1,28 @@
 //! The `http-N` worker threads: each takes requests from the tiny_http server, routes,
 //! authenticates and answers them.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tiny_http::{Header, Request, Response, StatusCode};
+use tiny_http::Request;
 
 use crate::http::error::ApiError;
-use crate::http::handlers::{self, Body, Reply};
+use crate::http::handlers;
+use crate::http::reply::{respond, Body, Reply};
 use crate::http::router::{self, Route};
 use crate::http::{auth, query, Ctx};
 use crate::tasks::task::Task;
 
 /// Worker threads taking requests.
 pub const WORKERS: usize = 4;
-/// Requests with a thread of their own (`?follow=true`, large uploads) open at once; more get
-/// 503.
+/// Requests with a thread of their own (`?follow=true`, large uploads, replies larger than
+/// [`SMALL_REPLY`]) open at once; more get 503.
 pub const MAX_LONG_REQUESTS: usize = 256;
+/// A reply up to this size is written by the worker: it fits in a socket's send buffer, so a
+/// slow client cannot hold the worker. A larger one (an output log, a task with its tails) is
+/// written on a thread of its own, so four slow downloads cannot stop the API.
+pub const SMALL_REPLY: usize = 16 * 1024;
 
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
@@ -79,34 +83,39 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
             }
         };
         if lasts(&rq) {
-            // Bounded, so many slow uploads or followers cannot pile up threads without limit
-            // (a follower notices within a second that its client left).
-            if ctx.long_requests.fetch_add(1, Ordering::AcqRel) >= MAX_LONG_REQUESTS {
-                ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
-                log::warn!("refused a streaming request: {MAX_LONG_REQUESTS} already open");
-                let mut r = Reply::json(503, &serde_json::json!({ "error": "Too many streaming requests" }));
-                r.headers.push(("Retry-After", "5".into()));
-                respond(rq, r);
-                continue;
-            }
             let ctx2 = Arc::clone(ctx);
-            let spawned = std::thread::Builder::new().name("http-long".into()).stack_size(2 << 20).spawn(move || {
-                handle_guarded(&ctx2, rq);
-                ctx2.long_requests.fetch_sub(1, Ordering::AcqRel);
-            });
-            if let Err(e) = spawned {
-                ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
-                log::error!("cannot start a thread for a long request: {e}");
-            }
+            on_long_thread(ctx, rq, move |rq| handle_guarded(&ctx2, rq));
         } else {
             handle_guarded(ctx, rq);
         }
     }
 }
 
+/// Runs `work(rq)` on an `http-long` thread. Bounded, so many slow uploads, followers or
+/// downloads cannot pile up threads without limit (a follower notices within a second that
+/// its client left; a stalled download ends at the write timeout): past the bound, 503.
+fn on_long_thread(ctx: &Arc<Ctx>, rq: Request, work: impl FnOnce(Request) + Send + 'static) {
+    if ctx.long_requests.fetch_add(1, Ordering::AcqRel) >= MAX_LONG_REQUESTS {
+        ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
+        log::warn!("refused a long request: {MAX_LONG_REQUESTS} already open");
+        respond(rq, Reply::unavailable("Too many streaming requests", 5));
+        return;
+    }
+    let ctx2 = Arc::clone(ctx);
+    let spawned = std::thread::Builder::new().name("http-long".into()).stack_size(2 << 20).spawn(move || {
+        work(rq);
+        ctx2.long_requests.fetch_sub(1, Ordering::AcqRel);
+    });
+    if let Err(e) = spawned {
+        // The request went down with the closure: tiny_http answers a dropped request 500.
+        ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
+        log::error!("cannot start a thread for a long request: {e}");
+    }
+}
+
 /// [`handle`], with a panic (a bug) confined to its request: tiny_http answers a dropped
 /// request 500, and the worker goes on taking requests.
-fn handle_guarded(ctx: &Ctx, rq: Request) {
+fn handle_guarded(ctx: &Arc<Ctx>, rq: Request) {
     // The path only: a query may hold the secret (`?secret=` on a WebSocket upgrade).
     let url = rq.url().split('?').next().unwrap_or("").chars().take(200).collect::<String>();
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(ctx, rq))).is_err() {
@@ -127,7 +136,7 @@ fn lasts(rq: &Request) -> bool {
 }
 
 /// Answers one request.
-pub fn handle(ctx: &Ctx, mut rq: Request) {
+pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
     ctx.reg.monitor.touch();
     if crate::ws::is_upgrade(&rq) {
         crate::ws::accept(ctx, &ctx.hub, rq);
@@ -140,7 +149,7 @@ pub fn handle(ctx: &Ctx, mut rq: Request) {
 
     let routed = router::route(&method, path);
     let public = matches!(routed, Ok(r) if r.is_public(ctx.cfg.metrics_require_secret));
-    let reply = if !public && !auth::is_valid(auth::presented(rq.headers()), &ctx.cfg.secret) {
+    let reply = if !public && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), auth::presented(rq.headers())) {
         crate::metrics::inc(&ctx.reg.metrics.refused_requests);
         log::warn!("refused {method} {path} from {from}: invalid or missing cluster secret");
         Err(ApiError::Forbidden)
@@ -153,7 +162,32 @@ pub fn handle(ctx: &Ctx, mut rq: Request) {
         }
         Reply::error(&e)
     });
-    respond(rq, reply);
+    answer(ctx, rq, reply);
+}
+
+/// Sends `reply`: a small one on this thread, a large one or a stream on a thread of its own
+/// (see [`SMALL_REPLY`]), a `?wait=true` one when its task ends.
+fn answer(ctx: &Arc<Ctx>, rq: Request, reply: Reply) {
+    let small = match &reply.body {
+        Body::Bytes(b) => b.len() <= SMALL_REPLY,
+        Body::Stream(_) => false,
+        Body::WhenDone(task) => {
+            let (ctx, task) = (Arc::clone(ctx), Arc::clone(task));
+            let done = Box::new(move |t: &Task| answer(&ctx, rq, Reply::raw_json(200, t.to_json_bytes(true))));
+            task.on_end(done);
+            return;
+        }
+    };
+    if small || thread_is_long() {
+        respond(rq, reply);
+    } else {
+        on_long_thread(ctx, rq, move |rq| respond(rq, reply));
+    }
+}
+
+/// Whether this thread is already an `http-long` one (it then writes its own reply).
+fn thread_is_long() -> bool {
+    std::thread::current().name() == Some("http-long")
 }
 
 fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from: &str) -> Result<Reply, ApiError> {
@@ -173,32 +207,5 @@ fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from
         Route::Task(id) => handlers::task(ctx, id),
         Route::TaskOutput(id) => handlers::output(ctx, id, q, rq.peer_socket()),
         Route::CancelTask(id) => handlers::cancel(ctx, id, from),
-    }
-}
-
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-pub fn respond(rq: Request, reply: Reply) {
-    let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 1);
-    headers.extend(header("Content-Type", reply.content_type));
-    for (k, v) in &reply.headers {
-        headers.extend(header(k, v));
-    }
-    let status = StatusCode(reply.status);
-    let result = match reply.body {
-        Body::Bytes(bytes) => {
-            let len = bytes.len();
-            rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None))
-        }
-        Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
-        Body::WhenDone(task) => {
-            task.on_end(Box::new(move |t: &Task| respond(rq, Reply::raw_json(200, t.to_json_bytes(true)))));
-            return;
-        }
-    };
-    if let Err(e) = result {
-        log::debug!("http: could not send a response: {e}");
     }
 }

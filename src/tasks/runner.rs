@@ -329,8 +329,7 @@ fn persist(reg: &Registry, task: &Task) {
 /// milliseconds of its `startedAt`.
 pub fn process_started_ms(pid: u32) -> Option<u64> {
     let ticks: u64 = Stat::read(pid)?.field(22)?.parse().ok()?;
-    let boot = std::fs::read_to_string("/proc/stat").ok()?;
-    let btime: u64 = boot.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    let btime = crate::procfs::boot_time()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Some(btime * 1000 + ticks * 1000 / hz)
 }

@@ -111,6 +111,9 @@ pub struct State {
     pub output: Output,
     /// Pipe readers still reading.
     readers_open: u8,
+    /// A stop request has sent SIGTERM to the group: a hundred cancels send it once, so a
+    /// task's cleanup trap runs once.
+    term_sent: bool,
 }
 
 pub struct Task {
@@ -178,6 +181,7 @@ impl Task {
                     closed,
                 },
                 readers_open: 2,
+                term_sent: false,
             }),
             changed: Condvar::new(),
             slot_released: AtomicBool::new(slot_released),
@@ -277,8 +281,8 @@ impl Task {
         if why.is_some() && st.killed_because.is_none() {
             st.killed_because = why;
         }
-        if let Some(pgid) = st.pgid {
-            send_to_group(pgid, Signal::TERM);
+        if let Some(pgid) = st.pgid.filter(|_| !st.term_sent) {
+            st.term_sent = send_to_group(pgid, Signal::TERM);
         }
         Ok(())
     }
