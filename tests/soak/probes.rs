@@ -29,7 +29,19 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// From the agent's `process_*` series in `/metrics` where it exports them: that needs no
+    /// access to its /proc entries (the agent makes itself non-dumpable, so only root may list
+    /// its descriptors). Else from /proc. Either way the reading includes the request's own
+    /// connection, before the run and after it alike.
     pub fn now(agent: &Agent) -> Resources {
+        let m = Metrics::fetch(agent);
+        if m.has("process_open_fds") && m.has("process_threads") && m.has("process_resident_memory_bytes") {
+            return Resources {
+                fds: m.get("process_open_fds") as usize,
+                threads: m.get("process_threads") as usize,
+                rss_kib: m.get("process_resident_memory_bytes") / 1024,
+            };
+        }
         let pid = agent.pid();
         Resources {
             fds: agent.fd_count(),
