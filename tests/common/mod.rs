@@ -629,3 +629,16 @@ pub fn processes_with_env(var: &str, value: &str) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// The names of a process's threads (`/proc/<pid>/task/*/comm`), counted, for messages; empty
+/// when they cannot be read.
+pub fn thread_names(pid: u32) -> Vec<(String, usize)> {
+    let mut names = std::collections::BTreeMap::<String, usize>::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    for t in dir.flatten() {
+        if let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) {
+            *names.entry(comm.trim().to_string()).or_default() += 1;
+        }
+    }
+    names.into_iter().collect()
+}

@@ -241,15 +241,18 @@ impl Report {
         let (b, a, peak) = (&self.baseline, &self.after, &self.outcome.peak);
         assert!(
             a.fds <= b.fds + FD_MARGIN,
-            "the agent has {} open descriptors after the run, {} before (margin {FD_MARGIN}): descriptors leak",
+            "the agent has {} open descriptors after up to 40 s of waiting, {} before the run (margin {FD_MARGIN}): \
+             descriptors leak",
             a.fds,
             b.fds
         );
         assert!(
             a.threads <= b.threads + THREAD_MARGIN,
-            "the agent has {} threads 30 s after the run, {} before (margin {THREAD_MARGIN}): threads leak",
+            "the agent has {} threads after up to 40 s of waiting, {} before the run (margin {THREAD_MARGIN}): threads leak; \
+             its threads now: {:?}",
             a.threads,
-            b.threads
+            b.threads,
+            common::thread_names(run.agent.pid())
         );
         assert!(
             peak.rss_kib < run.settings.rss_bound_mib * 1024,

@@ -29,38 +29,38 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// From the agent's `process_*` series in `/metrics` where it exports them: that needs no
-    /// access to its /proc entries (the agent makes itself non-dumpable, so only root may list
-    /// its descriptors). Else from /proc. Either way the reading includes the request's own
-    /// connection, before the run and after it alike.
+    /// From /proc; or, where the agent's descriptors cannot be listed there (it makes itself
+    /// non-dumpable, so only root may), from its `process_*` series in `/metrics`.
     pub fn now(agent: &Agent) -> Resources {
-        let m = Metrics::fetch(agent);
-        if m.has("process_open_fds") && m.has("process_threads") && m.has("process_resident_memory_bytes") {
+        let pid = agent.pid();
+        if std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok() {
             return Resources {
-                fds: m.get("process_open_fds") as usize,
-                threads: m.get("process_threads") as usize,
-                rss_kib: m.get("process_resident_memory_bytes") / 1024,
+                fds: agent.fd_count(),
+                threads: common::proc_status_value(pid, "Threads").unwrap_or(0) as usize,
+                rss_kib: common::proc_status_value(pid, "VmRSS").unwrap_or(0),
             };
         }
-        let pid = agent.pid();
+        let m = Metrics::fetch(agent);
         Resources {
-            fds: agent.fd_count(),
-            threads: common::proc_status_value(pid, "Threads").unwrap_or(0) as usize,
-            rss_kib: common::proc_status_value(pid, "VmRSS").unwrap_or(0),
+            fds: m.get("process_open_fds") as usize,
+            threads: m.get("process_threads") as usize,
+            rss_kib: m.get("process_resident_memory_bytes") / 1024,
         }
     }
 
-    /// Waits (30 s at most: idle pool threads leave after 10 s) until descriptors and threads
-    /// are back within the margins of `baseline`; the last reading.
+    /// Waits (40 s at most) until descriptors and threads are back within the margins of
+    /// `baseline`; the last reading. Idle threads leave after 5 s (HTTP connections) or 10 s
+    /// (tasks); it looks only every 2 s, since a reading through `/metrics` is a request that
+    /// keeps an HTTP thread busy.
     pub fn settled(agent: &Agent, baseline: &Resources) -> Resources {
-        let until = Instant::now() + Duration::from_secs(30);
+        let until = Instant::now() + Duration::from_secs(40);
         loop {
             let r = Resources::now(agent);
             let back = r.fds <= baseline.fds + FD_MARGIN && r.threads <= baseline.threads + THREAD_MARGIN;
             if back || Instant::now() >= until {
                 return r;
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 }

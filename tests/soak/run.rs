@@ -204,10 +204,6 @@ impl Metrics {
         self.0.get(series).copied().unwrap_or(0.0) as u64
     }
 
-    pub fn has(&self, series: &str) -> bool {
-        self.0.contains_key(series)
-    }
-
     /// How much a counter grew since `before`.
     pub fn delta(&self, before: &Metrics, series: &str) -> u64 {
         self.get(series).saturating_sub(before.get(series))

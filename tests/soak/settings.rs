@@ -37,7 +37,7 @@ fn var(name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
 impl Settings {
     pub fn from_env() -> Settings {
         Settings {
-            duration: Duration::from_secs(var("SOAK_SECONDS", 60, 10..=7 * 24 * 3600)),
+            duration: Duration::from_secs(var("SOAK_SECONDS", 60, 30..=7 * 24 * 3600)),
             submitters: var("SOAK_SUBMITTERS", 5, 1..=8) as usize,
             max_tasks: var("SOAK_MAX_TASKS", 4, 1..=8) as usize,
             ping_ms: var("SOAK_PING_MS", 2000, 100..=3_600_000),

@@ -22,12 +22,12 @@ pub struct Stalled {
     pub closed_1008: u64,
 }
 
-/// Runs an episode at a quarter of the run, then every [`EVERY`] while 20 s of the run are left.
+/// Runs an episode at a quarter of the run, then every [`EVERY`] while 10 s of the run are left.
 pub fn stall_loop(run: &Run, first: Ws) -> Stalled {
     let mut out = Stalled::default();
     let mut ws = Some(first);
     let mut at = run.settings.duration / 4;
-    while run.loading() && at + Duration::from_secs(20) < run.settings.duration {
+    while run.loading() && at + Duration::from_secs(10) < run.settings.duration {
         let client = match ws.take().map_or_else(|| ws::connect(run.agent, true), Ok) {
             Ok(c) => c,
             Err(e) => {
