@@ -335,9 +335,18 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
                 }
             }
         }
-        // Its byte counts were last written at its start: take them from its log.
-        let [out, err] = crate::tasks::output_log::stream_sizes(&store.log_path(rec.id));
-        (rec.stdout_bytes, rec.stderr_bytes) = (out, err);
+        // Its byte counts were last written at its start: take them from its log, up to any
+        // damage (a damaged length must never size a buffer: the agent would abort at every
+        // start).
+        let path = store.log_path(rec.id);
+        let scan = crate::tasks::output_log::scan(&path, true).unwrap_or_else(|e| {
+            log::warn!("task {}: cannot read output log {}: {e}", rec.id, path.display());
+            Default::default()
+        });
+        if let Some(d) = scan.damage {
+            log::warn!("task {}: output log {} is {d}; the output before it is kept", rec.id, path.display());
+        }
+        [rec.stdout_bytes, rec.stderr_bytes] = scan.sizes;
         let now = crate::protocol::now_ms();
         rec.status = TaskStatus::Failed;
         rec.error = Some("the agent stopped while the task was running".into());

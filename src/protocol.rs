@@ -96,6 +96,15 @@ pub struct TaskView<'a> {
     pub stdout_truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_truncated: Option<bool>,
+    /// The output log has an unreadable record at byte `outputDamagedAt`: the output shown
+    /// ends there. Present (true) only then, once the log has been read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_damaged: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_damaged_at: Option<u64>,
+    /// The output log holds fewer bytes than the task wrote (`stdoutBytes` + `stderrBytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_incomplete: Option<bool>,
 }
 
 /// The stats object of `GET /stats` and of `cluster_stats` packets.

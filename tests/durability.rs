@@ -685,3 +685,141 @@ fn a_full_disk_leaves_no_torn_line_in_the_journal() {
     let log = a.wait_log("No space left on device", Duration::from_secs(10));
     assert!(log.contains("No space left on device"), "the disk never filled: {log}");
 }
+
+// ---------------------------------------------------------------------------
+// Damaged output logs (crafted history: journal lines and logs written by the test).
+// ---------------------------------------------------------------------------
+
+/// One record of the output log format (src/tasks/output_log.rs): tag, u32 LE length, bytes.
+fn log_record(tag: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A finished task's journal line with these byte counts.
+fn finished_record(id: u64, stdout_bytes: u64, stderr_bytes: u64) -> Value {
+    let t = now_ms() - 10_000;
+    json!({"id": id, "command": "sh", "args": ["-c", "crafted"], "cwd": "/", "env": {}, "status": "completed",
+           "startedAt": t, "exitCode": 0, "signal": null, "completedAt": t + 100, "duration": 100,
+           "stdoutBytes": stdout_bytes, "stderrBytes": stderr_bytes})
+}
+
+/// Writes `DATA_DIR/tasks/journal.jsonl` with `records` and `<id>.log` files.
+fn craft_history(data_dir: &Path, records: &[Value], logs: &[(u64, Vec<u8>)]) {
+    let tasks = data_dir.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let journal: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(tasks.join("journal.jsonl"), journal).unwrap();
+    for (id, bytes) in logs {
+        std::fs::write(tasks.join(format!("{id}.log")), bytes).unwrap();
+    }
+}
+
+/// The agent started under `ulimit -v` (KiB of address space): an allocation sized by a
+/// damaged length (4 GiB) fails there, and the agent aborts.
+fn agent_with_ulimit_v(dir: TempDir, data: &Path, kib: u64) -> Agent {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &format!("ulimit -v {kib} && exec \"$0\""), env!("CARGO_BIN_EXE_codara-agent")]);
+    let cmd = common::wrapped_command(sh, dir.path(), data);
+    common::spawn_agent(cmd, dir, data.to_path_buf())
+}
+
+/// A length of 0xFFFFFFF0 in a finished task's log: `GET /task/:id` answers at once with
+/// what precedes it and says the log is damaged; `/output` says where, in its header.
+#[test]
+fn a_huge_length_in_a_log_is_reported_as_damage_not_allocated() {
+    let dir = TempDir::new("dur-huge-len");
+    let data = dir.path().join("data");
+    let mut log = log_record(b'o', b"good\n");
+    log.extend_from_slice(&[b'o', 0xF0, 0xFF, 0xFF, 0xFF, b'x', b'y', b'z']);
+    craft_history(&data, &[finished_record(5, 5, 0)], &[(5, log)]);
+    let a = agent_with_ulimit_v(dir, &data, 1_000_000);
+    let _g = common::logs_on_panic(&a);
+
+    let r = a.get("/task/5");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(t["stdout"], "good\n", "{t}");
+    assert_eq!(t["outputDamaged"], true, "{t}");
+    assert_eq!(t["outputDamagedAt"], 10, "{t}");
+    let o = a.get("/task/5/output");
+    assert_eq!(o.status, 200);
+    assert_eq!(o.text(), "good\n");
+    let h = o.header("X-Codara-Output").unwrap_or_else(|| panic!("no X-Codara-Output: {:?}", o.headers));
+    assert!(h.starts_with("damaged at byte 10"), "{h}");
+    let log = a.wait_log("damaged at byte 10", Duration::from_secs(10));
+    assert!(log.contains("5.log is damaged at byte 10"), "no warning naming the file and offset:\n{log}");
+    // Still listed, flagged (the log has been read), and the agent serves the rest.
+    let list = a.get("/tasks").json();
+    assert_eq!(list["tasks"][0]["outputDamaged"], true, "{list}");
+    assert_eq!(a.run_wait(json!({"command": "echo", "args": ["fine"]}))["stdout"], "fine\n");
+}
+
+/// The same damage in the log of a task that was running when the agent died: recovery
+/// counts its bytes from the log, and used to allocate 4 GiB at every start.
+#[test]
+fn a_huge_length_in_the_log_of_a_task_running_at_a_crash_does_not_stop_the_start() {
+    let dir = TempDir::new("dur-huge-crash");
+    let data = dir.path().join("data");
+    let running = json!({"id": 6, "command": "sh", "args": [], "cwd": "/", "env": {}, "status": "running",
+                         "startedAt": now_ms() - 5000});
+    let mut log = log_record(b'e', b"warn\n");
+    log.extend_from_slice(&[b'o', 0xF0, 0xFF, 0xFF, 0xFF, b'a', b'b', b'c']);
+    craft_history(&data, &[finished_record(4, 0, 0), running], &[(6, log)]);
+    let a = agent_with_ulimit_v(dir, &data, 1_000_000);
+    let _g = common::logs_on_panic(&a);
+    assert!(a.health_ok());
+    let t = a.get("/task/6").json();
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["stderr"], "warn\n", "{t}");
+    assert_eq!(t["stderrBytes"], 5, "{t}");
+    assert_eq!(t["stdoutBytes"], 0, "{t}");
+    assert_eq!(t["outputDamagedAt"], 10, "{t}");
+    let o = a.get("/task/6/output");
+    assert!(o.header("X-Codara-Output").is_some_and(|h| h.starts_with("damaged at byte 10")), "{:?}", o.headers);
+    assert_eq!(o.text(), "warn\n");
+    assert_eq!(a.get("/task/4").json()["status"], "completed");
+}
+
+/// Random bytes over the middle of a log, across a record header: the output stops there,
+/// and that is said (it used to end silently, half of it missing, with a 200 and no header).
+#[test]
+fn random_bytes_in_the_middle_of_a_log_are_reported() {
+    let dir = TempDir::new("dur-random");
+    let data = dir.path().join("data");
+    let mut log = Vec::new();
+    for i in 0..10u8 {
+        log.extend(log_record(b'o', &[b'a' + i; 100]));
+    }
+    // Bytes 300..400: the end of the third record's data, the fourth's header (at 315) and
+    // part of its data; a fixed pseudo-random sequence whose byte at 315 is no tag.
+    let mut x: u32 = 2_463_534_242;
+    for b in &mut log[300..400] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = (x >> 24) as u8;
+    }
+    assert!(log[315] != b'o' && log[315] != b'e', "test setup: pick another seed");
+    craft_history(&data, &[finished_record(9, 1000, 0)], &[(9, log.clone())]);
+    let a = common::agent().data_dir(&data).start();
+    let _g = common::logs_on_panic(&a);
+    let o = a.get("/task/9/output");
+    assert_eq!(o.status, 200);
+    assert_eq!(o.body, log[5..105].iter().chain(&log[110..210]).chain(&log[215..315]).copied().collect::<Vec<u8>>());
+    let h = o.header("X-Codara-Output").unwrap_or_else(|| panic!("no X-Codara-Output: {:?}", o.headers));
+    assert!(h.starts_with("damaged at byte 315"), "{h}");
+    let t = a.get("/task/9").json();
+    assert_eq!(t["outputDamaged"], true, "{t}");
+    assert_eq!(t["outputDamagedAt"], 315, "{t}");
+    assert_eq!(t["outputIncomplete"], true, "{t}");
+    assert!(a
+        .wait_log("9.log is damaged at byte 315", Duration::from_secs(10))
+        .contains("9.log is damaged at byte 315"));
+}

@@ -13,7 +13,7 @@ use crate::http::query;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
-use crate::tasks::output_log::Stream;
+use crate::tasks::output_log::{self, Stream};
 use crate::tasks::registry::Rejection;
 use crate::tasks::runner;
 use crate::tasks::task::{JobSpec, Task};
@@ -223,13 +223,17 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query, peer: Option<std::net::TcpStream>) 
             ],
         });
     }
-    let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow, peer.filter(|_| follow));
-    Ok(Reply {
-        status: 200,
-        content_type: "text/plain; charset=utf-8",
-        body: Body::Stream(Box::new(stream)),
-        headers: vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())],
-    })
+    let path = ctx.reg.log_path(id);
+    let mut headers = vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())];
+    // A walk through the headers of the log first (no data is read): damage, or a log that
+    // holds less than the task wrote, must be said before the body.
+    let ended = task.status() != TaskStatus::Running;
+    match output_log::scan(&path, ended) {
+        Ok(scan) => headers.extend(task.note_log(&scan).header().map(|h| ("X-Codara-Output", h))),
+        Err(e) => log::warn!("task {id}: cannot read output log {}: {e}", path.display()),
+    }
+    let stream = OutputStream::new(Arc::clone(&task), path, only, follow, peer.filter(|_| follow));
+    Ok(Reply { status: 200, content_type: "text/plain; charset=utf-8", body: Body::Stream(Box::new(stream)), headers })
 }
 
 /// `POST /execute-job`: runs `run.sh` of a job folder inside `JOBS_BASE_PATH`.

@@ -2,6 +2,7 @@
 //! pipes ([`reader`]), the output log ([`output_log`]), and deadlines ([`timer`]).
 
 pub mod job;
+pub mod log_health;
 pub mod output_log;
 pub mod pool;
 pub mod reader;

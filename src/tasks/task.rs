@@ -14,7 +14,8 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use crate::events::{Event, EventKind, EventTx};
 use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
 use crate::tasks::job::JobLog;
-use crate::tasks::output_log::{self, LogReader, Stream};
+use crate::tasks::log_health::LogHealth;
+use crate::tasks::output_log::{self, LogReader, Next, Scan, Stream};
 
 /// A validated request to run something.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +86,8 @@ pub struct Output {
     pub job_log: Option<JobLog>,
     /// Set when the task has ended: output arriving later is dropped, so `completed` stays last.
     closed: bool,
+    /// What the last read of the ended task's log found; `None` until it is read.
+    health: Option<LogHealth>,
 }
 
 /// Called once with the task when it has ended.
@@ -176,6 +179,7 @@ impl Task {
                     tails: [Tail::new(max_output), Tail::new(max_output)],
                     job_log: None,
                     closed,
+                    health: None,
                 },
                 readers_open: 2,
             }),
@@ -379,6 +383,44 @@ impl Task {
         whole
     }
 
+    /// Records what a walk of the log found, judged against the task's byte counts, and warns
+    /// the first time a log is found damaged or incomplete. Returns the verdict.
+    pub fn note_log(&self, scan: &Scan) -> LogHealth {
+        let mut st = self.lock();
+        let produced = [st.record.stdout_bytes, st.record.stderr_bytes];
+        let mut health =
+            if st.output.log_broken { LogHealth::unwritten(produced) } else { LogHealth::judge(scan, produced) };
+        if !st.output.closed && !st.output.log_broken {
+            // Still being written: the counts have moved on since the walk; only damage counts.
+            health = LogHealth { damage: health.damage, ..LogHealth::default() };
+        }
+        if st.output.health.is_none_or(|h| h.is_whole()) && !health.is_whole() {
+            let path = st.output.log_path.display().to_string();
+            match health.damage {
+                Some(d) => log::warn!("task {}: output log {path} is {d}; the output before it is served", self.id),
+                None => log::warn!(
+                    "task {}: output log {path} holds {} of the {} bytes the task wrote",
+                    self.id,
+                    health.produced - health.missing,
+                    health.produced
+                ),
+            }
+        }
+        // A running task's log grows: only the verdict on an ended one is kept.
+        if st.output.closed {
+            st.output.health = Some(health);
+        }
+        health
+    }
+
+    /// What is known of the log without reading it.
+    fn known_health(st: &State) -> Option<LogHealth> {
+        if st.output.log_broken {
+            return Some(LogHealth::unwritten([st.record.stdout_bytes, st.record.stderr_bytes]));
+        }
+        st.output.health
+    }
+
     /// The in-memory tails of stdout and stderr, when the output log could not be written
     /// (so it is not whole); `None` when the log has everything.
     pub fn tails_if_log_broken(&self) -> Option<(String, String)> {
@@ -402,49 +444,69 @@ impl Task {
     fn view<R>(&self, with_output: bool, f: impl FnOnce(&TaskView) -> R) -> R {
         let st = self.lock();
         let cap = st.output.tails[0].cap as u64;
-        let make = |record: &TaskRecord, out: Option<(String, String)>| {
+        let make = |record: &TaskRecord, out: Option<(String, String)>, health: Option<LogHealth>| {
             let has = out.is_some();
             let truncated = |n: u64| has.then_some(n > cap);
             let (stdout, stderr) = out.map_or((None, None), |(o, e)| (Some(o), Some(e)));
+            let damage = health.and_then(|h| h.damage);
             let view = TaskView {
                 record,
                 stdout_truncated: truncated(record.stdout_bytes),
                 stderr_truncated: truncated(record.stderr_bytes),
                 stdout,
                 stderr,
+                output_damaged: damage.map(|_| true),
+                output_damaged_at: damage.map(|d| d.offset),
+                output_incomplete: health.is_some_and(|h| h.incomplete()).then_some(true),
             };
             f(&view)
         };
         if !with_output {
-            return make(&st.record, None);
+            return make(&st.record, None, Self::known_health(&st));
         }
         if st.output.closed && !st.output.log_broken {
             let path = st.output.log_path.clone();
             let record = st.record.clone();
             drop(st);
-            let tails = read_tails(&path, cap as usize, &record);
-            return make(&record, Some(tails));
+            let (tails, scan) = read_tails(&path, cap as usize, &record);
+            let health = self.note_log(&scan);
+            return make(&record, Some(tails), Some(health));
         }
         let tails = (st.output.tails[0].to_text(), st.output.tails[1].to_text());
-        make(&st.record, Some(tails))
+        make(&st.record, Some(tails), Self::known_health(&st))
     }
 }
 
-/// The tails of both streams of a finished task, from its log. A missing log (no output, or
-/// deleted) gives empty strings.
-fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> (String, String) {
+/// The tails of both streams of a finished task, from its log, and what the walk through it
+/// found. A missing log (no output, or deleted) gives empty strings.
+fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> ((String, String), Scan) {
+    let mut scan = Scan::default();
     if record.stdout_bytes == 0 && record.stderr_bytes == 0 {
-        return (String::new(), String::new());
+        return ((String::new(), String::new()), scan);
     }
     let mut tails = [Tail::new(cap), Tail::new(cap)];
     if let Ok(f) = File::open(path) {
         let mut reader = LogReader::new(f);
         let mut buf = Vec::new();
-        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
-            tails[stream.index()].push(&buf);
+        loop {
+            match reader.next(&mut buf, true) {
+                Ok(Next::Record(stream)) => {
+                    tails[stream.index()].push(&buf);
+                    scan.sizes[stream.index()] += buf.len() as u64;
+                }
+                Ok(Next::Damaged(d)) => {
+                    scan.damage = Some(d);
+                    break;
+                }
+                Ok(Next::End) => break,
+                Err(e) => {
+                    log::warn!("cannot read output log {}: {e}", path.display());
+                    break;
+                }
+            }
         }
     }
-    (tails[0].to_text(), tails[1].to_text())
+    ((tails[0].to_text(), tails[1].to_text()), scan)
 }
 
 pub type TaskRef = Arc<Task>;
