@@ -346,6 +346,9 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
         if let Some(d) = scan.damage {
             log::warn!("task {}: output log {} is {d}; the output before it is kept", rec.id, path.display());
         }
+        if let Some(at) = scan.cut {
+            log::warn!("task {}: output log {} ends inside a record at byte {at}", rec.id, path.display());
+        }
         [rec.stdout_bytes, rec.stderr_bytes] = scan.sizes;
         let now = crate::protocol::now_ms();
         rec.status = TaskStatus::Failed;

@@ -27,8 +27,30 @@ fn ends_with_newline(path: &Path) -> bool {
         && last[0] == b'\n'
 }
 
-/// Creates `DATA_DIR` when missing and checks that files can be written in it.
+/// Whether `e` says the file system (or the user's quota) is full: a state that passes, unlike
+/// a permission or a path that is wrong.
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+/// Creates `DATA_DIR` when missing and checks that files can be written in it. A full disk is
+/// a warning, not a refusal: refusing would only make a service manager restart the agent in
+/// a loop, and the agent can run tasks without writing history (their output then stays in
+/// memory, as tails). Anything else (a file in the way, no permission) is an error.
 pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
+    match try_data_dir(dir) {
+        Err(e) if is_full(&e) => {
+            log::warn!(
+                "DATA_DIR {} is full ({e}): the agent starts, but task records and output logs cannot be written until space is freed (output is then kept in memory, as tails)",
+                dir.display()
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn try_data_dir(dir: &Path) -> io::Result<()> {
     for d in [dir.to_path_buf(), dir.join("tasks")] {
         if d.exists() && !d.is_dir() {
             return Err(io::Error::other(format!("{} exists and is not a directory", d.display())));
@@ -170,21 +192,31 @@ impl Store {
     ) -> io::Result<()> {
         let mut j = self.lock();
         let id_tmp = self.dir.join(".next-id.tmp");
-        let mut f = File::create(&id_tmp)?;
-        writeln!(f, "{next_id}")?;
-        f.sync_data()?;
-        fs::rename(&id_tmp, self.dir.join("next-id"))?;
+        let result = File::create(&id_tmp)
+            .and_then(|mut f| writeln!(f, "{next_id}").and_then(|_| f.sync_data()))
+            .and_then(|_| fs::rename(&id_tmp, self.dir.join("next-id")));
+        // A temporary file left on a full disk would hold on to the space it got.
+        if let Err(e) = result {
+            let _ = fs::remove_file(&id_tmp);
+            return Err(e);
+        }
         let tmp = self.dir.join(format!(".{JOURNAL}.tmp"));
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
         let mut lines = 0;
-        records(&mut |rec| {
-            serde_json::to_writer(&mut out, rec).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
-            lines += 1;
-            Ok(())
-        })?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
-        fs::rename(&tmp, self.dir.join(JOURNAL))?;
+        let result = File::create(&tmp).and_then(|f| {
+            let mut out = io::BufWriter::new(f);
+            records(&mut |rec| {
+                serde_json::to_writer(&mut out, rec).map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+                lines += 1;
+                Ok(())
+            })?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+            fs::rename(&tmp, self.dir.join(JOURNAL))
+        });
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         let file = OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?;
         j.len = file.metadata()?.len();
         j.file = Some(file);

@@ -823,3 +823,110 @@ fn random_bytes_in_the_middle_of_a_log_are_reported() {
         .wait_log("9.log is damaged at byte 315", Duration::from_secs(10))
         .contains("9.log is damaged at byte 315"));
 }
+
+// ---------------------------------------------------------------------------
+// A full DATA_DIR.
+// ---------------------------------------------------------------------------
+
+/// A small tmpfs mounted on a directory of the test (as root), unmounted on drop, also when
+/// the test fails (lazily: an agent may still hold files in it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (and the test is skipped, saying why) where mounting is not allowed.
+    fn mount(at: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"]).arg(at).output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here: {out:?}");
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![b'f'; 4096];
+    loop {
+        if let Err(e) = f.write_all(&block) {
+            assert_eq!(e.raw_os_error(), Some(28), "filling {}: {e}", path.display());
+            return;
+        }
+    }
+}
+
+/// With DATA_DIR full the agent used to refuse to start (exit 2), so a service manager
+/// restarted it in a loop. It starts, warns, runs tasks with their output in memory (and says
+/// so), and writes again once space is back.
+#[test]
+fn a_full_data_dir_at_start_is_a_warning_not_a_refusal() {
+    const TEST: &str = "a_full_data_dir_at_start_is_a_warning_not_a_refusal";
+    let dir = TempDir::new("dur-full-start");
+    let data = dir.path().join("data");
+    let Some(_mount) = Tmpfs::mount(&data, "256k", TEST) else { return };
+    let mut a = common::agent().data_dir(&data).start();
+    let before = a.run_wait(json!({"command": "echo", "args": ["before"]}))["id"].as_u64().unwrap();
+    stop(&mut a);
+    drop(a);
+
+    fill(&data.join("filler"));
+    let a = common::agent().data_dir(&data).start();
+    let _g = common::logs_on_panic(&a);
+    let log = a.wait_log("is full", Duration::from_secs(10));
+    assert!(log.contains("WARN") && log.contains("is full"), "no warning about the full disk:\n{log}");
+    assert_eq!(a.get(&format!("/task/{before}")).json()["stdout"], "before\n");
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "echo out; echo err >&2"]}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "out\n", "{t}");
+    assert_eq!(t["stderr"], "err\n", "{t}");
+    assert_eq!(t["outputIncomplete"], true, "{t}");
+    let o = a.get(&format!("/task/{}/output", t["id"]));
+    assert!(o.header("X-Codara-Output").is_some_and(|h| h.starts_with("incomplete")), "{:?}", o.headers);
+
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let t = a.run_wait(json!({"command": "echo", "args": ["after"]}));
+    let o = a.get(&format!("/task/{}/output", t["id"]));
+    assert_eq!(o.text(), "after\n");
+    assert_eq!(o.header("X-Codara-Output"), None, "{:?}", o.headers);
+    assert!(t.get("outputIncomplete").is_none(), "{t}");
+}
+
+/// A log that holds less than the task wrote (cut by a full disk, or by hand) used to be
+/// served as if complete: no header, `stderr` empty though the task wrote to it, and
+/// `stdoutBytes` saying more than was served.
+#[test]
+fn a_log_cut_short_is_reported_incomplete() {
+    let data = TempDir::new("dur-cut");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo; sleep 0.5; echo err-line >&2"]}));
+    assert_eq!(t["stderr"], "err-line\n", "{t}");
+    let id = t["id"].as_u64().unwrap();
+    stop(&mut a);
+    drop(a);
+    let log = data_dir.join(format!("tasks/{id}.log"));
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(90_000).unwrap();
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["stdoutBytes"], 300_001, "{t}");
+    assert_eq!(t["stderr"], "", "{t}");
+    assert_eq!(t["outputIncomplete"], true, "{t}");
+    assert!(t.get("outputDamaged").is_none(), "{t}");
+    let o = b.get(&format!("/task/{id}/output"));
+    assert_eq!(o.status, 200);
+    assert!(o.body.len() < 90_000, "{}", o.body.len());
+    let h = o.header("X-Codara-Output").unwrap_or_else(|| panic!("no X-Codara-Output: {:?}", o.headers));
+    assert!(h.starts_with("incomplete: the output log holds"), "{h}");
+    assert!(b.wait_log("bytes the task wrote", Duration::from_secs(10)).contains(&format!("{id}.log is incomplete")));
+}

@@ -68,7 +68,7 @@ impl OutputStream {
             }
             let reader = self.reader.as_mut().expect("opened above");
             match reader.next(&mut self.buf, complete)? {
-                Next::End => return Ok(false),
+                Next::End | Next::Cut(_) => return Ok(false),
                 Next::Damaged(_) => {
                     self.damaged = true;
                     self.buf.clear();

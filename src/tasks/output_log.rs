@@ -1,8 +1,9 @@
 //! The per-task output log: stdout and stderr interleaved in the order they were read, as
 //! records of `[stream tag: u8][length: u32 LE][bytes]`. The framing keeps the streams
 //! separable (`?stream=stdout`) and the offsets exact. The file is read as untrusted: an unknown
-//! tag, a length over [`MAX_RECORD`] or one running past the end of a finished log is damage
-//! ([`Damage`]): what precedes it is served, and the reader stops there.
+//! tag or a length over [`MAX_RECORD`] is damage ([`Damage`]): what precedes it is served, and
+//! the reader stops there. A finished log whose last record runs past its end was cut short
+//! (a write failed on a full disk, a crash, a truncated file): [`Next::Cut`].
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -99,6 +100,8 @@ pub enum Next {
     /// No whole record here: the end of the log, or, in a log still being written, one that is
     /// not complete yet.
     End,
+    /// In a finished log: a record starts at this offset and the file ends before it does.
+    Cut(u64),
     Damaged(Damage),
 }
 
@@ -132,8 +135,8 @@ impl LogReader {
     }
 
     /// The next record into `buf`. With `complete` (the task has ended, so nothing more will be
-    /// written), a record cut short by the end of the file is damage; without, it is one still
-    /// being written ([`Next::End`]).
+    /// written), a record cut short by the end of the file is [`Next::Cut`]; without, it is one
+    /// still being written ([`Next::End`]).
     pub fn next(&mut self, buf: &mut Vec<u8>, complete: bool) -> io::Result<Next> {
         self.advance(Some(buf), complete)
     }
@@ -148,13 +151,13 @@ impl LogReader {
 
     fn advance(&mut self, buf: Option<&mut Vec<u8>>, complete: bool) -> io::Result<Next> {
         let at = self.pos;
-        let cut = |why| Ok(if complete { Next::Damaged(Damage { offset: at, why }) } else { Next::End });
+        let cut = Ok(if complete { Next::Cut(at) } else { Next::End });
         if !self.holds(at + HEADER as u64)? {
-            return if self.len == at { Ok(Next::End) } else { cut("a record header cut short") };
+            return if self.len == at { Ok(Next::End) } else { cut };
         }
         let mut head = [0u8; HEADER];
         if !read_full_at(&self.file, &mut head, at)? {
-            return cut("a record header cut short");
+            return cut;
         }
         let Some(stream) = Stream::from_tag(head[0]) else {
             return Ok(Next::Damaged(Damage { offset: at, why: "unknown record tag" }));
@@ -165,13 +168,13 @@ impl LogReader {
         }
         let end = at + (HEADER + len) as u64;
         if !self.holds(end)? {
-            return cut("a record runs past the end of the file");
+            return cut;
         }
         if let Some(buf) = buf {
             buf.clear();
             buf.resize(len, 0);
             if !read_full_at(&self.file, buf, at + HEADER as u64)? {
-                return cut("a record runs past the end of the file");
+                return cut;
             }
         }
         self.pos = end;
@@ -202,6 +205,8 @@ fn read_full_at(file: &File, buf: &mut [u8], mut offset: u64) -> io::Result<bool
 pub struct Scan {
     pub sizes: [u64; 2],
     pub damage: Option<Damage>,
+    /// Where a finished log ends inside a record.
+    pub cut: Option<u64>,
 }
 
 /// Walks the log at `path` by its headers (no data is read). A missing log is empty;
@@ -218,6 +223,10 @@ pub fn scan(path: &Path, complete: bool) -> io::Result<Scan> {
         match reader.skip(complete)? {
             (Next::Record(stream), len) => out.sizes[stream.index()] += len,
             (Next::End, _) => return Ok(out),
+            (Next::Cut(at), _) => {
+                out.cut = Some(at);
+                return Ok(out);
+            }
             (Next::Damaged(d), _) => {
                 out.damage = Some(d);
                 return Ok(out);
@@ -249,10 +258,8 @@ mod tests {
         assert_eq!(buf, b"err\n");
         // Still being written, or cut short in a finished log.
         assert_eq!(r.next(&mut buf, false).unwrap(), Next::End);
-        assert_eq!(
-            r.next(&mut buf, true).unwrap(),
-            Next::Damaged(Damage { offset: 16, why: "a record runs past the end of the file" })
-        );
+        assert_eq!(r.next(&mut buf, true).unwrap(), Next::Cut(16));
+        assert_eq!(scan(&path, true).unwrap(), Scan { sizes: [2, 4], damage: None, cut: Some(16) });
         // It grows to its whole length: read on.
         f.write_all(b"yyyyyyyyy").unwrap();
         assert_eq!(r.next(&mut buf, false).unwrap(), Next::Record(Stream::Stdout));
@@ -293,6 +300,7 @@ mod tests {
         let s = scan(&path, false).unwrap();
         assert_eq!(s.sizes, [4, 4]);
         assert_eq!(s.damage, Some(Damage { offset: 18, why: "unknown record tag" }));
+        assert_eq!(s.cut, None);
         assert_eq!(scan(&temp("missing"), true).unwrap(), Scan::default());
         std::fs::remove_file(&path).unwrap();
     }

@@ -394,17 +394,8 @@ impl Task {
             // Still being written: the counts have moved on since the walk; only damage counts.
             health = LogHealth { damage: health.damage, ..LogHealth::default() };
         }
-        if st.output.health.is_none_or(|h| h.is_whole()) && !health.is_whole() {
-            let path = st.output.log_path.display().to_string();
-            match health.damage {
-                Some(d) => log::warn!("task {}: output log {path} is {d}; the output before it is served", self.id),
-                None => log::warn!(
-                    "task {}: output log {path} holds {} of the {} bytes the task wrote",
-                    self.id,
-                    health.produced - health.missing,
-                    health.produced
-                ),
-            }
+        if let Some(what) = health.describe().filter(|_| st.output.health.is_none_or(|h| h.is_whole())) {
+            log::warn!("task {}: output log {} is {what}", self.id, st.output.log_path.display());
         }
         // A running task's log grows: only the verdict on an ended one is kept.
         if st.output.closed {
@@ -496,6 +487,10 @@ fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> ((Stri
                 }
                 Ok(Next::Damaged(d)) => {
                     scan.damage = Some(d);
+                    break;
+                }
+                Ok(Next::Cut(at)) => {
+                    scan.cut = Some(at);
                     break;
                 }
                 Ok(Next::End) => break,
