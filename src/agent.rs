@@ -364,6 +364,8 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
     reg.load_history(records);
     // Start from a clean journal: one line per kept task, no line cut short by a crash.
     reg.compact();
+    // Reading a journal of an older agent (whole requests in its lines) freed a lot.
+    crate::alloc::give_back();
     if count > 0 {
         log::info!("loaded {count} task(s) from history; next task id {}", reg.next_id());
     }

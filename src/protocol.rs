@@ -80,6 +80,14 @@ pub struct TaskRecord {
     pub stdout_bytes: u64,
     #[serde(default)]
     pub stderr_bytes: u64,
+    /// `command`, `args`, `cwd` and `env` above are a summary of a large request (new): the
+    /// whole one is in the task's request file, and `GET /task/:id` shows it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub request_truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The API's task object: the record plus, except in lists, the tails of its output.
@@ -254,6 +262,7 @@ mod tests {
             error: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            request_truncated: false,
         }
     }
 

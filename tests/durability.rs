@@ -930,3 +930,97 @@ fn a_log_cut_short_is_reported_incomplete() {
     assert!(h.starts_with("incomplete: the output log holds"), "{h}");
     assert!(b.wait_log("bytes the task wrote", Duration::from_secs(10)).contains(&format!("{id}.log is incomplete")));
 }
+
+// ---------------------------------------------------------------------------
+// Memory and disk bounds of the history, whatever the requests.
+// ---------------------------------------------------------------------------
+
+/// The agent's resident memory in MiB (it is non-dumpable: /proc/<pid>/status is root's,
+/// and the tests run as root).
+fn rss_mib(a: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.agent_pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb / 1024
+}
+
+/// Asserts the agent's RSS gets under `limit` MiB (it gives memory back after a large reply
+/// is written, a moment after the client has it).
+#[track_caller]
+fn assert_rss_under(a: &Agent, limit: u64, when: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rss = rss_mib(a);
+    while rss >= limit && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        rss = rss_mib(a);
+    }
+    assert!(rss < limit, "RSS {rss} MiB {when} (bound {limit} MiB); log:\n{}", a.log_text());
+    eprintln!("RSS {when}: {rss} MiB");
+    rss
+}
+
+/// 30 tasks with 1 MB of `args` (240,000 one-letter args, the costliest shape: a `String`
+/// each) used to keep ~45 MB each in memory (the request in the task and in its record, and
+/// what the allocator kept of the parse), `GET /tasks` built a JSON value of all of them, and
+/// a restart loaded the journal into ~11 MB per task. Now a kept task holds a summary; the
+/// request is whole in `<id>.request.json` and `GET /task/:id` shows it byte for byte.
+#[test]
+fn large_requests_keep_memory_and_the_journal_small() {
+    const LIMIT_MIB: u64 = 64;
+    let data = TempDir::new("dur-big-req");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let g = common::logs_on_panic(&a);
+    let args: Vec<String> = (0..240_000).map(|i| ((b'a' + (i % 26) as u8) as char).to_string()).collect();
+    let body = json!({"command": "true", "args": args, "env": {"BIG": "v".repeat(1000)}});
+    assert!(body.to_string().len() < 1 << 20, "test setup: the body must be under the 1 MiB limit");
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let r = a.post("/execute?wait=true", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = r.json();
+        assert_eq!(t["args"].as_array().unwrap().len(), 240_000, "the ?wait reply has the whole request");
+        ids.push(t["id"].as_u64().unwrap());
+    }
+    assert_rss_under(&a, LIMIT_MIB, "after 30 tasks with 1 MB of args");
+
+    let list = a.get("/tasks");
+    assert_eq!(list.status, 200);
+    assert!(list.body.len() < 30 * 2048, "/tasks is {} bytes", list.body.len());
+    for t in list.json()["tasks"].as_array().unwrap() {
+        assert_eq!(t["requestTruncated"], true, "{t}");
+        assert!(t["args"].as_array().unwrap().len() <= 16, "{t}");
+    }
+    assert_rss_under(&a, LIMIT_MIB, "after GET /tasks");
+    let t = a.get(&format!("/task/{}", ids[7])).json();
+    assert_eq!(t["args"], json!(args), "GET /task/:id shows the args byte for byte");
+    assert_eq!(t["env"]["BIG"], "v".repeat(1000));
+    assert!(t.get("requestTruncated").is_none(), "{}", t["requestTruncated"]);
+    assert_rss_under(&a, LIMIT_MIB, "after GET /task/:id");
+
+    // Two lines a task, each a few KiB at most (the bound: 4 KiB a line).
+    let journal = std::fs::metadata(data_dir.join("tasks/journal.jsonl")).unwrap().len();
+    eprintln!("journal: {journal} bytes for 30 tasks");
+    assert!(journal < 30 * 2 * 4096, "journal of {journal} bytes");
+    stop(&mut a);
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    assert_rss_under(&b, LIMIT_MIB, "after a restart");
+    assert_eq!(task_ids(&b.get("/tasks").json()).len(), 30);
+    assert_rss_under(&b, LIMIT_MIB, "after GET /tasks after the restart");
+    assert_eq!(b.get(&format!("/task/{}", ids[29])).json()["args"], json!(args));
+    assert_rss_under(&b, LIMIT_MIB, "after GET /task/:id after the restart");
+    let journal = std::fs::metadata(data_dir.join("tasks/journal.jsonl")).unwrap().len();
+    eprintln!("journal after the restart: {journal} bytes");
+    assert!(journal < 30 * 4096, "journal of {journal} bytes after the restart's rewrite");
+}

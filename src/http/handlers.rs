@@ -10,6 +10,7 @@ use crate::http::error::ApiError;
 use crate::http::execute;
 use crate::http::output::OutputStream;
 use crate::http::query;
+use crate::http::task_list::TaskList;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
@@ -180,8 +181,12 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             Some(s.parse::<usize>().map_err(|_| ApiError::BadRequest("limit must be a non-negative integer".into()))?)
         }
     };
-    let list: Vec<serde_json::Value> = ctx.reg.list(status, limit).iter().map(|t| t.to_json(false)).collect();
-    Ok(Reply::json(200, &json!({ "tasks": list, "running": ctx.reg.running(), "capacity": ctx.reg.limits.max_tasks })))
+    let list = TaskList::new(ctx.reg.list(status, limit), ctx.reg.running(), ctx.reg.limits.max_tasks);
+    let body = match list.small(crate::http::server::SMALL_REPLY) {
+        Ok(bytes) => Body::Bytes(bytes),
+        Err(stream) => Body::Stream(stream),
+    };
+    Ok(Reply { status: 200, content_type: "application/json", body, headers: Vec::new() })
 }
 
 pub fn cancel(ctx: &Ctx, id: u64, from: &str) -> Result<Reply, ApiError> {

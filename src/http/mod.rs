@@ -15,6 +15,7 @@ pub mod output;
 pub mod query;
 pub mod router;
 pub mod server;
+pub mod task_list;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

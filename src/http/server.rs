@@ -199,17 +199,27 @@ fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from
         Route::Metrics => handlers::metrics(ctx),
         Route::Execute => {
             let body = handlers::read_body(rq)?;
-            handlers::execute(ctx, &body, q)
+            after_large(body.len(), || handlers::execute(ctx, &body, q))
         }
         Route::ExecuteJob => {
             let body = handlers::read_body(rq)?;
-            handlers::execute_job(ctx, &body, q)
+            after_large(body.len(), || handlers::execute_job(ctx, &body, q))
         }
         Route::Tasks => handlers::tasks(ctx, q),
         Route::Task(id) => handlers::task(ctx, id),
         Route::TaskOutput(id) => handlers::output(ctx, id, q, rq.peer_socket()),
         Route::CancelTask(id) => handlers::cancel(ctx, id, from),
     }
+}
+
+/// Runs `f`; when it handled `len` bytes or more, gives the memory it freed back to the
+/// system (see [`crate::alloc`]).
+fn after_large<R>(len: usize, f: impl FnOnce() -> R) -> R {
+    let r = f();
+    if len >= crate::alloc::LARGE {
+        crate::alloc::give_back();
+    }
+    r
 }
 
 fn header(name: &str, value: &str) -> Option<Header> {
@@ -226,7 +236,8 @@ pub fn respond(rq: Request, reply: Reply) {
     let result = match reply.body {
         Body::Bytes(bytes) => {
             let len = bytes.len();
-            rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None))
+            let sent = rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None));
+            after_large(len, || sent)
         }
         Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
         Body::WhenDone(task) => {

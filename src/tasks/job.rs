@@ -24,6 +24,10 @@ pub fn resolve(base: &Path, job_id: &str, job_path: Option<&str>) -> Result<Path
     {
         return Err("jobId must be a plain name (no '/', '\\' or '..')".into());
     }
+    // A folder name is at most 255 bytes (NAME_MAX); the task record keeps the id.
+    if job_id.len() > 255 {
+        return Err("jobId must be a plain name of at most 255 bytes".into());
+    }
     let base = absolute(base);
     let base_real = fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
     let dir = match job_path {
@@ -193,7 +197,7 @@ mod tests {
         fs::create_dir_all(base.join("a")).unwrap();
         assert!(resolve(&base, "a", None).is_ok());
         assert!(resolve(&base, "missing", None).is_ok());
-        for bad in ["", "..", "../x", "a/b", "a\\b", "x..y", "."] {
+        for bad in ["", "..", "../x", "a/b", "a\\b", "x..y", ".", &"j".repeat(256)] {
             assert!(resolve(&base, bad, None).is_err(), "{bad}");
         }
         assert!(resolve(&base, "a", Some(base.join("a").to_str().unwrap())).is_ok());

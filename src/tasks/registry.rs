@@ -126,19 +126,10 @@ impl Registry {
             inner.next_id = inner.next_id.max(self.store.load_next_id());
             for rec in records {
                 inner.next_id = inner.next_id.max(rec.id + 1);
-                let spec = TaskSpec {
-                    command: rec.command.clone(),
-                    args: rec.args.clone(),
-                    cwd: rec.cwd.clone(),
-                    env: rec.env.clone(),
-                    timeout_ms: rec.timeout,
-                    job: None,
-                };
                 let id = rec.id;
                 let task = Task::from_record(
                     rec,
-                    spec,
-                    self.store.log_path(id),
+                    self.store.paths(id),
                     self.limits.max_output_bytes,
                     self.events.clone(),
                     true,
@@ -149,7 +140,7 @@ impl Registry {
             Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
         }
         for id in evict {
-            self.store.remove_log(id);
+            self.store.remove_files(id);
         }
     }
 
@@ -182,7 +173,7 @@ impl Registry {
         inner.unsettled.insert(id);
         self.monitor.tasks_running(1);
         let task =
-            Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
+            Arc::new(Task::new(id, spec, self.store.paths(id), self.limits.max_output_bytes, self.events.clone()));
         inner.tasks.insert(id, Arc::clone(&task));
         metrics::inc(&self.metrics.tasks_started);
         Ok(task)
@@ -273,7 +264,7 @@ impl Registry {
         }
         self.idle.notify_all();
         for id in evict {
-            self.store.remove_log(id);
+            self.store.remove_files(id);
         }
     }
 

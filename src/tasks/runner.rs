@@ -7,7 +7,6 @@
 //! grace to reach the end of the pipes: a grandchild that escaped the group and holds them open
 //! cannot hang the task.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -18,6 +17,8 @@ use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOpt
 use crate::events::EventKind;
 use crate::procfs::Stat;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
+use crate::request::{self, Request};
+use crate::task_files;
 use crate::tasks::job;
 use crate::tasks::output_log::Stream;
 use crate::tasks::reader;
@@ -59,7 +60,14 @@ impl Outcome {
 pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     // Until the pid is recorded below: the PID-1 reaper must not take this child for an orphan.
     let gate = reg.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
-    let child = prepare_job(reg, task).and_then(|env| spawn_process(task, env.as_ref().unwrap_or(&task.spec.env)));
+    let prepared = prepare_job(reg, task);
+    let request = task.request().expect("a task is started once, with its request");
+    keep_request(task, &request);
+    let child = prepared.and_then(|()| spawn_process(&request));
+    let described = describe(&request.command, &request.args);
+    // The child has its own copy: from here on, the task holds at most a summary.
+    drop(request);
+    task.spawned();
     let mut child = match child {
         Ok(c) => c,
         Err(error) => {
@@ -99,7 +107,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         }
         st.started_sent = true;
     }
-    log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
+    log::info!("task {} started: pid {pid}, {described}", task.id);
 
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -134,18 +142,19 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
 
 /// The task's limit: its own `timeout`, else `TASK_TIMEOUT`; `None` = none.
 fn timeout_of(reg: &Registry, task: &Task) -> Option<Duration> {
-    match task.spec.timeout_ms {
+    match task.timeout_ms {
         Some(0) => None,
         Some(ms) => Some(Duration::from_millis(ms)),
         None => reg.limits.task_timeout,
     }
 }
 
+/// The command line for the log, bounded: the command and the first 8 args, each cut.
 fn describe(command: &str, args: &[String]) -> String {
-    let mut s = format!("{command:?}");
+    let mut s = format!("{:?}", request::cut(command, 200));
     for a in args.iter().take(8) {
         s.push(' ');
-        s.push_str(&format!("{a:?}"));
+        s.push_str(&format!("{:?}", request::cut(a, 100)));
     }
     if args.len() > 8 {
         s.push_str(&format!(" … ({} args)", args.len()));
@@ -154,34 +163,48 @@ fn describe(command: &str, args: &[String]) -> String {
 }
 
 /// For a job: checks its folder, marks `job.json` running, opens `logs/output.log`, and
-/// returns the environment from `job.json`. `None` for other tasks.
-fn prepare_job(reg: &Registry, task: &Task) -> Result<Option<BTreeMap<String, String>>, String> {
-    let Some(job) = &task.spec.job else { return Ok(None) };
+/// makes the environment from `job.json` the task's.
+fn prepare_job(reg: &Registry, task: &Task) -> Result<(), String> {
+    let Some(job) = &task.job else { return Ok(()) };
     let (env, job_log) = job::prepare(&job.dir, &reg.monitor.host.hostname)?;
-    let mut st = task.lock();
-    st.record.env = env.clone();
-    st.output.job_log = Some(job_log);
-    Ok(Some(env))
+    task.set_env(env);
+    task.lock().output.job_log = Some(job_log);
+    Ok(())
 }
 
-/// Spawns the process in its own group, or says why it could not.
-fn spawn_process(task: &Task, env: &BTreeMap<String, String>) -> Result<Child, String> {
-    let spec = &task.spec;
-    match std::fs::metadata(&spec.cwd) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("cwd is not a directory: {}", spec.cwd)),
-        Err(e) => return Err(format!("cwd {} is not usable: {e}", spec.cwd)),
+/// A request too large for the record (which holds its summary) goes whole to its file,
+/// before the record is written. If it cannot be written, the summary is all that is kept.
+fn keep_request(task: &Task, request: &Request) {
+    if !task.lock().record.request_truncated {
+        return;
     }
-    let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
+    if let Err(e) = task_files::write_request(task.request_path(), request) {
+        log::warn!(
+            "task {}: cannot write its request to {}: {e}; only a summary of it is kept",
+            task.id,
+            task.request_path().display()
+        );
+    }
+}
+
+/// Spawns the process in its own group, or says why it could not (in a message of bounded
+/// size: the command and `cwd` may be huge).
+fn spawn_process(req: &Request) -> Result<Child, String> {
+    match std::fs::metadata(&req.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
+        Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
+    }
+    let mut cmd = Command::new(&req.command);
+    cmd.args(&req.args)
+        .current_dir(&req.cwd)
         .env_remove(SECRET_VAR)
-        .envs(env)
+        .envs(&req.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", spec.command))
+    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&req.command, 300)))
 }
 
 /// Waits for the process, cleans up its group, waits for the readers, and ends the task.
@@ -265,14 +288,15 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
                 .then(|| format!("timed out after {} ms", timeout_of(reg, task).map_or(0, |d| d.as_millis())))
         });
         st.record.status = status;
-        st.record.error = error;
+        // Bounded: a journal line stays within `store::MAX_LINE` (a path in it may be long).
+        st.record.error = error.map(|e| request::cut(&e, 1024));
         st.record.end =
             Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
         st.pgid = None;
         let whole = Task::close_output(&mut st);
         (status, outcome.exit_code, outcome.signal.clone(), duration, now, st.record.timed_out, whole, job_started)
     };
-    if let (Some(job), true) = (&task.spec.job, job_started) {
+    if let (Some(job), true) = (&task.job, job_started) {
         job::finish(&job.dir, status, exit_code, completed_at, duration);
     }
     let m = &reg.metrics;
