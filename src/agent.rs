@@ -362,6 +362,14 @@ fn recover(reg: &Arc<Registry>, store: &Store) {
     }
     let count = records.len();
     reg.load_history(records);
+    // Files of tasks whose journal lines were lost would otherwise stay forever.
+    let (removed, highest) = store.remove_orphans(|id| reg.knows(id));
+    if let Some(id) = highest.filter(|&id| id <= crate::store::MAX_TASK_ID) {
+        reg.given_out(id);
+    }
+    if removed > 0 {
+        log::info!("deleted {removed} file(s) of tasks that are not in the history (their journal lines were lost)");
+    }
     // Start from a clean journal: one line per kept task, no line cut short by a crash.
     reg.compact();
     // Reading a journal of an older agent (whole requests in its lines) freed a lot.

@@ -257,6 +257,11 @@ impl Store {
         self.paths(id).remove();
     }
 
+    /// Deletes the files of tasks that `kept` does not hold (see [`task_files::remove_orphans`]).
+    pub fn remove_orphans(&self, kept: impl Fn(u64) -> bool) -> (usize, Option<u64>) {
+        task_files::remove_orphans(&self.dir, kept)
+    }
+
     /// The id the agent had reached at the last rewrite (0 when unknown).
     pub fn load_next_id(&self) -> u64 {
         let path = self.dir.join("next-id");

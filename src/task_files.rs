@@ -35,6 +35,40 @@ impl TaskPaths {
     }
 }
 
+/// The task a file of `DATA_DIR/tasks` belongs to: `<id>.log`, `<id>.request.json`, or the
+/// temporary file of the latter (`.<id>.request.json.tmp`). `None` for anything else.
+pub fn owner(name: &str) -> Option<u64> {
+    let name = match name.strip_prefix('.') {
+        Some(tmp) => tmp.strip_suffix(".request.json.tmp")?,
+        None => name.strip_suffix(".log").or_else(|| name.strip_suffix(".request.json"))?,
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// Deletes the files in `dir` of tasks `kept` does not hold: left when journal lines were
+/// lost (a crash, a full disk). Returns how many were deleted and the highest id they had
+/// (that id was given out: ids must go on above it).
+pub fn remove_orphans(dir: &Path, kept: impl Fn(u64) -> bool) -> (usize, Option<u64>) {
+    let Ok(entries) = fs::read_dir(dir) else { return (0, None) };
+    let (mut removed, mut highest) = (0, None);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(owner) else { continue };
+        if kept(id) {
+            continue;
+        }
+        highest = highest.max(Some(id));
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => log::warn!("cannot delete {}: {e}", entry.path().display()),
+        }
+    }
+    (removed, highest)
+}
+
 /// Writes the whole request to `path`, through a temporary file and a rename, so a reader
 /// finds the whole file or none (not synced, like the journal: a crash of the agent loses
 /// nothing, a power cut may).
@@ -72,6 +106,17 @@ pub fn read_request(path: &Path) -> io::Result<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_of_file_names() {
+        assert_eq!(owner("12.log"), Some(12));
+        assert_eq!(owner("12.request.json"), Some(12));
+        assert_eq!(owner(".12.request.json.tmp"), Some(12));
+        for other in ["journal.jsonl", "next-id", ".journal.jsonl.tmp", "x.log", ".log", "1.2.log", "+1.log", "12.txt"]
+        {
+            assert_eq!(owner(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn a_request_round_trips_and_a_bad_one_is_an_error() {

@@ -1024,3 +1024,32 @@ fn large_requests_keep_memory_and_the_journal_small() {
     eprintln!("journal after the restart: {journal} bytes");
     assert!(journal < 30 * 4096, "journal of {journal} bytes after the restart's rewrite");
 }
+
+/// Files of tasks whose journal lines were lost (a crash, a full disk) used to stay forever:
+/// at start they are deleted (and counted in the log), and ids go on above theirs.
+#[test]
+fn files_of_tasks_missing_from_the_history_are_deleted_at_start() {
+    let data = TempDir::new("dur-orphans");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let kept = a.run_wait(json!({"command": "echo", "args": ["kept"]}))["id"].as_u64().unwrap();
+    stop(&mut a);
+    drop(a);
+    let tasks = data_dir.join("tasks");
+    for name in ["99.log", "98.request.json", ".97.request.json.tmp"] {
+        std::fs::write(tasks.join(name), b"left over").unwrap();
+    }
+    std::fs::write(tasks.join("notes.txt"), b"not the agent's").unwrap();
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let files = list_dir(&tasks);
+    for name in ["99.log", "98.request.json", ".97.request.json.tmp"] {
+        assert!(!files.contains(name), "{name} is still there: {files:?}");
+    }
+    assert!(files.contains(&format!("{kept}.log")) && files.contains("notes.txt"), "{files:?}");
+    assert!(b.log_text().contains("deleted 3 file(s) of tasks that are not in the history"), "{}", b.log_text());
+    assert_eq!(b.get(&format!("/task/{kept}")).json()["stdout"], "kept\n");
+    let next = b.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
+    assert_eq!(next, 100, "ids go on above the orphans'");
+}

@@ -149,6 +149,17 @@ impl Registry {
         self.lock().next_id
     }
 
+    /// Ids go on above `id`, which was given out (a file of it was found).
+    pub fn given_out(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.next_id = inner.next_id.max(id.saturating_add(1));
+    }
+
+    /// Whether the agent knows task `id`.
+    pub fn knows(&self, id: u64) -> bool {
+        self.lock().tasks.contains_key(&id)
+    }
+
     /// Admits a task: checks shutdown, the slot count and the node's load, then takes a slot
     /// and an id. The caller must start it (see [`crate::tasks::runner::start`]).
     pub fn admit(&self, spec: TaskSpec) -> Result<Arc<Task>, Rejection> {
