@@ -13,11 +13,9 @@ use crate::discovery::{Discovery, NodeInfo};
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
 use crate::monitor::Monitor;
-use crate::protocol::TaskStatus;
 use crate::reaper::Reaper;
 use crate::store::{DataDirLock, Store};
 use crate::tasks::registry::{Limits, Registry};
-use crate::tasks::runner;
 use crate::tasks::timer::Timer;
 use crate::{events, ws};
 
@@ -61,7 +59,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         monitor,
         Arc::default(),
     ));
-    recover(&reg, &store);
+    crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
     let reaper = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?;
 
     let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
@@ -318,64 +316,6 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
             task.signal_group(Signal::KILL);
         }
         reg.wait_idle(Instant::now() + Duration::from_secs(2));
-    }
-}
-
-/// Loads history; a task recorded as running belonged to an agent that died: its group is
-/// killed if it survived (same pid and start time), and it is recorded `failed`.
-fn recover(reg: &Arc<Registry>, store: &Store) {
-    let mut records = store.load_all();
-    for rec in records.iter_mut().filter(|r| r.status == TaskStatus::Running) {
-        if let Some(pid) = rec.pid {
-            let started = runner::process_started_ms(pid);
-            if started.is_some_and(|s| s.abs_diff(rec.started_at) <= runner::SAME_PROCESS_WITHIN_MS) {
-                if let Some(pgid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-                    let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-                    log::warn!("task {}: killed process group {pid} left running by an earlier agent", rec.id);
-                }
-            }
-        }
-        // Its byte counts were last written at its start: take them from its log, up to any
-        // damage (a damaged length must never size a buffer: the agent would abort at every
-        // start).
-        let path = store.log_path(rec.id);
-        let scan = crate::tasks::output_log::scan(&path, true).unwrap_or_else(|e| {
-            log::warn!("task {}: cannot read output log {}: {e}", rec.id, path.display());
-            Default::default()
-        });
-        if let Some(d) = scan.damage {
-            log::warn!("task {}: output log {} is {d}; the output before it is kept", rec.id, path.display());
-        }
-        if let Some(at) = scan.cut {
-            log::warn!("task {}: output log {} ends inside a record at byte {at}", rec.id, path.display());
-        }
-        [rec.stdout_bytes, rec.stderr_bytes] = scan.sizes;
-        let now = crate::protocol::now_ms();
-        rec.status = TaskStatus::Failed;
-        rec.error = Some("the agent stopped while the task was running".into());
-        rec.end = Some(crate::protocol::TaskEnd {
-            exit_code: None,
-            signal: None,
-            completed_at: now,
-            duration: now.saturating_sub(rec.started_at),
-        });
-    }
-    let count = records.len();
-    reg.load_history(records);
-    // Files of tasks whose journal lines were lost would otherwise stay forever.
-    let (removed, highest) = store.remove_orphans(|id| reg.knows(id));
-    if let Some(id) = highest.filter(|&id| id <= crate::store::MAX_TASK_ID) {
-        reg.given_out(id);
-    }
-    if removed > 0 {
-        log::info!("deleted {removed} file(s) of tasks that are not in the history (their journal lines were lost)");
-    }
-    // Start from a clean journal: one line per kept task, no line cut short by a crash.
-    reg.compact();
-    // Reading a journal of an older agent (whole requests in its lines) freed a lot.
-    crate::alloc::give_back();
-    if count > 0 {
-        log::info!("loaded {count} task(s) from history; next task id {}", reg.next_id());
     }
 }
 

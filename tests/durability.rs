@@ -5,7 +5,7 @@
 //! on a UDP port that the test's own socket holds (bound first, on an ephemeral port).
 //! Every loop is bounded; time bounds are generous (2-core CI box, debug build) and no test
 //! asserts speed. Process markers used here: `sleep 3007`, `sleep 3011`, `sleep 3012`,
-//! `sleep 3014`, `sleep 3015`, `sleep 3016`, `sleep 3017`, `sleep 3018`.
+//! `sleep 3014`, `sleep 3015`, `sleep 3016`, `sleep 3017`, `sleep 3018`, `sleep 3021`, `sleep 3022`.
 
 mod common;
 
@@ -1052,4 +1052,104 @@ fn files_of_tasks_missing_from_the_history_are_deleted_at_start() {
     assert_eq!(b.get(&format!("/task/{kept}")).json()["stdout"], "kept\n");
     let next = b.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
     assert_eq!(next, 100, "ids go on above the orphans'");
+}
+
+// ---------------------------------------------------------------------------
+// What an agent killed with SIGKILL leaves behind.
+// ---------------------------------------------------------------------------
+
+/// The task's main process exits after the agent died and is reaped; the process it left in
+/// its group survived the restart (recovery killed a group only while its leader lived, and
+/// said nothing). It is killed now, and the log names it.
+///
+/// Who reaps the orphaned main process: the nearest subreaper, else PID 1. Here PID 1
+/// (`process_api`) reaps orphans only every few seconds, and another init may never do it:
+/// the test makes itself the subreaper (for the rest of this test binary's life: later
+/// orphans of other tests are reparented to it too, and left as zombies, which the tests'
+/// process checks ignore) and reaps the main process by its pid.
+#[test]
+fn leftovers_of_a_task_whose_main_process_exited_after_a_crash_are_killed() {
+    const M: &str = "sleep 3021";
+    use rustix::process::{getpid, set_child_subreaper, waitpid, Pid, WaitOptions};
+    set_child_subreaper(Some(getpid())).expect("PR_SET_CHILD_SUBREAPER");
+    let data = TempDir::new("dur-leftover");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let g = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "sleep 3021 & exec sleep 2"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+    let leader = a.get(&format!("/task/{id}")).json()["pid"].as_u64().expect("pid") as i32;
+    let left = common::pids_matching(M);
+    assert_eq!(left.len(), 1, "{left:?}");
+    a.signal("KILL");
+    assert!(a.wait_exit(Duration::from_secs(20)).is_some(), "agent did not die on SIGKILL");
+    drop(g);
+    drop(a);
+
+    // The main process (`sleep 2`) exits, orphaned; reap it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = Pid::from_raw(leader).unwrap();
+    while !matches!(waitpid(Some(pid), WaitOptions::NOHANG), Ok(Some(_))) {
+        assert!(
+            Instant::now() < deadline,
+            "main process {leader} not reaped: {:?}",
+            waitpid(Some(pid), WaitOptions::NOHANG)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!Path::new(&format!("/proc/{leader}")).exists(), "main process {leader} still there");
+    assert!(common::process_running(M), "test setup: {M} should have outlived the crash");
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let gone = common::wait_gone(M, Duration::from_secs(10));
+    cleanup(M);
+    assert!(gone, "'{M}' still running 10 s after the restart; log:\n{}", b.log_text());
+    let log = b.wait_log("killed 1 process(es)", Duration::from_secs(10));
+    assert!(
+        log.contains(&format!("task {id}: killed 1 process(es) left in its process group {leader}"))
+            && log.contains(&format!("pids [{}]", left[0])),
+        "{log}"
+    );
+    assert_eq!(b.get(&format!("/task/{id}")).json()["status"], "failed");
+}
+
+/// A job running when the agent died kept `"status":"running"` in its job.json forever.
+#[test]
+fn a_job_running_at_a_crash_is_recorded_failed_in_its_job_json() {
+    const M: &str = "sleep 3022";
+    let data = TempDir::new("dur-job-crash");
+    let data_dir = data.path().join("data");
+    let jobs = data.path().join("jobs");
+    std::fs::create_dir_all(jobs.join("crashjob")).unwrap();
+    std::fs::write(jobs.join("crashjob/run.sh"), "echo started\nsleep 3022\n").unwrap();
+    std::fs::write(jobs.join("crashjob/job.json"), r#"{"env":{"X":"1"},"custom":"kept"}"#).unwrap();
+    let jobs_env = jobs.display().to_string();
+    let mut a = common::agent().data_dir(&data_dir).env("JOBS_BASE_PATH", &jobs_env).start();
+    let g = common::logs_on_panic(&a);
+    let r = a.post("/execute-job", &json!({"jobId": "crashjob"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["taskId"].as_u64().unwrap();
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+    let read = || serde_json::from_slice::<Value>(&std::fs::read(jobs.join("crashjob/job.json")).unwrap()).unwrap();
+    assert_eq!(read()["status"], "running");
+    a.signal("KILL");
+    assert!(a.wait_exit(Duration::from_secs(20)).is_some(), "agent did not die on SIGKILL");
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).env("JOBS_BASE_PATH", &jobs_env).start();
+    let _g = common::logs_on_panic(&b);
+    let gone = common::wait_gone(M, Duration::from_secs(10));
+    cleanup(M);
+    assert!(gone, "'{M}' still running after the restart");
+    let j = read();
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"].as_str().is_some_and(|e| e.contains("agent")), "{j}");
+    assert!(j["completedAt"].is_u64() && j["duration"].is_u64(), "{j}");
+    assert_eq!(j["exitCode"], Value::Null, "{j}");
+    assert_eq!(j["custom"], "kept", "{j}");
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["jobId"], "crashjob", "{t}");
 }

@@ -6,6 +6,7 @@ pub mod log_health;
 pub mod output_log;
 pub mod pool;
 pub mod reader;
+pub mod recovery;
 pub mod registry;
 pub mod runner;
 pub mod task;

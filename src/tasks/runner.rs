@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::events::EventKind;
-use crate::procfs::Stat;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
 use crate::request::{self, Request};
 use crate::task_files;
@@ -263,7 +262,7 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
 pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     // Free the slot first: whoever sees the end may submit the next task at once.
     reg.release(task);
-    let (status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started) = {
+    let (status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started, error) = {
         let mut st = task.lock();
         let job_started = st.output.job_log.is_some();
         if st.record.status != TaskStatus::Running {
@@ -294,10 +293,22 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
             Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
         st.pgid = None;
         let whole = Task::close_output(&mut st);
-        (status, outcome.exit_code, outcome.signal.clone(), duration, now, st.record.timed_out, whole, job_started)
+        let error = st.record.error.clone();
+        (
+            status,
+            outcome.exit_code,
+            outcome.signal.clone(),
+            duration,
+            now,
+            st.record.timed_out,
+            whole,
+            job_started,
+            error,
+        )
     };
     if let (Some(job), true) = (&task.job, job_started) {
-        job::finish(&job.dir, status, exit_code, completed_at, duration);
+        let end = job::JobEnd { status, exit_code, completed_at, duration, error: error.as_deref() };
+        job::finish(&job.dir, &end);
     }
     let m = &reg.metrics;
     crate::metrics::inc(match status {
@@ -346,18 +357,3 @@ fn persist(reg: &Registry, task: &Task) {
         log::warn!("task {}: cannot write its record: {e}", task.id);
     }
 }
-
-/// When process `pid` started, in ms since the epoch: field 22 of /proc/PID/stat (clock ticks
-/// since boot) plus the boot time (`btime` in /proc/stat). Read only after a crash, to tell a
-/// task's surviving process from one that reused its pid: a task's process starts within
-/// milliseconds of its `startedAt`.
-pub fn process_started_ms(pid: u32) -> Option<u64> {
-    let ticks: u64 = Stat::read(pid)?.field(22)?.parse().ok()?;
-    let btime = crate::procfs::boot_time()?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(btime * 1000 + ticks * 1000 / hz)
-}
-
-/// How far a process's start may be from its task's `startedAt` and still be its: `btime`
-/// has whole seconds, ticks are 10 ms.
-pub const SAME_PROCESS_WITHIN_MS: u64 = 2000;
