@@ -22,3 +22,12 @@ pub fn give_back() {
         libc::malloc_trim(0);
     }
 }
+
+/// Runs `f`; when it handled `len` bytes or more, gives the memory it freed back.
+pub fn after_large<R>(len: usize, f: impl FnOnce() -> R) -> R {
+    let r = f();
+    if len >= LARGE {
+        give_back();
+    }
+    r
+}

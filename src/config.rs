@@ -11,12 +11,10 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::secret::check_secret;
+
 use crate::cidr::{self, Cidr};
 
-/// The secret the old Node agent shipped in its `.env.example`; refused.
-pub const PLACEHOLDER_SECRET: &str = "your-cluster-secret-key";
-/// Shortest secret accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 16;
 /// Name of the generated secret's file inside `DATA_DIR`.
 pub const SECRET_FILE: &str = "cluster-secret";
 
@@ -406,26 +404,12 @@ impl Config {
         crate::store::prepare_data_dir(&cfg.data_dir)
             .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", cfg.data_dir.display().to_string())))?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {
-            let (secret, generated) = crate::secret::load_or_generate(path)?;
+            let (secret, generated) = crate::secret::load_or_generate(path).map_err(ConfigError)?;
             cfg.secret = secret;
             cfg.secret_source = SecretSource::File { path: path.clone(), generated };
         }
         Ok(cfg)
     }
-}
-
-/// Why a secret is refused, or `Ok`.
-pub fn check_secret(s: &str) -> Result<(), String> {
-    if s == PLACEHOLDER_SECRET {
-        return Err(format!("it is the old placeholder {PLACEHOLDER_SECRET:?}; set a real secret"));
-    }
-    if s.len() < MIN_SECRET_LEN {
-        return Err(format!("it is {} bytes long; at least {MIN_SECRET_LEN} are required", s.len()));
-    }
-    if s.trim() != s || s.chars().any(|c| c.is_control()) {
-        return Err("it contains whitespace at its ends or control characters".to_string());
-    }
-    Ok(())
 }
 
 impl Config {
@@ -555,7 +539,7 @@ mod tests {
     #[test]
     fn secret_rules() {
         assert!(Config::from_source(&src(&[("CLUSTER_SECRET", "short")])).is_err());
-        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", PLACEHOLDER_SECRET)])).is_err());
+        assert!(Config::from_source(&src(&[("CLUSTER_SECRET", crate::secret::PLACEHOLDER_SECRET)])).is_err());
         let c = Config::from_source(&src(&[])).unwrap();
         assert!(matches!(c.secret_source, SecretSource::File { .. }));
     }

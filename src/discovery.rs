@@ -3,8 +3,13 @@
 //! One socket, bound to `DISCOVERY_PORT` with address and port reuse (a main server may share
 //! the host), broadcast on, multicast TTL 1. The thread sleeps in `poll` until the next packet
 //! is due, a datagram arrives, or it is told to stop, so an idle agent wakes only to announce.
+//! What it receives costs it little whatever arrives: it reads at most `MAX_DATAGRAM` bytes of
+//! a datagram and parses only what could be a probe, and reads at most `READ_BUDGET`
+//! datagrams per `READ_WINDOW` (so also per wake-up), so a flood neither pins a core nor keeps
+//! the thread from its schedule or from stopping.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -27,6 +32,20 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 /// First announcement after start.
 pub const FIRST_ANNOUNCE: Duration = Duration::from_millis(50);
+/// Longest datagram read. A probe is 24 bytes and nothing larger is acted on, so a longer
+/// one is dropped unparsed (the kernel copies only this much of it and one byte more).
+pub const MAX_DATAGRAM: usize = 1024;
+/// Datagrams read per `READ_WINDOW` at most, so also per wake-up: then the thread goes back
+/// to its schedule, so a flood holds up neither an announcement nor a stop. Once a window's
+/// budget is spent the socket is left alone until the next window (what arrives meanwhile
+/// waits in the kernel's queue, or overflows it): a flood of any rate costs at most 3,200
+/// datagrams a second. A fleet's own traffic on a shared port (an announce every 5 s and a
+/// stats packet every 10 s per agent) stays under that up to some 10,000 agents.
+pub const READ_BUDGET: usize = 32;
+pub const READ_WINDOW: Duration = Duration::from_millis(10);
+/// Probe replies go out after a random delay of up to this, so that a fleet answering one
+/// broadcast probe does not fill the prober's receive queue in the same millisecond.
+pub const REPLY_SPREAD: Duration = Duration::from_millis(500);
 
 /// What the discovery thread needs to know about the node.
 pub struct NodeInfo {
@@ -219,12 +238,12 @@ impl Discovery {
         // CLOEXEC: a task inheriting the write end would keep the pipe from ever hanging up.
         let (wake_rx, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         sender.socket.set_nonblocking(true)?;
-        let (announce_every, stats_every) = (cfg.announce_interval, cfg.stats_interval);
+        let schedule = Schedule::new(Instant::now(), cfg.announce_interval, cfg.stats_interval);
         let node = Arc::new(node);
         let handle = std::thread::Builder::new()
             .name("discovery".into())
             .stack_size(256 * 1024)
-            .spawn(move || run(sender, &node, listening, announce_every, stats_every, &wake_rx))?;
+            .spawn(move || run(sender, &node, listening, schedule, &wake_rx))?;
         Ok(Discovery { wake, handle })
     }
 
@@ -239,27 +258,30 @@ fn to_json(v: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(v).expect("discovery packets serialise: plain fields")
 }
 
-fn run(
-    mut sender: Sender,
-    node: &NodeInfo,
-    listening: bool,
+/// When the periodic packets are due.
+struct Schedule {
     announce_every: Duration,
     stats_every: Duration,
-    wake: &OwnedFd,
-) {
-    let start = Instant::now();
-    let mut next_announce = start + FIRST_ANNOUNCE;
-    let mut next_stats = start + stats_every;
-    let mut window = Instant::now();
-    let mut replies = 0u32;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let now = Instant::now();
-        if now >= next_announce {
+    next_announce: Instant,
+    next_stats: Instant,
+}
+
+impl Schedule {
+    fn new(start: Instant, announce_every: Duration, stats_every: Duration) -> Schedule {
+        Schedule { announce_every, stats_every, next_announce: start + FIRST_ANNOUNCE, next_stats: start + stats_every }
+    }
+
+    fn next(&self) -> Instant {
+        self.next_announce.min(self.next_stats)
+    }
+
+    /// Sends the packets due at `now`.
+    fn send_due(&mut self, sender: &mut Sender, node: &NodeInfo, now: Instant) {
+        if now >= self.next_announce {
             sender.send(&to_json(&node.announce(false)));
-            next_announce = now + announce_every;
+            self.next_announce = now + self.announce_every;
         }
-        if now >= next_stats {
+        if now >= self.next_stats {
             let packet = StatsPacket {
                 kind: protocol::STATS.into(),
                 hostname: node.hostname.clone(),
@@ -268,51 +290,158 @@ fn run(
                 timestamp: protocol::now_ms(),
             };
             sender.send(&to_json(&packet));
-            next_stats = now + stats_every;
+            self.next_stats = now + self.stats_every;
         }
-        // Sleep until the next packet is due, a datagram arrives, or the stop pipe closes:
-        // an idle agent wakes only to announce.
-        let wait =
-            next_announce.min(next_stats).saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
-        if listening {
-            fds.push(PollFd::new(&sender.socket, PollFlags::IN));
+    }
+}
+
+/// Probe replies: at most `PROBE_REPLIES_PER_SEC` taken a second, whatever arrives, each sent
+/// after a random delay of up to `REPLY_SPREAD`; and at most `PROBE_REPLIES_PER_SEC` sent in
+/// any second (the delays could otherwise bunch two seconds' replies into one).
+struct Replies {
+    window: Instant,
+    taken: u32,
+    /// When the latest replies went out (at most `PROBE_REPLIES_PER_SEC`).
+    sent: std::collections::VecDeque<Instant>,
+    /// (when, to whom); at most `PROBE_REPLIES_PER_SEC` per `REPLY_SPREAD`, so a handful.
+    pending: Vec<(Instant, SocketAddr)>,
+    /// std's hasher keys, drawn from the OS's randomness: agents started together, on one
+    /// host or on identical ones, still draw different delays (no extra crate needed).
+    random: RandomState,
+    drawn: u64,
+}
+
+impl Replies {
+    fn new(now: Instant) -> Replies {
+        let sent = std::collections::VecDeque::new();
+        Replies { window: now, taken: 0, sent, pending: Vec::new(), random: RandomState::new(), drawn: 0 }
+    }
+
+    /// Takes a probe from `from`; false when this second's replies are used up.
+    fn take(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.taken = 0;
         }
-        match crate::eintr::poll(&mut fds, Some(wait)) {
-            Ok(_) => {}
+        if self.taken >= PROBE_REPLIES_PER_SEC {
+            return false;
+        }
+        self.taken += 1;
+        self.drawn += 1;
+        let spread = REPLY_SPREAD.as_millis() as u64 + 1;
+        let delay = Duration::from_millis(self.random.hash_one((self.drawn, from)) % spread);
+        self.pending.push((now + delay, from));
+        true
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.iter().map(|(at, _)| *at).min()
+    }
+
+    /// The probers whose reply is due at `now` and may go out, taken off the list (a reply
+    /// that would make more than `PROBE_REPLIES_PER_SEC` in a second is dropped).
+    fn due(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let (due, later) = self.pending.iter().partition::<Vec<_>, _>(|(at, _)| *at <= now);
+        self.pending = later;
+        while self.sent.front().is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(1)) {
+            self.sent.pop_front();
+        }
+        let room = (PROBE_REPLIES_PER_SEC as usize).saturating_sub(self.sent.len());
+        let out: Vec<SocketAddr> = due.into_iter().map(|(_, to)| to).take(room).collect();
+        self.sent.extend(std::iter::repeat_n(now, out.len()));
+        out
+    }
+}
+
+/// Why `wait` returned.
+enum Woken {
+    Stop,
+    Readable,
+    Timeout,
+}
+
+/// Sleeps until `until`, a datagram on `socket` (when given), or the stop pipe closing.
+fn wait(wake: &OwnedFd, socket: Option<&UdpSocket>, until: Instant) -> Woken {
+    let timeout = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
+    if let Some(s) = socket {
+        fds.push(PollFd::new(s, PollFlags::IN));
+    }
+    if let Err(e) = crate::eintr::poll(&mut fds, Some(timeout)) {
+        log::warn!("discovery: poll failed: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+        return Woken::Timeout;
+    }
+    if !fds[0].revents().is_empty() {
+        Woken::Stop
+    } else if fds.get(1).is_some_and(|f| !f.revents().is_empty()) {
+        Woken::Readable
+    } else {
+        Woken::Timeout
+    }
+}
+
+/// Datagrams read in the current `READ_WINDOW`.
+struct Budget {
+    window: Instant,
+    used: usize,
+}
+
+impl Budget {
+    /// How many datagrams may still be read now.
+    fn left(&mut self, now: Instant) -> usize {
+        if now.saturating_duration_since(self.window) >= READ_WINDOW {
+            self.window = now;
+            self.used = 0;
+        }
+        READ_BUDGET - self.used
+    }
+
+    /// When reading may go on, once this window's budget is spent.
+    fn next_window(&self) -> Instant {
+        self.window + READ_WINDOW
+    }
+}
+
+/// Reads up to `max` datagrams and takes the probes among them; returns how many it read.
+fn receive(socket: &UdpSocket, buf: &mut [u8; MAX_DATAGRAM + 1], replies: &mut Replies, max: usize) -> usize {
+    for read in 0..max {
+        let (n, from) = match crate::eintr::retry(|| socket.recv_from(buf)) {
+            Ok(x) => x,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return read,
             Err(e) => {
-                log::warn!("discovery: poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                log::debug!("discovery: receive failed: {e}");
+                return read;
             }
+        };
+        // Longer than MAX_DATAGRAM (truncated to the buffer): not a probe, not worth a parse.
+        if n <= MAX_DATAGRAM && protocol::packet_type(&buf[..n]).as_deref() == Some(protocol::PROBE) {
+            replies.take(from, Instant::now());
         }
-        if !fds[0].revents().is_empty() {
-            break;
+    }
+    max
+}
+
+fn run(mut sender: Sender, node: &NodeInfo, listening: bool, mut schedule: Schedule, wake: &OwnedFd) {
+    let mut replies = Replies::new(Instant::now());
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let mut budget = Budget { window: Instant::now(), used: 0 };
+    loop {
+        let now = Instant::now();
+        schedule.send_due(&mut sender, node, now);
+        for to in replies.due(now) {
+            sender.send_to(&to_json(&node.announce(true)), to);
         }
-        if fds.get(1).is_none_or(|f| f.revents().is_empty()) {
-            continue;
-        }
-        drop(fds);
-        loop {
-            let (n, from) = match sender.socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("discovery: receive failed: {e}");
-                    break;
-                }
-            };
-            if protocol::packet_type(&buf[..n]).as_deref() != Some(protocol::PROBE) {
-                continue;
-            }
-            if window.elapsed() >= Duration::from_secs(1) {
-                window = Instant::now();
-                replies = 0;
-            }
-            if replies < PROBE_REPLIES_PER_SEC {
-                replies += 1;
-                sender.send_to(&to_json(&node.announce(true)), from);
-            }
+        // Sleep until the next packet or reply is due, a datagram arrives (unless this
+        // window's budget is spent: then until the next window), or the stop pipe closes: an
+        // idle agent wakes only to announce.
+        let left = if listening { budget.left(now) } else { 0 };
+        let resume = (listening && left == 0).then(|| budget.next_window());
+        let until = [replies.next_due(), resume].into_iter().flatten().fold(schedule.next(), Instant::min);
+        match wait(wake, (left > 0).then_some(&sender.socket), until) {
+            Woken::Stop => break,
+            Woken::Timeout => {}
+            Woken::Readable => budget.used += receive(&sender.socket, &mut buf, &mut replies, left),
         }
     }
     let leave = Leave {
@@ -322,4 +451,76 @@ fn run(
         timestamp: protocol::now_ms(),
     };
     sender.send(&to_json(&leave));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prober(n: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000 + n))
+    }
+
+    #[test]
+    fn the_read_budget_refills_each_window() {
+        let t0 = Instant::now();
+        let mut b = Budget { window: t0, used: 0 };
+        assert_eq!(b.left(t0), READ_BUDGET);
+        b.used += READ_BUDGET;
+        assert_eq!(b.left(t0 + READ_WINDOW / 2), 0);
+        assert_eq!(b.next_window(), t0 + READ_WINDOW);
+        assert_eq!(b.left(t0 + READ_WINDOW), READ_BUDGET);
+    }
+
+    #[test]
+    fn at_most_five_replies_a_second() {
+        let t0 = Instant::now();
+        let mut r = Replies::new(t0);
+        let taken = (0..50).filter(|i| r.take(prober(*i), t0 + Duration::from_millis(*i as u64))).count();
+        assert_eq!(taken, PROBE_REPLIES_PER_SEC as usize);
+        assert!(!r.take(prober(99), t0 + Duration::from_millis(999)));
+        assert!(r.take(prober(99), t0 + Duration::from_millis(1000)));
+    }
+
+    /// Probes taken at the end of one second and the start of the next may fall due together;
+    /// still at most five go out in any second.
+    #[test]
+    fn at_most_five_replies_are_sent_in_any_second() {
+        let t0 = Instant::now();
+        let mut r = Replies::new(t0);
+        let mut sent = Vec::new();
+        for ms in (0..3000).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            r.take(prober(ms as u16), now);
+            sent.extend(r.due(now).into_iter().map(|_| now));
+        }
+        assert!(sent.len() >= 10, "replies still go out: {}", sent.len());
+        for (i, t) in sent.iter().enumerate() {
+            let in_a_second = sent[i..].iter().filter(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+            assert!(in_a_second <= PROBE_REPLIES_PER_SEC as usize, "{in_a_second} replies within 1 s of {t:?}");
+        }
+    }
+
+    #[test]
+    fn replies_are_spread_over_the_window_and_sent_once() {
+        let t0 = Instant::now();
+        let mut delays = Vec::new();
+        // Fresh limiters taking the same probe, as each agent of a fleet would.
+        for _ in 0..200 {
+            let mut r = Replies::new(t0);
+            assert!(r.take(prober(0), t0));
+            let at = r.next_due().unwrap();
+            assert!(r.due(at - Duration::from_nanos(1)).is_empty());
+            assert_eq!(r.due(at), vec![prober(0)]);
+            assert!(r.due(at + REPLY_SPREAD).is_empty(), "sent twice");
+            delays.push(at - t0);
+        }
+        assert!(delays.iter().all(|d| *d <= REPLY_SPREAD), "{delays:?}");
+        // Spread, not bunched: every tenth of the window gets some.
+        let mut tenths = [0; 10];
+        for d in &delays {
+            tenths[(d.as_millis() * 10 / (REPLY_SPREAD.as_millis() + 1)) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|n| *n > 0), "{tenths:?}");
+    }
 }

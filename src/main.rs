@@ -119,7 +119,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
         }
         Cmd::Discover => {
             let cfg = Config::from_source(&src).map_err(|e| Fail(e.to_string(), 2))?;
-            let heard = codara_agent::discover::discover(&cfg, timeout).map_err(|e| Fail(e, 1))?;
+            let heard = codara_agent::cli_discover::discover(&cfg, timeout).map_err(|e| Fail(e, 1))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
             } else if heard.is_empty() {
@@ -130,7 +130,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
                     cfg.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
                 );
             } else {
-                print!("{}", codara_agent::discover::table(&heard));
+                print!("{}", codara_agent::cli_discover::table(&heard));
             }
             Ok(())
         }

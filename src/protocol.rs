@@ -357,14 +357,64 @@ pub const PROBE: &str = "cluster_probe";
 pub const LEAVE: &str = "cluster_leave";
 
 /// The `type` of a discovery packet, if it is a JSON object with a string `type`.
+///
+/// Cheap whatever the packet holds: only the object's keys and its `type` are read; every
+/// other value is skipped by serde_json's skipper, which keeps no tree and does not recurse
+/// (deep nesting costs no stack), so the work is one pass over the bytes. The whole packet is
+/// still checked to be one JSON object: `{"type":"x"}xyz` and `["x"]` have no type.
 pub fn packet_type(bytes: &[u8]) -> Option<String> {
-    // Through `Value`: a derived struct would also accept `["cluster_probe"]`.
-    match serde_json::from_slice::<serde_json::Value>(bytes).ok()? {
-        serde_json::Value::Object(mut m) => match m.remove("type")? {
-            serde_json::Value::String(s) => Some(s),
-            _ => None,
-        },
-        _ => None,
+    serde_json::from_slice::<TypeOnly>(bytes).ok()?.0
+}
+
+/// A JSON object reduced to its `type`, when that is a string.
+struct TypeOnly(Option<String>);
+
+impl<'de> Deserialize<'de> for TypeOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Maps only: a derived struct would also accept a sequence (`["cluster_probe"]`).
+        d.deserialize_map(TypeOnlyVisitor)
+    }
+}
+
+struct TypeOnlyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TypeOnlyVisitor {
+    type Value = TypeOnly;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TypeOnly, A::Error> {
+        let mut kind = None;
+        while let Some(IsType(is_type)) = map.next_key()? {
+            if is_type {
+                // A `type` that is not a string fails the parse: no type.
+                kind = Some(map.next_value::<String>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(TypeOnly(kind))
+    }
+}
+
+/// Whether a key is `type`, without keeping the key.
+struct IsType(bool);
+
+impl<'de> Deserialize<'de> for IsType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IsType;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsType, E> {
+                Ok(IsType(key == "type"))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -379,5 +429,37 @@ mod packet_tests {
         {
             assert_eq!(packet_type(bad), None);
         }
+    }
+
+    #[test]
+    fn other_fields_and_escapes_do_not_hide_the_type() {
+        let p = br#" {"from":{"a":[1,2.5e3,null,true]}, "type" : "cluster_\u0070robe", "x":"\"}"} "#;
+        assert_eq!(packet_type(p).as_deref(), Some("cluster_probe"));
+        assert_eq!(packet_type(br#"{"ty\u0070e":"cluster_probe"}"#).as_deref(), Some("cluster_probe"));
+        assert_eq!(packet_type(br#"{"a":1}"#), None);
+        assert_eq!(packet_type(br#"{"type":"cluster_probe","type":2}"#), None);
+        assert_eq!(packet_type(br#"{"type":{"type":"cluster_probe"}}"#), None);
+    }
+
+    /// Nesting far deeper than a recursive parser allows is skipped in one pass: a datagram's
+    /// worth takes well under a millisecond even in a debug build, and no stack.
+    #[test]
+    fn deep_nesting_is_cheap_and_does_not_recurse() {
+        let depth = 30_000;
+        let mut p = String::from(r#"{"pad":"#);
+        p.push_str(&"[".repeat(depth));
+        p.push_str(&"]".repeat(depth));
+        p.push_str(r#","type":"cluster_probe"}"#);
+        // A thread with a small stack: recursion per level would overflow it.
+        let t = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            let start = std::time::Instant::now();
+            let kind = packet_type(p.as_bytes());
+            (kind, start.elapsed())
+        });
+        let (kind, took) = t.unwrap().join().unwrap();
+        assert_eq!(kind.as_deref(), Some("cluster_probe"));
+        assert!(took < std::time::Duration::from_millis(100), "{took:?}");
+        let unclosed = "[".repeat(depth);
+        assert_eq!(packet_type(format!(r#"{{"type":"cluster_probe","x":{unclosed}}}"#).as_bytes()), None);
     }
 }

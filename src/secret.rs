@@ -6,34 +6,51 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::config::{check_secret, ConfigError};
+/// The secret the old Node agent shipped in its `.env.example`; refused.
+pub const PLACEHOLDER_SECRET: &str = "your-cluster-secret-key";
+/// Shortest secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Why a secret is refused, or `Ok`.
+pub fn check_secret(s: &str) -> Result<(), String> {
+    if s == PLACEHOLDER_SECRET {
+        return Err(format!("it is the old placeholder {PLACEHOLDER_SECRET:?}; set a real secret"));
+    }
+    if s.len() < MIN_SECRET_LEN {
+        return Err(format!("it is {} bytes long; at least {MIN_SECRET_LEN} are required", s.len()));
+    }
+    if s.trim() != s || s.chars().any(|c| c.is_control()) {
+        return Err("it contains whitespace at its ends or control characters".to_string());
+    }
+    Ok(())
+}
 
 /// Reads the secret stored at `path`, or generates and stores a new one.
 /// Returns the secret and whether it was generated now.
-pub fn load_or_generate(path: &Path) -> Result<(String, bool), ConfigError> {
-    let fail =
-        |what: &str, e: std::io::Error| ConfigError(format!("cannot {what} secret file {}: {e}", path.display()));
+/// An error is one line for the operator, naming the file.
+pub fn load_or_generate(path: &Path) -> Result<(String, bool), String> {
+    let fail = |what: &str, e: std::io::Error| format!("cannot {what} secret file {}: {e}", path.display());
     match fs::read_to_string(path) {
         Ok(text) => {
             let secret = text.trim().to_string();
-            check_secret(&secret).map_err(|why| ConfigError(format!("invalid secret in {}: {why}", path.display())))?;
+            check_secret(&secret).map_err(|why| format!("invalid secret in {}: {why}", path.display()))?;
             // An operator may have created it by hand with looser permissions: tighten them.
             let mode = fs::metadata(path).map_err(|e| fail("inspect", e))?.permissions().mode();
             if mode & 0o077 != 0 {
                 fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| {
-                    ConfigError(format!(
+                    format!(
                         "secret file {} has mode {:o} (others may read it) and cannot be made 0600: {e}; \
                          give it to the agent's user, or make it 0600",
                         path.display(),
                         mode & 0o777
-                    ))
+                    )
                 })?;
             }
             Ok((secret, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = random_hex(32)
-                .map_err(|e| ConfigError(format!("cannot generate a secret: reading /dev/urandom failed: {e}")))?;
+            let secret =
+                random_hex(32).map_err(|e| format!("cannot generate a secret: reading /dev/urandom failed: {e}"))?;
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -786,6 +786,124 @@ fn only_real_probes_are_answered() {
     a.assert_alive();
 }
 
+/// ~60 KB of valid, nested JSON: what a parse into a tree of values pays for by the byte.
+fn nested_json(len: usize) -> Vec<u8> {
+    let mut s = String::from(r#"{"type":"cluster_probe","pad":["#);
+    let item = r#"{"a":[1,{"b":[true,null,{"c":[2.5,"d",{"e":[]}]}]}]},"#;
+    while s.len() + item.len() + 2 < len {
+        s.push_str(item);
+    }
+    s.pop();
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// CPU time the process `pid` has used so far (user + system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields 14 and 15 (utime, stime), counted past the command name's closing parenthesis.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Sends to `127.0.0.1:port`, from its own thread, ~500 large datagrams a second and, from
+/// `prober`, one real probe after every 25th; stops when told, after `max` at the latest.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(usize, usize)>>,
+}
+
+impl Flood {
+    fn start(port: u16, prober: UdpSocket, max: Duration) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let (big, sender, until) = (nested_json(60_000), prober.try_clone().unwrap(), Instant::now() + max);
+            let flood = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            let (mut sent, start) = (0u32, Instant::now());
+            while !s.load(Ordering::SeqCst) && Instant::now() < until && sent < 50_000 {
+                let _ = flood.send_to(&big, lo(port));
+                sent += 1;
+                if sent % 25 == 0 {
+                    let _ = sender.send_to(br#"{"type":"cluster_probe"}"#, lo(port));
+                }
+                // 500 a second, on a schedule (a late send is not made up for by a burst).
+                let next = start + Duration::from_millis(2) * sent;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            let sent = sent as usize;
+            // Replies to the large datagrams (which claim to be probes).
+            let answered = recv_until(&flood, Instant::now() + Duration::from_millis(600)).len();
+            (sent, answered)
+        });
+        Flood { stop, handle: Some(handle) }
+    }
+
+    /// Stops the flood; how many large datagrams it sent, and how many replies they got.
+    fn stop(&mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().map_or((0, 0), |h| h.join().unwrap())
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A flood of large nested-JSON datagrams (with real probes among them) costs the agent
+/// little CPU, does not starve its announcements, is answered at no more than 5 replies a
+/// second, and does not hold up a SIGTERM.
+#[test]
+fn a_flood_of_large_datagrams_neither_starves_announces_nor_delays_shutdown() {
+    // The agent alone on its discovery port (so the unicast flood reaches it); its announces
+    // go to another port, where this test listens.
+    let l = Listener::shared(0);
+    let disc_port = free_udp_port();
+    let mut a = disc_agent(disc_port, &format!("127.255.255.255:{}", l.port)).env("ANNOUNCE_INTERVAL", "200").start();
+    let port = a.port;
+    l.wait(Duration::from_secs(10), |p| p.is("cluster_announce", port))
+        .unwrap_or_else(|| panic!("no announce heard; logs:\n{}", a.log_text()));
+    let pid = a.agent_pid();
+    let prober = prober();
+    let (cpu0, t0) = (cpu_time(pid), Instant::now());
+    let mut flood = Flood::start(disc_port, prober.try_clone().unwrap(), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(10));
+    let (cpu, t1) = (cpu_time(pid) - cpu0, Instant::now());
+    let announces = l.count(|p| p.at > t0 && p.at <= t1 && p.is("cluster_announce", port));
+    let expected = (t1 - t0).as_millis() as usize / 200;
+    // SIGTERM while the flood goes on.
+    let stopping = Instant::now();
+    a.signal("TERM");
+    let st = a.wait_exit(Duration::from_secs(30));
+    let took = stopping.elapsed();
+    let (sent, answered_big) = flood.stop();
+    let replies = recv_until(&prober, Instant::now() + Duration::from_millis(600))
+        .iter()
+        .filter(|p| p.is("cluster_announce", port))
+        .count();
+    let secs = t0.elapsed().as_secs() as usize + 1;
+    let figures = format!(
+        "{announces} announces ({expected} due) and CPU {cpu:?} in {:?} of flood, {replies} replies \
+         to {} probes, exit {took:?} after SIGTERM ({sent} datagrams of 60 KB in all)",
+        t1 - t0,
+        sent / 25
+    );
+    eprintln!("flood: {figures}");
+    let st = st.unwrap_or_else(|| panic!("no exit within 30 s of SIGTERM: {figures}; logs:\n{}", a.log_text()));
+    assert_eq!(st.code(), Some(0), "{st:?}; logs:\n{}", a.log_text());
+    assert!(announces >= expected / 2, "announces starved: {figures}; logs:\n{}", a.log_text());
+    // A full core would be all of the flood's time.
+    assert!(cpu < (t1 - t0) / 2, "too much CPU: {figures}");
+    assert!(took <= Duration::from_secs(5), "slow to stop: {figures}");
+    // The real probes were answered, at most 5 a second in all.
+    assert!(replies >= 1, "no probe among the flood was answered: {figures}; logs:\n{}", a.log_text());
+    assert!(replies <= 5 * secs, "over 5 probe replies a second: {figures}");
+    assert_eq!(answered_big, 0, "datagrams of 60 KB were answered as probes (a probe is tiny)");
+}
+
 // ---------------------------------------------------------------------------
 // `codara-agent discover`
 // ---------------------------------------------------------------------------
@@ -891,6 +1009,53 @@ fn discover_table_lists_two_agents() {
     drop(reserve);
 }
 
+/// Many agents on one discovery port answer one probe together: `discover --timeout 1`
+/// lists every one of them.
+#[test]
+fn discover_lists_a_fleet_of_40_agents_on_one_port() {
+    let reserve = Listener::shared(0);
+    let disc_port = reserve.port;
+    let agents: Vec<common::Agent> = (0..40)
+        .map(|_| {
+            common::agent()
+                .env("DISCOVERY_ENABLED", "true")
+                .env("DISCOVERY_PORT", &disc_port.to_string())
+                .env("DISCOVERY_ADDRESSES", "127.255.255.255")
+                // Found by the probe, not by what they broadcast anyway.
+                .env("ANNOUNCE_INTERVAL", "3600000")
+                .env("STATS_INTERVAL", "3600000")
+                .env("MAX_CONCURRENT_TASKS", "1")
+                .start()
+        })
+        .collect();
+    // Let the start-up announcements (each heard by all 40) settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let cwd = common::TempDir::new("discover-fleet");
+    let out =
+        common::run_binary(discover_cmd(disc_port, cwd.path(), &["--timeout", "1", "--json"]), Duration::from_secs(60));
+    let st =
+        out.status.unwrap_or_else(|| panic!("discover did not exit; stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr));
+    assert!(st.success(), "discover failed: {st:?}\nstdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", out.stdout, out.stderr));
+    let answered: BTreeSet<u16> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {v}"))
+        .iter()
+        .filter(|e| e["answeredProbe"] == true)
+        .filter_map(|e| e["address"].as_str()?.parse::<SocketAddr>().ok().map(|a| a.port()))
+        .collect();
+    let missing: Vec<u16> = agents.iter().map(|a| a.port).filter(|p| !answered.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} agents did not answer within 1 s: {missing:?}\nstderr:\n{}",
+        missing.len(),
+        agents.len(),
+        out.stderr
+    );
+    drop(reserve);
+}
+
 // ---------------------------------------------------------------------------
 // Across two network namespaces joined by a veth pair
 // ---------------------------------------------------------------------------
@@ -919,17 +1084,18 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 #[test]
 fn announce_crosses_a_veth_pair_between_namespaces() {
+    const TEST: &str = "announce_crosses_a_veth_pair_between_namespaces";
     static N: AtomicUsize = AtomicUsize::new(0);
     let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
     let (ns_a, ns_b) = (format!("cdr-a-{tag}"), format!("cdr-b-{tag}"));
     let mut guard = Netns(Vec::new());
     if let Err(e) = ip(&["netns", "add", &ns_a]) {
-        eprintln!("SKIPPED announce_crosses_a_veth_pair_between_namespaces: network namespaces unavailable: {e}");
+        common::skip_or_fail(TEST, &format!("network namespaces unavailable: {e}"));
         return;
     }
     guard.0.push(ns_a.clone());
     if let Err(e) = ip(&["netns", "add", &ns_b]) {
-        eprintln!("SKIPPED announce_crosses_a_veth_pair_between_namespaces: cannot add a second namespace: {e}");
+        common::skip_or_fail(TEST, &format!("cannot add a second network namespace: {e}"));
         return;
     }
     guard.0.push(ns_b.clone());
@@ -943,7 +1109,7 @@ fn announce_crosses_a_veth_pair_between_namespaces() {
     ];
     for args in &setup {
         if let Err(e) = ip(args) {
-            eprintln!("SKIPPED announce_crosses_a_veth_pair_between_namespaces: cannot create a veth pair: {e}");
+            common::skip_or_fail(TEST, &format!("cannot create a veth pair: {e}"));
             return;
         }
     }

@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::Command;
@@ -298,7 +299,8 @@ fn during_drain_execute_gets_503_and_health_answers() {
 
     assert!(draining, "no 'draining' log line after SIGTERM");
     assert_eq!(r.status, 503, "POST /execute during the drain: {} {}", r.status, r.text());
-    assert!(r.json()["error"].is_string(), "{}", r.text());
+    assert_eq!(r.json(), json!({"error": "Agent is shutting down", "reason": "shutdown"}), "the drain's 503 body");
+    assert_eq!(r.header("retry-after"), Some("30"), "Retry-After while draining: {:?}", r.headers);
     assert_eq!(health.status, 200, "GET /health during the drain: {}", health.text());
     assert_eq!(health.json()["status"], "healthy");
     assert_eq!(t.status, 200);
@@ -601,7 +603,8 @@ fn second_signal_during_the_kill_grace_kills_at_once() {
     a.signal("TERM");
     // Past SHUTDOWN_TIMEOUT: the task has had its SIGTERM, and ignores it.
     assert!(wait_draining(&a, Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_millis(1500));
+    let log = a.wait_log("stopping 1 task(s) still running", Duration::from_secs(20));
+    assert!(log.contains("stopping 1 task(s) still running"), "SHUTDOWN_TIMEOUT never ran out:\n{log}");
     assert!(a.child.try_wait().unwrap().is_none(), "exited before the grace");
     let t0 = Instant::now();
     a.signal("INT");
@@ -687,6 +690,107 @@ fn a_full_disk_leaves_no_torn_line_in_the_journal() {
 }
 
 // ---------------------------------------------------------------------------
+// Recovery after a crash: the pid-reuse guard.
+// ---------------------------------------------------------------------------
+
+/// A process group leader running `sleep SECONDS`, unrelated to any agent (the test's child).
+fn group_leader_sleep(seconds: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new("sleep").arg(seconds).process_group(0).stdin(std::process::Stdio::null()).spawn().expect("start sleep")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A journal records a running task whose pid now belongs to an unrelated process (a group
+/// leader, so killing "its group" would kill it). Its start time does not match the
+/// record's `startedAt`, so the restarted agent must leave it alone, and still record the
+/// task `failed`. A control record whose pid and start time do match shows that the journal
+/// was read and that a surviving group is killed: the guard is what spares the other one.
+#[test]
+fn restart_never_kills_a_process_that_reused_a_recorded_pid() {
+    let data = TempDir::new("dur-pid-reuse");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let g = common::logs_on_panic(&a);
+    let first = a.run_wait(json!({"command": "true"}));
+    assert_eq!(first["status"], "completed", "{first}");
+    stop(&mut a);
+    drop(g);
+    drop(a);
+
+    // The start record of task 1 (status running) is the template of the crafted ones.
+    let journal = data_dir.join("tasks/journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let template: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["id"] == 1 && r["status"] == "running")
+        .unwrap_or_else(|| panic!("no start record of task 1 in the journal:\n{text}"));
+    let spawned_at = now_ms();
+    let mut unrelated = group_leader_sleep("3333");
+    let mut control = group_leader_sleep("3334");
+    let control_pid = control.id();
+    let record = |id: u64, pid: u32, started_at: u64, arg: &str| {
+        let mut r = template.clone();
+        r["id"] = json!(id);
+        r["command"] = json!("sleep");
+        r["args"] = json!([arg]);
+        r["pid"] = json!(pid);
+        r["startedAt"] = json!(started_at);
+        r.to_string()
+    };
+    // Task 2's process started an hour before `sleep 3333`; task 3's is `sleep 3334` itself.
+    let lines = format!(
+        "{}\n{}\n",
+        record(2, unrelated.id(), spawned_at - 3_600_000, "3333"),
+        record(3, control_pid, spawned_at, "3334")
+    );
+    std::fs::OpenOptions::new().append(true).open(&journal).unwrap().write_all(lines.as_bytes()).unwrap();
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let control_end = loop {
+        if let Some(st) = control.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = control.kill();
+    let _ = control.wait();
+    let unrelated_alive = unrelated.try_wait().unwrap().is_none();
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+
+    let control_end = control_end.unwrap_or_else(|| {
+        panic!("control: the group of a recorded task whose process survived was not killed:\n{}", b.log_text())
+    });
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&control_end),
+        Some(9),
+        "control: not killed with SIGKILL: {control_end:?}"
+    );
+    assert!(
+        unrelated_alive,
+        "the restart killed an unrelated process that reused a recorded task's pid:\n{}",
+        b.log_text()
+    );
+    let log = b.log_text();
+    assert!(log.contains(&format!("task 3: killed process group {control_pid} left running")), "{log}");
+    assert!(!log.contains("task 2: killed"), "{log}");
+    for id in [2, 3] {
+        let t = b.get(&format!("/task/{id}")).json();
+        assert_eq!(t["status"], "failed", "{t}");
+        assert_eq!(t["error"], "the agent stopped while the task was running", "{t}");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Damaged output logs (crafted history: journal lines and logs written by the test).
 // ---------------------------------------------------------------------------
 
@@ -696,10 +800,6 @@ fn log_record(tag: u8, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&(data.len() as u32).to_le_bytes());
     v.extend_from_slice(data);
     v
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// A finished task's journal line with these byte counts.
@@ -833,12 +933,14 @@ fn random_bytes_in_the_middle_of_a_log_are_reported() {
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
-    /// `None` (and the test is skipped, saying why) where mounting is not allowed.
+    /// `None` where mounting is not allowed: the test fails, or is skipped with
+    /// `CODARA_TEST_ALLOW_SKIP=1` (see `common::skip_or_fail`).
+    #[track_caller]
     fn mount(at: &Path, size: &str, test: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"]).arg(at).output();
         if !out.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("SKIPPED {test}: cannot mount a tmpfs here: {out:?}");
+            common::skip_or_fail(test, &format!("cannot mount a tmpfs: {out:?}"));
             return None;
         }
         Some(Tmpfs(at.to_path_buf()))
@@ -1105,10 +1207,10 @@ fn leftovers_of_a_task_whose_main_process_exited_after_a_crash_are_killed() {
     let gone = common::wait_gone(M, Duration::from_secs(10));
     cleanup(M);
     assert!(gone, "'{M}' still running 10 s after the restart; log:\n{}", b.log_text());
-    let log = b.wait_log("killed 1 process(es)", Duration::from_secs(10));
+    let log = b.wait_log("killed process group", Duration::from_secs(10));
     assert!(
-        log.contains(&format!("task {id}: killed 1 process(es) left in its process group {leader}"))
-            && log.contains(&format!("pids [{}]", left[0])),
+        log.contains(&format!("task {id}: killed process group {leader} left running"))
+            && log.contains(&format!("1 process(es), pids [{}]", left[0])),
         "{log}"
     );
     assert_eq!(b.get(&format!("/task/{id}")).json()["status"], "failed");

@@ -265,30 +265,65 @@ fn wrong_types_are_400() {
     assert!(no_tasks(&a));
 }
 
+/// What a `?wait=true` submission of `body` must come to.
+enum Outcome {
+    /// 400 with exactly this error.
+    Refused(String),
+    /// Ran and ended `completed` with this stdout.
+    Completed(String),
+    /// Started, then `failed` to start: its `error` contains these.
+    CannotStart(&'static [&'static str]),
+}
+
 #[test]
-fn odd_but_typed_inputs_do_not_crash() {
-    // Not specified as errors: either refused with 400 or run (and then it ends).
+fn odd_but_typed_inputs_get_one_exact_outcome_each() {
+    use Outcome::*;
     let mut a = common::agent().start();
     let _logs_a = common::logs_on_panic(&a);
-    for body in [
-        json!({"command": "echo", "env": {"A=B": "1"}}),
-        json!({"command": "echo", "env": {"": "1"}}),
-        json!({"command": "echo", "timeout": 1.5}),
-        json!({"command": "echo", "timeout": 1e300}),
-        json!({"command": "echo", "timeout": 18446744073709551615u64}),
-        json!({"command": "echo", "cwd": ""}),
-        json!({"command": "echo", "unknownField": {"deep": [1, 2, 3]}}),
-        json!({"command": "echo", "args": ["x".repeat(200_000)]}),
-        json!({"command": "/", "args": []}),
-        json!({"command": ".", "args": []}),
-        json!({"command": "echo", "env": {"PATH": ""}}),
-    ] {
-        let r = a.post("/execute", &body);
-        assert!(r.status == 200 || r.status == 400, "{body}: {} {}", r.status, r.text());
-        if r.status == 200 {
-            let id = r.json()["taskId"].as_u64().unwrap();
-            let t = a.wait_task(id);
-            assert!(["completed", "failed"].contains(&t["status"].as_str().unwrap()), "{t}");
+    let bad_env = |name: &str| Refused(format!("env name {name:?} is not valid (empty, or contains '=' or NUL)"));
+    let timeout =
+        || Refused("timeout must be a whole number of milliseconds from 0 to 2592000000 (0 = no limit)".into());
+    let agent_cwd = std::fs::canonicalize(a.dir.path()).unwrap().display().to_string();
+    let cases: Vec<(serde_json::Value, Outcome)> = vec![
+        (json!({"command": "echo", "env": {"A=B": "1"}}), bad_env("A=B")),
+        (json!({"command": "echo", "env": {"": "1"}}), bad_env("")),
+        (json!({"command": "echo", "timeout": 1.5}), timeout()),
+        (json!({"command": "echo", "timeout": 1e300}), timeout()),
+        (json!({"command": "echo", "timeout": 18446744073709551615u64}), timeout()),
+        // An empty cwd is the agent's own, as when it is left out.
+        (json!({"command": "pwd", "cwd": ""}), Completed(format!("{agent_cwd}\n"))),
+        (json!({"command": "echo", "unknownField": {"deep": [1, 2, 3]}}), Completed("\n".into())),
+        // One argument over the kernel's 128 KiB limit for a single string.
+        (json!({"command": "echo", "args": ["x".repeat(200_000)]}), CannotStart(&["Argument list too long"])),
+        (json!({"command": "/", "args": []}), CannotStart(&["cannot start \"/\"", "Permission denied"])),
+        (json!({"command": ".", "args": []}), CannotStart(&["cannot start \".\"", "Permission denied"])),
+        // The task's own PATH is the one searched.
+        (json!({"command": "echo", "env": {"PATH": ""}}), CannotStart(&["cannot start \"echo\"", "No such file"])),
+    ];
+    for (body, want) in cases {
+        let r = a.post("/execute?wait=true", &body);
+        let what = &body.to_string()[..body.to_string().len().min(120)];
+        match want {
+            Refused(msg) => {
+                assert_eq!(r.status, 400, "{what}: {}", r.text());
+                assert_eq!(r.json(), json!({"error": msg}), "{what}");
+            }
+            Completed(stdout) => {
+                assert_eq!(r.status, 200, "{what}: {}", r.text());
+                let t = r.json();
+                assert_eq!(t["status"], "completed", "{what}: {t}");
+                assert_eq!(t["stdout"], stdout.as_str(), "{what}: {t}");
+            }
+            CannotStart(parts) => {
+                assert_eq!(r.status, 200, "{what}: {}", r.text());
+                let t = r.json();
+                assert_eq!(t["status"], "failed", "{what}: {t}");
+                assert!(t["exitCode"].is_null() && t["pid"].is_null(), "{what}: never started, so no pid: {t}");
+                let err = t["error"].as_str().unwrap_or_else(|| panic!("{what}: no error: {t}"));
+                for p in parts {
+                    assert!(err.contains(p), "{what}: error {err:?} lacks {p:?}");
+                }
+            }
         }
         a.assert_alive();
     }
@@ -541,6 +576,55 @@ fn followers_that_leave_a_silent_task_release_their_threads() {
     }
     assert_eq!(threads_named(a.pid(), "http-long"), 0, "followers of a silent task outlived their clients");
     let _ = a.post(&format!("/task/{id}/cancel"), &serde_json::json!({}));
+    a.assert_alive();
+}
+
+/// Waits (bounded) until the agent has `want` threads named `prefix`; the last count seen.
+fn wait_threads(a: &Agent, prefix: &str, want: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = threads_named(a.pid(), prefix);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// At most 256 long requests (follow streams, large uploads and downloads) at once: with 256
+/// followers on a silent task, the 257th gets 503 `Too many streaming requests` with
+/// `Retry-After: 5`, and other requests are served as usual. Once the followers leave, a
+/// follow stream is served again.
+#[test]
+fn the_257th_follow_stream_gets_503_too_many_streaming_requests() {
+    const LONG: usize = 256;
+    let mut a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let id = a.run("sleep", &["3043"]);
+    let follow = format!("GET /task/{id}/output?follow=true HTTP/1.1\r\nHost: x\r\nX-Cluster-Secret: {SECRET}\r\n\r\n");
+    let mut followers = Vec::with_capacity(LONG);
+    for _ in 0..LONG {
+        let mut s = common::raw_connect(&a, Duration::from_secs(30));
+        s.write_all(follow.as_bytes()).unwrap();
+        followers.push(s);
+    }
+    let n = wait_threads(&a, "http-long", LONG, Duration::from_secs(60));
+    assert_eq!(n, LONG, "one http-long thread per follower");
+    let r = a.get(&format!("/task/{id}/output?follow=true"));
+    assert_eq!(r.status, 503, "follower {}: {}", LONG + 1, r.text());
+    assert_eq!(r.json(), json!({"error": "Too many streaming requests"}));
+    assert_eq!(r.header("retry-after"), Some("5"), "{:?}", r.headers);
+    // Short requests still go through the workers.
+    assert_eq!(a.get(&format!("/task/{id}")).json()["status"], "running");
+    let log = a.wait_log("refused a long request", Duration::from_secs(10));
+    assert!(log.contains(&format!("refused a long request: {LONG} already open")), "{log}");
+    drop(followers);
+    let n = wait_threads(&a, "http-long", 0, Duration::from_secs(30));
+    assert_eq!(n, 0, "followers of a silent task outlived their clients");
+    assert_eq!(a.post(&format!("/task/{id}/cancel"), &json!({})).status, 200);
+    assert_eq!(a.wait_task(id)["status"], "cancelled");
+    let r = a.get(&format!("/task/{id}/output?follow=true"));
+    assert_eq!((r.status, r.text()), (200, String::new()), "a follow stream once the others left");
     a.assert_alive();
 }
 

@@ -309,7 +309,7 @@ fn job_id_and_job_path_must_stay_inside_base() {
     for bad in ["../x", "a/b", "..", "a\\b", "../jobs/a", "x/..", "/etc", "a..b"] {
         let r = a.post("/execute-job", &json!({ "jobId": bad }));
         assert_eq!(r.status, 400, "jobId {bad:?}: {} {}", r.status, r.text());
-        assert!(r.json()["error"].is_string(), "{}", r.text());
+        assert_eq!(r.json(), json!({"error": "jobId must be a plain name (no '/', '\\' or '..')"}), "jobId {bad:?}");
     }
     for body in [json!({"jobId": ""}), json!({}), json!({"jobId": 5}), json!({"jobId": null}), json!({"jobId": ["x"]})]
     {
@@ -317,6 +317,7 @@ fn job_id_and_job_path_must_stay_inside_base() {
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert_eq!(r.json(), json!({"error": "jobId is required"}), "{body}");
     }
+    const OUTSIDE: &str = "jobPath must be inside JOBS_BASE_PATH";
     let bad_paths = [
         "/etc".to_string(),
         format!("{}/../outside", b.display()),
@@ -326,10 +327,12 @@ fn job_id_and_job_path_must_stay_inside_base() {
     for p in &bad_paths {
         let r = a.post("/execute-job", &json!({"jobId": "ok", "jobPath": p}));
         assert_eq!(r.status, 400, "jobPath {p:?}: {} {}", r.status, r.text());
+        assert_eq!(r.json(), json!({"error": OUTSIDE}), "jobPath {p:?}");
     }
     // A plain jobId that is a symlink leading out of the base does not escape either.
     let r = a.post("/execute-job", &json!({"jobId": "link"}));
     assert_eq!(r.status, 400, "jobId through a symlink outside the base: {} {}", r.status, r.text());
+    assert_eq!(r.json(), json!({"error": OUTSIDE}), "jobId through a symlink");
 
     assert_eq!(task_count(&a), before, "a refused request started a task");
     std::thread::sleep(Duration::from_millis(300));
@@ -420,11 +423,12 @@ fn execute_job_503_at_capacity() {
 
     assert!(running, "{M} did not start");
     assert_eq!(r.status, 503, "POST /execute-job at capacity: {}", r.text());
-    assert_eq!(r.json()["error"], "Max concurrent tasks reached", "{}", r.text());
-    let ra: u64 = r.header("Retry-After").unwrap_or_else(|| panic!("no Retry-After: {r:?}")).parse().unwrap();
-    assert!(ra >= 1, "Retry-After {ra}");
+    let slots = json!({"error": "Max concurrent tasks reached", "reason": "slots", "runningTasks": 1, "maxTasks": 1});
+    assert_eq!(r.json(), slots, "{}", r.text());
+    assert_eq!(r.header("Retry-After"), Some("1"), "{r:?}");
     assert_eq!(e.status, 503, "POST /execute at capacity: {}", e.text());
-    assert_eq!(c.status, 200);
+    assert_eq!(e.json(), slots, "{}", e.text());
+    assert_eq!(c.json(), json!({"message": "Task cancelled"}), "{}", c.text());
     assert_eq!(t["status"], "cancelled");
     assert!(gone, "'{M}' left running");
     assert!(std::fs::read_dir(b.join("other")).unwrap().all(|e| e.unwrap().file_name() != "logs"), "refused job ran");

@@ -177,8 +177,8 @@ fn task_ignoring_term_is_killed_after_grace() {
     let mut a = common::agent().env("KILL_GRACE", "1000").start();
     let _logs_a = common::logs_on_panic(&a);
     let id = a.run("sh", &["-c", "trap '' TERM; sleep 3002 & wait; sleep 3002"]);
+    // `sleep 3002` runs after the trap is set.
     assert!(common::wait_running("sleep 3002", Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_millis(200)); // let the trap be set before the cancel
     let r = cancel(&a, id);
     assert_eq!(r.status, 200, "{}", r.text());
     // TERM is ignored; KILL after 1 s must take everything.
@@ -292,11 +292,14 @@ fn spawn_failure_is_counted_once() {
     let mut ids = Vec::new();
     for i in 0..10 {
         let r = a.post("/execute", &json!({"command": format!("/no/such/quick-{i}")}));
-        assert!(r.status == 200 || r.status == 503, "{}", r.text());
-        if r.status == 200 {
+        if r.status == 503 {
+            assert_eq!(r.json()["error"], "Max concurrent tasks reached", "{}", r.text());
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text());
             ids.push(r.json()["taskId"].as_u64().unwrap());
         }
     }
+    let admitted = 20 + ids.len();
     for id in ids {
         assert_eq!(a.wait_task(id)["status"], "failed");
     }
@@ -306,6 +309,7 @@ fn spawn_failure_is_counted_once() {
     let l = a.get("/tasks").json();
     assert_eq!(l["running"], 0, "{l}");
     // Exactly one record per spawn failure, each failed once.
+    assert_eq!(l["tasks"].as_array().unwrap().len(), admitted, "one record per admitted task: {l}");
     assert!(l["tasks"].as_array().unwrap().iter().all(|t| t["status"] == "failed"), "{l}");
     // Both slots admit running tasks, and a third is refused.
     let s1 = a.run("sleep", &["3006"]);
@@ -520,7 +524,16 @@ fn a_stopped_task_is_continued_to_see_its_sigterm() {
         assert!(Instant::now() < deadline, "the task never printed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Then it stops itself: state T in /proc/<pid>/stat (the field after the parenthesised name).
+    let pid = a.get(&format!("/task/{id}")).json()["pid"].as_u64().expect("pid");
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+    };
+    while state() != Some('T') {
+        assert!(Instant::now() < deadline, "the task never stopped itself: state {:?}", state());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t0 = Instant::now();
     let r = a.request("POST", &format!("/task/{id}/cancel"), &[("X-Cluster-Secret", SECRET)], b"");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -621,7 +634,10 @@ fn a_memory_limited_control_group_is_what_stats_and_admission_use() {
         || !joinable(&dir)
     {
         let _ = std::fs::remove_dir(&dir);
-        eprintln!("SKIPPED a_memory_limited_control_group_is_what_stats_and_admission_use: cannot make a memory-limited cgroup at {}", dir.display());
+        common::skip_or_fail(
+            "a_memory_limited_control_group_is_what_stats_and_admission_use",
+            &format!("cannot make a memory-limited cgroup at {} (needs root and a memory controller)", dir.display()),
+        );
         return;
     }
     let tmp = TempDir::new("cgroup");
@@ -664,4 +680,92 @@ fn a_memory_limited_control_group_is_what_stats_and_admission_use() {
     assert_ne!(hog_task["signal"], "SIGKILL", "the OOM killer took the hog: {hog_task}");
     let refused = refused.unwrap_or_else(|| panic!("no 503 with the group 90% full; hog: {hog_task}"));
     assert_eq!(refused["error"], "Insufficient resources", "{refused}");
+}
+
+/// A hundred cancels at once send SIGTERM once: the task's cleanup trap runs once, and each
+/// cancel is answered: 200 while the task runs (its trap waits until all are answered), 400
+/// once it has ended.
+#[test]
+fn concurrent_cancels_send_sigterm_once() {
+    let a = common::agent().env("KILL_GRACE", "120000").start();
+    let _g = common::logs_on_panic(&a);
+    let done = TempDir::new("cancels");
+    let release = done.path().join("answered");
+    let script = format!(
+        "trap 'echo trapped; while [ ! -e {} ]; do sleep 0.05; done; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
+        release.display()
+    );
+    let id = a.run("sh", &["-c", &script]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.get(&format!("/task/{id}")).json()["stdout"].as_str().unwrap_or("").contains("ready") {
+        assert!(Instant::now() < deadline, "the task never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = a.addr();
+    let statuses: Vec<u16> = (0..100)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let head = format!(
+                    "POST /task/{id}/cancel HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Cluster-Secret: {}\r\nContent-Length: 0\r\n\r\n",
+                    common::SECRET
+                );
+                std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+                common::read_response(&mut std::io::BufReader::new(s)).status
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(a.get(&format!("/task/{id}")).json()["status"], "running", "the trap holds the task");
+    assert!(statuses.iter().all(|s| *s == 200), "every cancel while the task runs gets 200: {statuses:?}");
+    std::fs::write(&release, "").unwrap();
+    let t = a.wait_task(id);
+    assert_eq!(t["status"], "cancelled", "{t}");
+    assert_eq!(t["stdout"], "ready\ntrapped\n", "the trap must run once: {t}");
+    let r = a.request("POST", &format!("/task/{id}/cancel"), &[("X-Cluster-Secret", SECRET)], b"");
+    assert_eq!((r.status, r.json()), (400, json!({"error": "Task cannot be cancelled"})), "a cancel after the end");
+}
+
+/// The agent marks itself non-dumpable (README "Security"): a task, which runs as the agent's
+/// user, cannot read the agent's `/proc/<pid>/environ` (which holds CLUSTER_SECRET), though
+/// it reads that of another process of that user. Root reads everything, so the agent runs as
+/// `nobody` here (started with `setpriv` by the test, which must be root to do so).
+#[test]
+fn a_task_cannot_read_the_agents_environment() {
+    const TEST: &str = "a_task_cannot_read_the_agents_environment";
+    if !rustix::process::geteuid().is_root() {
+        common::skip_or_fail(TEST, "only root can start the agent as another user");
+        return;
+    }
+    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        panic!("`setpriv` (util-linux) is needed to start the agent as another user; install it");
+    }
+    const NOBODY: u32 = 65534;
+    let dir = TempDir::new("dumpable");
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let data = dir.path().join("data");
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_codara-agent")]);
+    let cmd = common::wrapped_command(setpriv, dir.path(), &data);
+    let a = common::spawn_agent(cmd, dir, data);
+    let _g = common::logs_on_panic(&a);
+    let pid = a.agent_pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "Uid:\t65534\t65534\t65534\t65534"), "the agent is not nobody:\n{status}");
+    // The kernel gives a non-dumpable process's /proc files to root.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}/environ")).unwrap());
+    assert_eq!(owner, 0, "/proc/{pid}/environ belongs to uid {owner}: the agent is dumpable");
+    let script = "echo uid=$(id -u) ppid=$PPID; sleep 3061 & \
+                  cat /proc/$!/environ >/dev/null && echo own-process-readable; kill $!; \
+                  exec cat /proc/$PPID/environ";
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", script]}));
+    assert_eq!(t["stdout"], format!("uid=65534 ppid={pid}\nown-process-readable\n"), "{t}");
+    let stderr = t["stderr"].as_str().unwrap();
+    assert!(stderr.contains(&format!("/proc/{pid}/environ")) && stderr.contains("Permission denied"), "{t}");
+    assert_eq!(t["exitCode"], 1, "{t}");
+    assert!(!t.to_string().contains(SECRET), "the secret reached the task: {t}");
 }

@@ -657,25 +657,49 @@ fn help_and_version_exit_0() {
 
 /// RUST_LOG is one of the settings (CONTRACT.md §1) and settings come from the environment or
 /// the .env file; under the unit, the .env file is the only place an operator sets it.
+/// RUST_LOG=warn there: the agent runs (it answers on its port), logs its start-up warning
+/// (WS_ALLOW_ANONYMOUS=true) and no INFO line, and exits 0 on SIGTERM.
 #[test]
 fn rust_log_from_the_env_file_is_honoured() {
     let cwd = TempDir::new("rustlog");
     let f = cwd.path().join("quiet.env");
-    std::fs::write(&f, "RUST_LOG=warn\n").unwrap();
+    std::fs::write(&f, "RUST_LOG=warn\nWS_ALLOW_ANONYMOUS=true\n").unwrap();
+    // At warn level the agent does not log its port: give it one (free a moment ago).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cmd = common::base_command(cwd.path(), &cwd.path().join("data"));
-    cmd.env_remove("RUST_LOG").args(["serve", "--env-file", f.to_str().unwrap()]);
-    let child = cmd.spawn().unwrap();
-    let pid = child.id();
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    cmd.env_remove("RUST_LOG").env("CLUSTER_PORT", port.to_string()).args(["serve", "--env-file", f.to_str().unwrap()]);
+    let mut child = cmd.spawn().unwrap();
+    let health = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let r = common::read_response(&mut std::io::BufReader::new(s));
+        (r.status == 200).then(|| r.json())
+    };
+    let answered = wait_until(Duration::from_secs(20), || {
+        if child.try_wait().ok().flatten().is_some() {
+            return Some(None); // exited: no point waiting
+        }
+        health().map(Some)
+    })
+    .flatten();
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let out = wait_output(child, Duration::from_secs(40));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = answered.unwrap_or_else(|| panic!("the agent never answered /health on port {port}:\n{}", text(&out)));
+    assert_eq!(v["status"], "healthy", "{v}");
+    assert_eq!(out.status.code(), Some(0), "exit after SIGTERM:\n{}", text(&out));
     let info: Vec<&str> = stdout.lines().filter(|l| l.contains(" INFO ")).collect();
     assert!(
         info.is_empty(),
         "RUST_LOG=warn in --env-file is ignored (the logger reads only the process environment); \
          INFO lines were logged:\n{}",
         info.join("\n")
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains(" WARN ") && l.contains("WS_ALLOW_ANONYMOUS")),
+        "no WARN line at warn level (is the logger off?):\n{}",
+        text(&out)
     );
 }
 
@@ -953,4 +977,203 @@ fn metrics_can_require_the_secret() {
     assert_eq!(m.get(REFUSED), 2.0, "the two refused /metrics requests are counted");
     // /health stays public.
     assert!(a.health_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) Every series the README's Metrics section lists, with its type and a value that follows
+//     what happened: tasks of each end, each kind of refusal, a client closed as too slow,
+//     discovery sends and send errors.
+// ---------------------------------------------------------------------------------------------
+
+/// The README's series: family name (as the parser names it) → type.
+const README_FAMILIES: &[(&str, &str)] = &[
+    ("codara_tasks_started", "counter"),
+    ("codara_tasks_finished", "counter"),
+    ("codara_tasks_timed_out", "counter"),
+    ("codara_tasks_rejected", "counter"),
+    ("codara_refused_requests", "counter"),
+    ("codara_discovery_packets_sent", "counter"),
+    ("codara_discovery_send_errors", "counter"),
+    ("codara_websocket_clients_closed_slow", "counter"),
+    ("codara_running_tasks", "gauge"),
+    ("codara_max_tasks", "gauge"),
+    ("codara_websocket_clients", "gauge"),
+    ("codara_cpu_usage_percent", "gauge"),
+    ("codara_memory_usage_percent", "gauge"),
+    ("codara_load_average_1m", "gauge"),
+    ("codara_task_duration_seconds", "histogram"),
+    ("codara_build_info", "gauge"),
+    ("process_cpu_seconds", "counter"),
+    ("process_resident_memory_bytes", "gauge"),
+    ("process_virtual_memory_bytes", "gauge"),
+    ("process_open_fds", "gauge"),
+    ("process_max_fds", "gauge"),
+    ("process_start_time_seconds", "gauge"),
+    ("process_threads", "gauge"),
+];
+
+fn rejected(reason: &str) -> String {
+    format!("codara_tasks_rejected_total{{reason=\"{reason}\"}}")
+}
+
+/// Scrapes until every `(sample, value)` in `want` holds (30 s at most); the last scrape.
+#[track_caller]
+fn metrics_when(a: &common::Agent, want: &[(&str, f64)]) -> Parsed {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = fetch_metrics(a);
+        let wrong: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| m.samples.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} = {:?}, want {v}", m.samples.get(*k)))
+            .collect();
+        if wrong.is_empty() {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "/metrics after 30 s:\n{}", wrong.join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A WebSocket client that never reads (a 4 KiB receive buffer): it falls behind at once.
+fn stalled_ws_client(a: &common::Agent) -> std::net::TcpStream {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::io::Read;
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&SockAddr::from(a.addr().parse::<std::net::SocketAddr>().unwrap())).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Cluster-Secret: {}\r\n\r\n",
+        common::SECRET
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (mut head, mut b) = (Vec::new(), [0u8; 1]);
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused: {}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// A busy loop (killed on drop), to push CPU usage over MAX_CPU_PERCENT=1.
+struct Burner(std::process::Child);
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn metrics_have_every_readme_series_and_follow_what_happened() {
+    // A UDP port this test holds, so the announcements reach no one else's socket; the
+    // second target, IPv6 loopback, cannot be sent to from the agent's IPv4 socket: a send
+    // error on every packet, and nothing leaves the host.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let mut a = common::agent()
+        .env("MAX_CONCURRENT_TASKS", "1")
+        .env("SHUTDOWN_TIMEOUT", "60000")
+        .env("DISCOVERY_ENABLED", "true")
+        .env("DISCOVERY_PORT", &port.to_string())
+        .env("DISCOVERY_ADDRESSES", &format!("127.255.255.255,[::1]:{port}"))
+        .env("ANNOUNCE_INTERVAL", "100")
+        .start();
+    let _g = common::logs_on_panic(&a);
+    let m0 = fetch_metrics(&a);
+    let types: Vec<String> = README_FAMILIES
+        .iter()
+        .filter(|(f, t)| m0.families.get(*f).and_then(|v| v["type"].as_str()) != Some(*t))
+        .map(|(f, t)| format!("{f}: {:?}, want {t}", m0.families.get(*f).map(|v| &v["type"])))
+        .collect();
+    assert!(types.is_empty(), "README series missing or of the wrong type:\n{}", types.join("\n"));
+    for reason in ["slots", "cpu", "memory", "shutdown"] {
+        assert_eq!(m0.get(&rejected(reason)), 0.0, "{reason} on a fresh agent");
+    }
+
+    // Tasks: completed, failed, timed out (failed too).
+    assert_eq!(a.run_wait(json!({"command": "true"}))["status"], "completed");
+    assert_eq!(a.run_wait(json!({"command": "false"}))["status"], "failed");
+    let t = a.run_wait(json!({"command": "sleep", "args": ["3051"], "timeout": 200}));
+    assert_eq!(t["timedOut"], true, "{t}");
+    // A client that never reads, while a task writes 3 MiB of NUL bytes (18 MiB as JSON):
+    // it is closed as too slow.
+    let stalled = stalled_ws_client(&a);
+    assert_eq!(a.run_wait(json!({"command": "head", "args": ["-c", "3145728", "/dev/zero"]}))["status"], "completed");
+    metrics_when(&a, &[("codara_websocket_clients_closed_slow_total", 1.0), ("codara_websocket_clients", 0.0)]);
+    drop(stalled);
+    // One refused request, and a task refused for want of a slot.
+    assert_eq!(a.request("GET", "/tasks", &[], b"").status, 403);
+    let holder = a.run("sleep", &["3052"]);
+    assert_eq!(a.post("/execute", &json!({"command": "true"})).status, 503);
+    // One refused while draining.
+    a.signal("TERM");
+    let log = a.wait_log("draining", Duration::from_secs(10));
+    assert!(log.contains("draining"), "{log}");
+    let r = a.post("/execute", &json!({"command": "true"}));
+    assert_eq!(r.json()["reason"], "shutdown", "{}", r.text());
+
+    let m = metrics_when(
+        &a,
+        &[
+            ("codara_tasks_started_total", 5.0),
+            ("codara_tasks_finished_total{status=\"completed\"}", 2.0),
+            ("codara_tasks_finished_total{status=\"failed\"}", 2.0),
+            ("codara_tasks_finished_total{status=\"cancelled\"}", 0.0),
+            ("codara_tasks_timed_out_total", 1.0),
+            (&rejected("slots"), 1.0),
+            (&rejected("shutdown"), 1.0),
+            (&rejected("cpu"), 0.0),
+            (&rejected("memory"), 0.0),
+            ("codara_refused_requests_total", 1.0),
+            ("codara_websocket_clients_closed_slow_total", 1.0),
+            ("codara_running_tasks", 1.0),
+            ("codara_max_tasks", 1.0),
+            ("codara_task_duration_seconds_count", 4.0),
+        ],
+    );
+    let sent = m.get("codara_discovery_packets_sent_total");
+    let errors = m.get("codara_discovery_send_errors_total");
+    assert!(sent >= 1.0 && errors >= 1.0, "discovery: {sent} packets sent, {errors} send errors (one target fails)");
+    let log = a.log_text();
+    assert!(log.contains("discovery: cannot send to [::1]"), "the failing target is not logged:\n{log}");
+    for k in ["codara_cpu_usage_percent", "codara_memory_usage_percent"] {
+        let v = m.get(k);
+        assert!((0.0..=100.0).contains(&v), "{k} = {v}");
+    }
+    assert!(m.get("codara_memory_usage_percent") > 0.0, "no memory in use at all?");
+    let load: f64 = std::fs::read_to_string("/proc/loadavg").unwrap().split(' ').next().unwrap().parse().unwrap();
+    let la = m.get("codara_load_average_1m");
+    assert!(la >= 0.0 && (la - load).abs() < load.max(1.0), "load average {la}, /proc/loadavg says {load}");
+    assert_eq!(m.get(&format!("codara_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
+
+    // The drain ends when the last task does.
+    assert_eq!(a.post(&format!("/task/{holder}/cancel"), &json!({})).status, 200);
+    let st = a.wait_exit(Duration::from_secs(60)).expect("agent exits once its last task ended");
+    assert_eq!(st.code(), Some(0), "{st:?}");
+
+    // CPU and memory refusals, each on an agent whose limit is 1%.
+    let b = common::agent().env("MAX_MEMORY_PERCENT", "1").start();
+    assert_eq!(b.post("/execute", &json!({"command": "true"})).json()["reason"], "memory");
+    metrics_when(&b, &[(&rejected("memory"), 1.0), (&rejected("cpu"), 0.0), ("codara_tasks_started_total", 0.0)]);
+    let c = common::agent().env("MAX_CPU_PERCENT", "1").start();
+    let _busy = Burner(Command::new("sh").args(["-c", "while :; do :; done"]).stdin(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.post("/execute?wait=true", &json!({"command": "true"}));
+        if r.status == 503 {
+            assert_eq!(r.json()["reason"], "cpu", "{}", r.text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "no CPU refusal in 20 s with a busy loop and MAX_CPU_PERCENT=1");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let m = fetch_metrics(&c);
+    assert_eq!(m.get(&rejected("cpu")), 1.0);
+    assert_eq!(m.get(&rejected("memory")), 0.0);
+    drop(udp);
 }

@@ -517,7 +517,8 @@ fn upgrade_refused_without_or_with_a_wrong_secret() {
     ] {
         let (status, text) = raw_upgrade_status(&a, path, &extra);
         assert_eq!(status, Some(403), "{what}: expected HTTP 403 before the upgrade, got {status:?}: {text:?}");
-        assert!(!text.contains("101 Switching"), "{what}: upgraded anyway: {text:?}");
+        let r = common::read_response(&mut std::io::BufReader::new(text.as_bytes()));
+        assert_eq!(r.json(), json!({"error": "Invalid cluster secret"}), "{what}: {text:?}");
     }
     for auth in [Auth::Nothing, Auth::Header(wrong), Auth::Bearer(wrong), Auth::Query(wrong)] {
         match try_connect(&a, auth) {
@@ -1229,8 +1230,8 @@ fn subscribe_to_a_running_task_replays_what_came_before_the_client() {
     let a = common::agent().start();
     let script = "for i in $(seq 1 40); do echo line-$i; sleep 0.05; done";
     let id = a.run("sh", &["-c", script]);
-    // About a third of the lines are out before any client exists.
-    std::thread::sleep(Duration::from_millis(700));
+    // Some lines are out before any client exists.
+    wait_task_bytes(&a, id, |t| t["stdout"].as_str().is_some_and(|o| o.contains("line-10\n")), "line-10");
     let mut ws = connect(&a);
     subscribe(&mut ws, id, 0, 0);
     let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
@@ -1243,6 +1244,20 @@ fn subscribe_to_a_running_task_replays_what_came_before_the_client() {
     assert_eq!(text, expected, "{}", summary(&msgs));
     let completed = msgs.iter().filter(|m| is_completed_of(m, id)).count();
     assert_eq!(completed, 1, "{}", summary(&msgs));
+}
+
+/// Polls `GET /task/:id` (20 s at most) until `ready` holds for the task object.
+#[track_caller]
+fn wait_task_bytes(a: &Agent, id: u64, ready: impl Fn(&Value) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = a.get(&format!("/task/{id}")).json();
+        if ready(&t) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {id}: no {what} within 20 s: {t}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// An idle client is pinged (every 30 s), and a pong keeps it connected.
@@ -1303,7 +1318,7 @@ fn subscribing_in_the_url_gives_ordered_output_from_the_start() {
     let a = common::agent().start();
     let script = "i=0; while [ $i -lt 3000 ]; do echo out-$i; echo err-$i >&2; i=$((i+1)); done; sleep 0.5; echo end";
     let id = a.run("sh", &["-c", script]);
-    std::thread::sleep(Duration::from_millis(30));
+    wait_task_bytes(&a, id, |t| t["stdoutBytes"].as_u64() > Some(0) && t["stderrBytes"].as_u64() > Some(0), "output");
     let query = format!("{SECRET}&subscribe={id}");
     let mut ws = try_connect(&a, Auth::Query(&query)).expect("connect with ?subscribe=");
     let msgs = until_completed(&mut ws, id, Duration::from_secs(60));
@@ -1616,4 +1631,265 @@ fn url_subscriptions_repeat_and_are_capped_explicitly() {
         msgs.iter().filter(|m| m["event"] == "output").filter_map(|m| m["data"].as_str()).collect();
     out.sort();
     assert_eq!(out, ["first\n", "second\n"], "{}", summary(&msgs));
+}
+
+// ---------------------------------------------------------------------------
+// Bounds of one client (README "Bounds"): 64 KiB per message, 16 replays; and the URL's
+// subscriptions with offsets.
+// ---------------------------------------------------------------------------
+
+/// A masked client frame (zero mask) of any length; `fin` false for a fragment.
+fn client_frame_long(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![if fin { 0x80 | opcode } else { opcode }];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads a raw connection to its end; the code of the close frame the agent sent, if any.
+/// Frames before it (pings, events) are skipped by their lengths.
+fn close_code_of(s: &mut TcpStream, what: &str) -> Option<u16> {
+    let (bytes, closed) = common::read_until_close(s, Duration::from_secs(30));
+    assert!(closed, "{what}: the connection was not closed within 30 s");
+    let mut i = 0;
+    while i + 2 <= bytes.len() {
+        let (op, len7) = (bytes[i] & 0x0f, (bytes[i + 1] & 0x7f) as usize);
+        let (len, head) = match len7 {
+            126 => (u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize, 4),
+            127 => (u64::from_be_bytes(bytes[i + 2..i + 10].try_into().unwrap()) as usize, 10),
+            n => (n, 2),
+        };
+        if op == 0x8 {
+            return (len >= 2).then(|| u16::from_be_bytes([bytes[i + head], bytes[i + head + 1]]));
+        }
+        i += head + len;
+    }
+    None
+}
+
+/// 70 KiB client messages: as one frame, and as two fragments that are each under 64 KiB.
+fn oversized_messages() -> Vec<(&'static str, Vec<u8>)> {
+    let text = format!("{{\"type\":\"subscribe\",\"taskId\":1,\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let (first, second) = text.as_bytes().split_at(text.len() / 2);
+    vec![
+        ("one 70 KiB frame", client_frame_long(0x1, true, text.as_bytes())),
+        ("two 35 KiB fragments", [client_frame_long(0x1, false, first), client_frame_long(0x0, true, second)].concat()),
+    ]
+}
+
+/// A client message over 64 KiB closes that client (with a close frame), as one frame or as
+/// fragments that are each small enough; a message just under the limit is served, and so
+/// are other clients.
+#[test]
+fn a_client_message_over_64_kib_closes_only_that_client() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let mut good = connect_synced(&a);
+    for (what, bytes) in oversized_messages() {
+        let mut s = raw_ws(&a);
+        let _ = s.write_all(&bytes);
+        assert!(close_code_of(&mut s, what).is_some(), "{what}: closed without a close frame");
+    }
+    // Just under the limit is a message like any other (here: a subscribe with padding).
+    let mut s = raw_ws(&a);
+    let ok = format!("{{\"type\":\"subscribe\",\"taskId\":999999,\"pad\":\"{}\"}}", "x".repeat(60 * 1024));
+    s.write_all(&client_frame_long(0x1, true, ok.as_bytes())).unwrap();
+    let mut ws = WebSocket::from_raw_socket(s, tungstenite::protocol::Role::Client, None);
+    let got =
+        collect_until(&mut ws, Duration::from_secs(30), "an answer to a 60 KiB subscribe", |v| v["type"] == "error");
+    assert_eq!(got.last().unwrap(), &json!({"type": "error", "error": "Task not found", "taskId": 999999}));
+    let id = a.run("echo", &["after the big messages"]);
+    let msgs = until_completed(&mut good, id, Duration::from_secs(30));
+    assert!(msgs.iter().any(|m| m["data"] == "after the big messages\n"), "{}", summary(&msgs));
+}
+
+/// The README's close code for a client message over 64 KiB is 1009 (message too big).
+#[test]
+fn a_client_message_over_64_kib_is_closed_with_1009() {
+    let a = common::agent().start();
+    for (what, bytes) in oversized_messages() {
+        let mut s = raw_ws(&a);
+        let _ = s.write_all(&bytes);
+        assert_eq!(close_code_of(&mut s, what), Some(1009), "{what}: close code");
+    }
+}
+
+/// `?subscribe=A,B&offset=O&errorOffset=E`: both tasks, each replayed from byte O of its
+/// stdout and byte E of its stderr, each with one `completed`, and nothing of other tasks.
+#[test]
+fn url_subscribe_list_with_offsets_replays_each_task_from_them() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let script = |tag: &str| format!("echo {tag}-out-1; echo {tag}-err-1 >&2; echo {tag}-out-2; echo {tag}-err-2 >&2");
+    let one = a.run_wait(json!({"command": "sh", "args": ["-c", script("one")]}));
+    let other = a.run_wait(json!({"command": "true"}));
+    let two = a.run_wait(json!({"command": "sh", "args": ["-c", script("two")]}));
+    let (o, e) = ("one-out-1\n".len(), "one-err-1\n".len());
+    let query = format!("{SECRET}&subscribe={},{}&offset={o}&errorOffset={e}", one["id"], two["id"]);
+    let mut ws = try_connect(&a, Auth::Query(&query)).expect("connect with ?subscribe=A,B&offset=&errorOffset=");
+    let mut ended = std::collections::HashSet::new();
+    let msgs = collect_until(&mut ws, Duration::from_secs(30), "both tasks' completed", |v| {
+        if v["event"] == "completed" {
+            ended.extend(v["taskId"].as_u64());
+        }
+        ended.len() == 2
+    });
+    for t in [&one, &two] {
+        let id = t["id"].as_u64().unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        for m in msgs.iter().filter(|m| m["taskId"] == id) {
+            let (buf, from) = match m["event"].as_str() {
+                Some("output") => (&mut out, o),
+                Some("error") => (&mut err, e),
+                Some("completed") => continue,
+                _ => panic!("task {id}: unexpected event in a replay of an ended task: {m}"),
+            };
+            assert_eq!(m["offset"].as_u64(), Some((from + buf.len()) as u64), "offsets run on from {from}: {m}");
+            buf.push_str(m["data"].as_str().unwrap());
+        }
+        assert_eq!(out, t["stdout"].as_str().unwrap()[o..], "task {id}: stdout from offset {o}");
+        assert_eq!(err, t["stderr"].as_str().unwrap()[e..], "task {id}: stderr from errorOffset {e}");
+        let completed: Vec<&Value> = msgs.iter().filter(|m| is_completed_of(m, id)).collect();
+        assert_eq!(completed.len(), 1, "{}", summary(&msgs));
+        assert_eq!(completed[0]["data"]["status"], "completed", "{}", completed[0]);
+    }
+    assert!(msgs.iter().all(|m| m["taskId"] != other["id"]), "a task not named came: {}", summary(&msgs));
+}
+
+/// At most 16 replays per connection: with 16 under way (the client reads nothing yet, and
+/// each task has far more output than its queue and socket hold, so none can finish), a 17th
+/// subscribe is answered `Too many replays under way`. The agent is unharmed.
+#[test]
+fn a_seventeenth_replay_under_way_is_refused() {
+    const REPLAYS: usize = 16;
+    let a = common::agent().env("MAX_CONCURRENT_TASKS", "16").start();
+    let _g = common::logs_on_panic(&a);
+    // 3 MiB of NUL bytes each: 18 MiB as JSON ("\u0000"), more than the 8 MiB queue plus
+    // the socket buffers (at most 4 MiB for the agent's send buffer on Linux by default).
+    let big: Vec<u64> = (0..=REPLAYS)
+        .map(|_| {
+            let t = a.run_wait(json!({"command": "head", "args": ["-c", "3145728", "/dev/zero"]}));
+            assert_eq!(t["stdoutBytes"], 3145728, "{}", t["status"]);
+            t["id"].as_u64().unwrap()
+        })
+        .collect();
+    let mut ws = connect_small_rcvbuf(&a);
+    // All 17 subscribes in one write, before reading anything.
+    let frames: Vec<u8> = big
+        .iter()
+        .flat_map(|id| {
+            let msg = json!({"type": "subscribe", "taskId": id, "offset": 0, "errorOffset": 0}).to_string();
+            client_frame_long(0x1, true, msg.as_bytes())
+        })
+        .collect();
+    ws.get_mut().write_all(&frames).unwrap();
+    let refused = big[REPLAYS];
+    let want = json!({"type": "error", "error": "Too many replays under way", "taskId": refused});
+    let mut seen = 0usize;
+    let msgs = collect_until(&mut ws, Duration::from_secs(60), "the refusal of the 17th subscribe", |v| {
+        seen += 1;
+        *v == want || v["type"] == "error"
+    });
+    assert_eq!(msgs.last().unwrap(), &want, "after {seen} messages: {}", summary(&msgs));
+    drop(ws);
+    let mut ws = connect_synced(&a);
+    let id = a.run("echo", &["after 17 subscribes"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    assert!(msgs.iter().any(|m| m["data"] == "after 17 subscribes\n"), "{}", summary(&msgs));
+}
+
+/// Raises this process's open-file limit (inherited by the agents it starts) to at least
+/// `want`: the hard limit too when allowed (root), else the soft one up to the hard. The
+/// soft limit reached.
+fn raise_nofile(want: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if hard < want && setrlimit(Resource::Nofile, Rlimit { current: Some(want), maximum: Some(want) }).is_ok() {
+        return want;
+    }
+    let soft = want.min(hard);
+    if lim.current.is_some_and(|c| c < soft) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(soft), maximum: lim.maximum });
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The agent's `codara_websocket_clients` gauge.
+fn ws_clients_gauge(a: &Agent) -> u64 {
+    let text = a.request("GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("codara_websocket_clients "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no codara_websocket_clients in /metrics:\n{text}"))
+}
+
+/// At most 4,096 WebSocket clients: the 4,097th upgrade gets 503 `Too many WebSocket
+/// clients` with `Retry-After: 5`; when one leaves, a new client gets in; when all leave,
+/// the count is back to 0. The heaviest test here: 4,096 loopback connections, opened in
+/// turn (a few seconds), which cost the agent two small threads and three descriptors each;
+/// the test raises its open-file limit first (root may raise the hard limit).
+#[test]
+fn the_4097th_websocket_client_gets_503() {
+    const CAP: usize = 4096;
+    // The test's sockets, and the agent's (it raises its soft limit to the hard one).
+    let nofile = raise_nofile(32 * 1024);
+    if nofile < 4 * CAP as u64 {
+        common::skip_or_fail(
+            "the_4097th_websocket_client_gets_503",
+            &format!(
+                "the open-file limit is {nofile}; 4,096 clients need about 16,384 (run as root, or raise `ulimit -Hn`)"
+            ),
+        );
+        return;
+    }
+    // No pings while the clients are opened: they never answer.
+    let a = common::agent().env("WS_PING_INTERVAL", "3600000").start();
+    let _g = common::logs_on_panic(&a);
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(CAP);
+    for i in 0..CAP {
+        assert!(started.elapsed() < Duration::from_secs(300), "only {i} clients connected in 300 s");
+        clients.push(raw_ws(&a));
+    }
+    assert_eq!(ws_clients_gauge(&a), CAP as u64, "codara_websocket_clients with {CAP} connected");
+    let (status, answer) = raw_upgrade_status(&a, "/", &format!("X-Cluster-Secret: {SECRET}\r\n"));
+    assert_eq!(status, Some(503), "client {}: {answer}", CAP + 1);
+    let r = common::read_response(&mut std::io::BufReader::new(answer.as_bytes()));
+    assert_eq!(r.json(), json!({"error": "Too many WebSocket clients"}), "{answer}");
+    assert_eq!(r.header("retry-after"), Some("5"), "{answer}");
+    let log = a.wait_log("clients already connected", Duration::from_secs(10));
+    assert!(log.contains(&format!("{CAP} clients already connected")), "no warning for the refusal");
+    // One leaves: a new client gets its place (once the agent has seen it go).
+    drop(clients.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replacement = loop {
+        if let Ok(ws) = try_connect(&a, Auth::Header(SECRET)) {
+            break ws;
+        }
+        assert!(Instant::now() < deadline, "no place for a new client 30 s after one left");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(replacement);
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ws_clients_gauge(&a) > 0 {
+        assert!(Instant::now() < deadline, "{} clients still counted 60 s after all left", ws_clients_gauge(&a));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut ws = connect_synced(&a);
+    let id = a.run("echo", &["after 4096 clients"]);
+    let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
+    assert!(msgs.iter().any(|m| m["data"] == "after 4096 clients\n"), "{}", summary(&msgs));
 }

@@ -10,6 +10,7 @@ use crate::http::error::ApiError;
 use crate::http::execute;
 use crate::http::output::OutputStream;
 use crate::http::query;
+use crate::http::reply::{Body, Reply};
 use crate::http::task_list::TaskList;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
@@ -21,45 +22,6 @@ use crate::tasks::task::{JobSpec, Task};
 
 /// Largest request body read (CONTRACT.md §2: over it is 413).
 pub const MAX_BODY: u64 = 1 << 20;
-
-pub enum Body {
-    /// A body of known length (JSON, metrics text, an output tail).
-    Bytes(Vec<u8>),
-    /// A body of unknown length, sent chunked and flushed chunk by chunk.
-    Stream(Box<dyn Read + Send>),
-    /// `?wait=true`: the final task object, sent by the task's own thread when it has
-    /// ended, so no thread waits for it.
-    WhenDone(Arc<Task>),
-}
-
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Body,
-    pub headers: Vec<(&'static str, String)>,
-}
-
-impl Reply {
-    pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
-        let body = serde_json::to_vec(v).expect("replies serialise: plain JSON values");
-        Reply { status, content_type: "application/json", body: Body::Bytes(body), headers: Vec::new() }
-    }
-
-    /// A body already serialised as JSON.
-    pub fn raw_json(status: u16, body: Vec<u8>) -> Reply {
-        Reply { status, content_type: "application/json", body: Body::Bytes(body), headers: Vec::new() }
-    }
-
-    pub fn when_done(task: Arc<Task>) -> Reply {
-        Reply { status: 200, content_type: "application/json", body: Body::WhenDone(task), headers: Vec::new() }
-    }
-
-    pub fn error(e: &ApiError) -> Reply {
-        let mut r = Reply::json(e.status(), &e.body());
-        r.headers = e.headers();
-        r
-    }
-}
 
 pub type Query = [(String, String)];
 

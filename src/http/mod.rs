@@ -13,6 +13,7 @@ pub mod execute;
 pub mod handlers;
 pub mod output;
 pub mod query;
+pub mod reply;
 pub mod router;
 pub mod server;
 pub mod task_list;

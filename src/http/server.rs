@@ -1,15 +1,15 @@
 //! The `http-N` worker threads: each takes requests from the tiny_http server, routes,
 //! authenticates and answers them.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tiny_http::{Header, Request, Response, StatusCode};
+use tiny_http::Request;
 
 use crate::http::error::ApiError;
-use crate::http::handlers::{self, Body, Reply};
+use crate::http::handlers;
+use crate::http::reply::{respond, Body, Reply};
 use crate::http::router::{self, Route};
 use crate::http::{auth, query, Ctx};
 use crate::tasks::task::Task;
@@ -98,9 +98,7 @@ fn on_long_thread(ctx: &Arc<Ctx>, rq: Request, work: impl FnOnce(Request) + Send
     if ctx.long_requests.fetch_add(1, Ordering::AcqRel) >= MAX_LONG_REQUESTS {
         ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
         log::warn!("refused a long request: {MAX_LONG_REQUESTS} already open");
-        let mut r = Reply::json(503, &serde_json::json!({ "error": "Too many streaming requests" }));
-        r.headers.push(("Retry-After", "5".into()));
-        respond(rq, r);
+        respond(rq, Reply::unavailable("Too many streaming requests", 5));
         return;
     }
     let ctx2 = Arc::clone(ctx);
@@ -199,53 +197,15 @@ fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from
         Route::Metrics => handlers::metrics(ctx),
         Route::Execute => {
             let body = handlers::read_body(rq)?;
-            after_large(body.len(), || handlers::execute(ctx, &body, q))
+            crate::alloc::after_large(body.len(), || handlers::execute(ctx, &body, q))
         }
         Route::ExecuteJob => {
             let body = handlers::read_body(rq)?;
-            after_large(body.len(), || handlers::execute_job(ctx, &body, q))
+            crate::alloc::after_large(body.len(), || handlers::execute_job(ctx, &body, q))
         }
         Route::Tasks => handlers::tasks(ctx, q),
         Route::Task(id) => handlers::task(ctx, id),
         Route::TaskOutput(id) => handlers::output(ctx, id, q, rq.peer_socket()),
         Route::CancelTask(id) => handlers::cancel(ctx, id, from),
-    }
-}
-
-/// Runs `f`; when it handled `len` bytes or more, gives the memory it freed back to the
-/// system (see [`crate::alloc`]).
-fn after_large<R>(len: usize, f: impl FnOnce() -> R) -> R {
-    let r = f();
-    if len >= crate::alloc::LARGE {
-        crate::alloc::give_back();
-    }
-    r
-}
-
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-pub fn respond(rq: Request, reply: Reply) {
-    let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 1);
-    headers.extend(header("Content-Type", reply.content_type));
-    for (k, v) in &reply.headers {
-        headers.extend(header(k, v));
-    }
-    let status = StatusCode(reply.status);
-    let result = match reply.body {
-        Body::Bytes(bytes) => {
-            let len = bytes.len();
-            let sent = rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None));
-            after_large(len, || sent)
-        }
-        Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
-        Body::WhenDone(task) => {
-            task.on_end(Box::new(move |t: &Task| respond(rq, Reply::raw_json(200, t.to_json_bytes(true)))));
-            return;
-        }
-    };
-    if let Err(e) = result {
-        log::debug!("http: could not send a response: {e}");
     }
 }

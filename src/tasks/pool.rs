@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 /// How long an idle thread waits for work before it exits.
 pub const IDLE_FOR: Duration = Duration::from_secs(10);
 
-type Job = Box<dyn FnOnce() + Send>;
+type Thunk = Box<dyn FnOnce() + Send>;
 
 /// A named piece of work: the thread takes `name` while it runs it (as `ps -L` shows; an idle
 /// thread keeps its last job's name, which saves a syscall per job).
 pub struct Work {
     pub name: String,
-    pub job: Job,
+    pub job: Thunk,
 }
 
 /// Where a job is handed to one idle thread. A mutex and condition variable rather than a

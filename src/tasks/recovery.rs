@@ -46,10 +46,10 @@ pub fn recover(reg: &Arc<Registry>, store: &Store, jobs_base: &Path) {
         let killed = kill_leftovers(rec);
         if !killed.is_empty() {
             log::warn!(
-                "task {}: killed {} process(es) left in its process group {} by the agent that died: pids {killed:?}",
+                "task {}: killed process group {} left running by an earlier agent: {} process(es), pids {killed:?}",
                 rec.id,
-                killed.len(),
-                rec.pid.unwrap_or(0)
+                rec.pid.unwrap_or(0),
+                killed.len()
             );
         }
         end_interrupted(rec, store);

@@ -121,6 +121,9 @@ pub struct State {
     /// The whole request, from admission until its process is spawned; `None` after (and for
     /// a task from history).
     request: Option<Arc<Request>>,
+    /// A stop request has sent SIGTERM to the group: a hundred cancels send it once, so a
+    /// task's cleanup trap runs once.
+    term_sent: bool,
 }
 
 pub struct Task {
@@ -202,6 +205,7 @@ impl Task {
                 },
                 readers_open: 2,
                 request: None,
+                term_sent: false,
             }),
             changed: Condvar::new(),
             slot_released: AtomicBool::new(slot_released),
@@ -327,8 +331,8 @@ impl Task {
         if why.is_some() && st.killed_because.is_none() {
             st.killed_because = why;
         }
-        if let Some(pgid) = st.pgid {
-            send_to_group(pgid, Signal::TERM);
+        if let Some(pgid) = st.pgid.filter(|_| !st.term_sent) {
+            st.term_sent = send_to_group(pgid, Signal::TERM);
         }
         Ok(())
     }

@@ -12,106 +12,22 @@
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::ws::hub::Ctl;
+use crate::ws::ctl::{self, Ctl};
+use crate::ws::queue::{
+    Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, WRITE_TIMEOUT,
+};
 
-/// Bytes of messages a client may have queued before it is closed as too slow.
-pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
 /// A client that sends no frame (not even a pong) for this many ping intervals is closed.
 pub const SILENT_INTERVALS: u32 = 3;
-/// A single write to a client may block this long before the client is dropped.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message a client may send (subscribe requests are tiny).
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
-/// Close code for a client that fell too far behind (RFC 6455: policy violation).
-pub const CLOSE_TOO_SLOW: u16 = 1008;
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_PROTOCOL: u16 = 1002;
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-
-/// What a writer sends.
-#[derive(Debug)]
-pub enum Out {
-    Text(Arc<str>),
-    /// Answer the latest ping (in [`Queue::pong`]).
-    PongDue,
-    Close(u16, &'static str),
-}
-
-impl Out {
-    pub fn cost(&self) -> usize {
-        match self {
-            Out::Text(s) => s.len(),
-            Out::PongDue | Out::Close(..) => 0,
-        }
-    }
-}
-
-/// The sending side of a client's queue, shared by the hub, the replay threads and the
-/// client's reader.
-#[derive(Clone)]
-pub struct Queue {
-    pub tx: Sender<Out>,
-    pub queued: Arc<AtomicUsize>,
-    pub kicked: Arc<AtomicBool>,
-    /// The payload of the latest ping not yet answered. Only the latest needs an answer, so
-    /// a client that pings without reading holds one pong (≤ 125 bytes) at most.
-    pong: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-impl Queue {
-    pub fn new(tx: Sender<Out>) -> Queue {
-        Queue {
-            tx,
-            queued: Arc::new(AtomicUsize::new(0)),
-            kicked: Arc::new(AtomicBool::new(false)),
-            pong: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Queues the answer to a ping, replacing an unanswered earlier one.
-    pub fn pong(&self, payload: Vec<u8>) {
-        let was_empty = self.pong.lock().unwrap_or_else(|p| p.into_inner()).replace(payload).is_none();
-        if was_empty {
-            let _ = self.tx.send(Out::PongDue);
-        }
-    }
-
-    /// Queues `out` unless it would take the client over its budget; false then.
-    pub fn push(&self, out: Out) -> bool {
-        let cost = out.cost();
-        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
-        if before + cost > CLIENT_BUFFER_BYTES {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-            return false;
-        }
-        if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-        }
-        true
-    }
-
-    /// Queues a message whatever the budget: a close frame (one per client), and messages
-    /// held back during a replay, which were counted when they were held.
-    pub fn push_control(&self, out: Out) {
-        let cost = out.cost();
-        self.queued.fetch_add(cost, Ordering::AcqRel);
-        if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-        }
-    }
-
-    pub fn is_over(&self, extra: usize) -> bool {
-        self.queued.load(Ordering::Acquire) + extra > CLIENT_BUFFER_BYTES
-    }
-}
 
 /// The read half: reads the socket, throws away whatever tungstenite tries to write (its
 /// automatic pong and close replies); the writer thread sends those instead.
@@ -157,11 +73,8 @@ pub fn start(
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;
     // The writer gets the queue's counters but no sender: it ends when every sender is gone.
-    let side = WriterSide {
-        queued: Arc::clone(&queue.queued),
-        kicked: Arc::clone(&queue.kicked),
-        pong: Arc::clone(&queue.pong),
-    };
+    let side =
+        WriterSide { queued: Arc::clone(&queue.queued), kicked: Arc::clone(&queue.kicked), pong: queue.pong_slot() };
     std::thread::Builder::new()
         .name(format!("ws-{id}-tx"))
         .stack_size(64 * 1024)
@@ -181,14 +94,11 @@ pub fn start(
 fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, silence: Duration) {
     loop {
         match ws.read() {
-            Ok(Message::Text(t)) => match crate::ws::hub::parse_request(t.as_str()) {
+            Ok(Message::Text(t)) => match ctl::parse_request(t.as_str()) {
                 Ok(ctl) => {
                     let _ = hub.send(ctl(id));
                 }
-                Err(why) => {
-                    let msg = serde_json::json!({ "type": "error", "error": why }).to_string();
-                    queue.push(Out::Text(msg.into()));
-                }
+                Err(why) => queue.push_error(&why, None),
             },
             Ok(Message::Ping(p)) => queue.pong(p.to_vec()),
             Ok(Message::Close(frame)) => {
@@ -216,6 +126,11 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
                 log::debug!("websocket client {id}: read failed: {e}");
                 break;
             }
+            Err(tungstenite::Error::Capacity(e)) => {
+                log::info!("websocket client {id}: {e}; closing");
+                queue.push_control(Out::Close(CLOSE_TOO_BIG, "message too big"));
+                break;
+            }
             Err(e) => {
                 log::info!("websocket client {id}: {e}; closing");
                 queue.push_control(Out::Close(CLOSE_PROTOCOL, "protocol error"));
@@ -230,7 +145,7 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
 struct WriterSide {
     queued: Arc<AtomicUsize>,
     kicked: Arc<AtomicBool>,
-    pong: Arc<Mutex<Option<Vec<u8>>>>,
+    pong: PongSlot,
 }
 
 fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_interval: Duration) {
@@ -256,7 +171,7 @@ fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_
                     Out::Text(s) if !side.kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
                     Out::Text(_) => {}
                     Out::PongDue => {
-                        if let Some(p) = side.pong.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        if let Some(p) = side.pong.take() {
                             write_frame(&mut w, 0xA, &p)?;
                         }
                     }
@@ -324,19 +239,6 @@ mod tests {
         for bad in [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535] {
             assert!(!close_code_allowed(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn pongs_are_coalesced() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let q = Queue::new(tx);
-        for i in 0..10_000u32 {
-            q.pong(i.to_be_bytes().to_vec());
-        }
-        assert_eq!(rx.len(), 1, "one wake-up for the writer, however many pings");
-        assert_eq!(q.pong.lock().unwrap().take(), Some(9_999u32.to_be_bytes().to_vec()));
-        q.pong(vec![1]);
-        assert_eq!(rx.len(), 2, "a ping after the answer was taken wakes the writer again");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! ([`replay`]).
 
 pub mod client;
+pub mod ctl;
 pub mod hub;
+pub mod queue;
 pub mod replay;
 
 use std::sync::atomic::Ordering;
@@ -13,10 +15,11 @@ use std::sync::atomic::Ordering;
 use tiny_http::{Header, Request, Response};
 
 use crate::http::error::ApiError;
-use crate::http::handlers::Reply;
+use crate::http::reply::{respond, Reply};
 use crate::http::{auth, query, Ctx};
-use crate::ws::client::Queue;
-use crate::ws::hub::{Ctl, HubHandle, MAX_CLIENTS};
+use crate::ws::ctl::Ctl;
+use crate::ws::hub::{HubHandle, MAX_CLIENTS};
+use crate::ws::queue::Queue;
 
 /// Whether the request asks for a WebSocket upgrade.
 pub fn is_upgrade(rq: &Request) -> bool {
@@ -52,7 +55,7 @@ fn url_subscriptions(q: &[(String, String)]) -> Result<Vec<(u64, u64, u64)>, Str
 /// Checks, answers the handshake, and hands the connection to the hub; or answers the refusal.
 pub fn accept(ctx: &Ctx, hub: &HubHandle, rq: Request) {
     if let Err((rq, reply)) = upgrade(ctx, hub, rq) {
-        crate::http::server::respond(rq, reply);
+        respond(rq, reply);
     }
 }
 
@@ -84,9 +87,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     };
     if hub.clients.load(Ordering::Acquire) >= MAX_CLIENTS {
         log::warn!("refused WebSocket upgrade from {from}: {MAX_CLIENTS} clients already connected");
-        let mut r = Reply::json(503, &serde_json::json!({ "error": "Too many WebSocket clients" }));
-        r.headers.push(("Retry-After", "5".into()));
-        return Err((rq, r));
+        return Err((rq, Reply::unavailable("Too many WebSocket clients", 5)));
     }
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = Response::empty(101).with_header(

@@ -14,10 +14,10 @@ use crossbeam_channel::Sender;
 use crate::protocol::{self, CompletedData, TaskStatus};
 use crate::tasks::output_log::{LogReader, Next};
 use crate::tasks::registry::Registry;
-use crate::ws::client::{Out, Queue, WRITE_TIMEOUT};
-use crate::ws::hub::Ctl;
+use crate::ws::ctl::Ctl;
+use crate::ws::queue::{Out, Queue, WRITE_TIMEOUT};
 
-pub struct Job {
+pub struct Replay {
     pub reg: Arc<Registry>,
     pub client: u64,
     pub task_id: u64,
@@ -30,7 +30,7 @@ pub struct Job {
     pub done: Sender<Ctl>,
 }
 
-pub fn spawn(job: Job) -> std::io::Result<()> {
+pub fn spawn(job: Replay) -> std::io::Result<()> {
     std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
         let (done, client, task_id, generation) = (job.done.clone(), job.client, job.task_id, job.generation);
         let (cut, ended, started) = run(&job);
@@ -41,7 +41,7 @@ pub fn spawn(job: Job) -> std::io::Result<()> {
 
 /// Queues `json`, waiting while the client is over its budget; false if it stops draining
 /// or unsubscribed.
-fn push(job: &Job, json: String) -> bool {
+fn push(job: &Replay, json: String) -> bool {
     let queue = &job.queue;
     let mut last = queue.queued.load(std::sync::atomic::Ordering::Acquire);
     let mut progress = Instant::now();
@@ -67,11 +67,10 @@ fn push(job: &Job, json: String) -> bool {
 
 /// Replays; returns the cut (stdout, stderr bytes covered), whether the end was sent, and
 /// whether `started` was.
-fn run(job: &Job) -> ([u64; 2], bool, bool) {
+fn run(job: &Replay) -> ([u64; 2], bool, bool) {
     let Some(task) = job.reg.get(job.task_id) else {
         // Unknown (or not yet created): whatever comes live is new.
-        let msg = serde_json::json!({ "type": "error", "error": "Task not found", "taskId": job.task_id });
-        push(job, msg.to_string());
+        job.queue.push_error("Task not found", Some(job.task_id));
         return ([0, 0], false, false);
     };
     // Under the task's lock, its byte counts and its log agree: the log holds exactly the

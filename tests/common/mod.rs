@@ -370,13 +370,32 @@ pub fn wrapped_command(mut cmd: Command, cwd: &Path, data: &Path) -> Command {
     cmd
 }
 
-/// Whether `unshare ARGS` runs here (namespaces need privileges CI may not have); when it
-/// does not, prints why `test` is skipped.
+/// The variable that lets a test whose precondition is missing (namespaces, root, a cgroup)
+/// pass as skipped: `CODARA_TEST_ALLOW_SKIP=1`. Without it such a test fails, so CI never
+/// reports as passed a test that did not run.
+pub const ALLOW_SKIP: &str = "CODARA_TEST_ALLOW_SKIP";
+
+/// `test` cannot run here because `why`. Panics (the test fails, naming what is missing)
+/// unless `CODARA_TEST_ALLOW_SKIP=1` is set; then prints `SKIPPED` and returns, and the
+/// caller returns at once.
+#[track_caller]
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var(ALLOW_SKIP).is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: {why} ({ALLOW_SKIP}=1)");
+        return;
+    }
+    panic!("{test} cannot run here: {why}. Run it as root with namespaces and cgroups (as CI does), or set {ALLOW_SKIP}=1 to skip it");
+}
+
+/// Whether `unshare ARGS` runs here (namespaces need privileges). When it does not, `test`
+/// fails, or is skipped with `CODARA_TEST_ALLOW_SKIP=1` (see [`skip_or_fail`]); the caller
+/// returns on `false`.
+#[track_caller]
 pub fn unshare_works(test: &str, args: &[&str]) -> bool {
     let probe = Command::new("unshare").args(args).output();
     let ok = probe.as_ref().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED {test}: `unshare {}` does not work here: {probe:?}", args.join(" "));
+        skip_or_fail(test, &format!("`unshare {}` does not work: {probe:?}", args.join(" ")));
     }
     ok
 }

@@ -2,12 +2,13 @@
 //! hands them to the application and waits until each one is finished before reading the next.
 
 use std::cmp;
+use std::collections::HashMap;
 use std::convert::TryFrom;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ascii::AsciiString;
@@ -39,18 +40,52 @@ pub(crate) struct ConnShared {
 }
 
 /// Holds one slot of the connection cap; released when dropped.
-pub(crate) struct ConnGuard(Arc<AtomicUsize>);
+/// Open connections per client address.
+pub(crate) type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+pub(crate) struct ConnGuard {
+    total: Arc<AtomicUsize>,
+    per_ip: Option<(PerIp, IpAddr)>,
+}
 
 impl ConnGuard {
     /// `counter` must already have been incremented for this connection.
     pub(crate) fn new(counter: Arc<AtomicUsize>) -> Self {
-        ConnGuard(counter)
+        ConnGuard {
+            total: counter,
+            per_ip: None,
+        }
+    }
+
+    /// Counts this connection against `ip`'s share; false (and nothing counted) when `ip`
+    /// already has `max` open.
+    pub(crate) fn reserve_for(&mut self, per_ip: &PerIp, ip: IpAddr, max: usize) -> bool {
+        let mut map = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        self.per_ip = Some((Arc::clone(per_ip), ip));
+        true
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
+        self.total.fetch_sub(1, SeqCst);
+        if let Some((per_ip, ip)) = self.per_ip.take() {
+            let mut map = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -243,8 +278,9 @@ fn parse_content_length(v: &str) -> Option<u64> {
     v.parse().ok()
 }
 
-/// Decides the body framing. Ambiguous or invalid framing (smuggling vectors) is a 400.
-fn body_framing(headers: &[Header]) -> Result<Framing, u16> {
+/// Decides the body framing. Ambiguous or invalid framing (smuggling vectors) is a 400, and
+/// so is `Transfer-Encoding` on HTTP/1.0, which has none (RFC 9112 §6.1: faulty framing).
+fn body_framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, u16> {
     let mut te = headers
         .iter()
         .filter(|h| h.field.equiv("Transfer-Encoding"));
@@ -254,7 +290,7 @@ fn body_framing(headers: &[Header]) -> Result<Framing, u16> {
         .collect();
 
     if let Some(t) = te.next() {
-        if te.next().is_some() || !cls.is_empty() {
+        if te.next().is_some() || !cls.is_empty() || *version == HTTPVersion(1, 0) {
             return Err(400);
         }
         if !t.value.as_str().trim().eq_ignore_ascii_case("chunked") {
@@ -390,7 +426,7 @@ pub(crate) fn serve(
                 return;
             }
         };
-        let framing = match body_framing(&head.headers) {
+        let framing = match body_framing(&head.headers, &head.version) {
             Ok(f) => f,
             Err(code) => {
                 send_error(&mut writer, code);
@@ -599,7 +635,7 @@ mod test {
 
     fn framing(raw: &[u8]) -> Result<Framing, u16> {
         let h = parse_head(raw, 100).unwrap();
-        body_framing(&h.headers)
+        body_framing(&h.headers, &h.version)
     }
 
     #[test]
@@ -632,6 +668,7 @@ mod test {
             b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n",
             b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert_eq!(framing(bad), Err(400), "{:?}", String::from_utf8_lossy(bad));
         }
@@ -667,7 +704,7 @@ mod test {
                 m.truncate((rnd() as usize) % (m.len() + 1));
             }
             if let Ok(h) = parse_head(&m, 100) {
-                let _ = body_framing(&h.headers);
+                let _ = body_framing(&h.headers, &h.version);
                 let _ = connection_tokens(&h.headers);
             }
         }

@@ -148,6 +148,9 @@ pub struct Limits {
     /// Max number of simultaneously open connections (not counting upgraded ones). Past it,
     /// new connections are closed immediately. Default 4096.
     pub max_connections: usize,
+    /// Max number of open connections from one client address (not counting upgraded
+    /// ones), so one host cannot take every slot of `max_connections`. Default 1024.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -159,6 +162,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_connections: 4096,
+            max_connections_per_ip: 1024,
         }
     }
 }
@@ -391,6 +395,8 @@ fn accept_loop(listener: Listener, shared: Arc<ConnShared>, connections: Arc<Ato
     // a tasks pool is used to dispatch the connections into threads
     let tasks_pool = util::TaskPool::new();
     let max_connections = shared.limits.max_connections;
+    let max_per_ip = shared.limits.max_connections_per_ip;
+    let per_ip: client::PerIp = Arc::default();
 
     log::debug!("Running accept thread");
     while !shared.close.load(SeqCst) {
@@ -438,7 +444,18 @@ fn accept_loop(listener: Listener, shared: Arc<ConnShared>, connections: Arc<Ato
             let _ = sock.shutdown(Shutdown::Both);
             continue;
         }
-        let guard = ConnGuard::new(connections.clone());
+        let mut guard = ConnGuard::new(connections.clone());
+        if let Some(ip) = remote_addr.map(|a| a.ip()) {
+            if !guard.reserve_for(&per_ip, ip, max_per_ip) {
+                log::warn!(
+                    "Too many connections from {} ({}), closing the new one",
+                    ip,
+                    max_per_ip
+                );
+                let _ = sock.shutdown(Shutdown::Both);
+                continue;
+            }
+        }
 
         let shared = shared.clone();
         let res = tasks_pool.spawn(Box::new(move || {

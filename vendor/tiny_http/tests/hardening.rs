@@ -390,6 +390,53 @@ fn connection_cap_closes_new_connections() {
     assert_eq!(srv.health(), 200);
 }
 
+/// One address cannot take every slot: past `max_connections_per_ip` its new connections are
+/// closed, while another address is still served.
+#[test]
+fn per_address_cap_leaves_room_for_other_hosts() {
+    let limits = Limits {
+        max_connections: 20,
+        max_connections_per_ip: 4,
+        request_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let srv = TestServer::start(limits, 1, echo_handler);
+    // From 127.0.0.2 (the server listens on 127.0.0.1; all of 127/8 is loopback).
+    let from_other = || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+        s.bind(&local.into()).unwrap();
+        s.connect_timeout(&srv.addr.into(), CLIENT_TIMEOUT).unwrap();
+        TcpStream::from(s)
+    };
+    let idle: Vec<TcpStream> = (0..4).map(|_| from_other()).collect();
+    let t = Instant::now();
+    while srv.server.num_connections() < 4 && t.elapsed() < CLIENT_TIMEOUT {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut extra = from_other();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+    assert!(
+        is_closed(&mut extra),
+        "a fifth connection from one address must be closed"
+    );
+    assert_eq!(srv.health(), 200, "another address is still served");
+    drop(idle);
+    let t = Instant::now();
+    while srv.server.num_connections() > 0 && t.elapsed() < CLIENT_TIMEOUT {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut again = from_other();
+    let _ = again.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = again.read_to_string(&mut buf);
+    assert!(
+        buf.starts_with("HTTP/1.1 200"),
+        "the address's slots come back: {:?}",
+        buf
+    );
+}
+
 // ---------------------------------------------------------------- goal 7: streaming
 
 struct SlowReader {

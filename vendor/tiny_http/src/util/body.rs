@@ -164,6 +164,10 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
         };
         size = size.checked_mul(16)?.checked_add(u64::from(d))?;
         digits += 1;
+        if digits > 16 {
+            // 16 hex digits hold any u64; more are refused even when they are leading zeros
+            return None;
+        }
     }
     if digits == 0 {
         return None;
@@ -454,6 +458,12 @@ mod tests {
         assert_eq!(parse_chunk_size(b"A ; ext=1"), Some(10));
         assert_eq!(parse_chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
         assert_eq!(parse_chunk_size(b"ffffffffffffffffffff"), None);
+        assert_eq!(
+            parse_chunk_size(b"0000000000000000f"),
+            None,
+            "17 digits, leading zeros"
+        );
+        assert_eq!(parse_chunk_size(b"000000000000000f"), Some(15));
         assert_eq!(parse_chunk_size(b""), None);
         assert_eq!(parse_chunk_size(b"-1"), None);
         assert_eq!(parse_chunk_size(b"+1"), None);

@@ -1,12 +1,19 @@
 //! `codara-agent discover`: probes the discovery addresses, listens, and lists the agents heard.
-//! Agents answer the probe by unicast; announcements and stats broadcast on `DISCOVERY_PORT`
-//! are heard too (so agents that do not answer probes, like the old Node agent, show up).
+//! Agents answer the probe by unicast, to the port it was sent from: a port of discover's own,
+//! so the replies do not land in the sockets of agents sharing `DISCOVERY_PORT` on this host.
+//! Announcements and stats broadcast on `DISCOVERY_PORT` are heard too (so agents that do not
+//! answer probes, like the old Node agent, show up).
+//!
+//! A fleet answers one probe together (spread over up to 0.5 s, see `discovery::REPLY_SPREAD`):
+//! both sockets get a receive buffer of `RECV_BUFFER` and are read in a tight loop as soon as
+//! `poll` says so, so a thousand replies fit and are taken as fast as they come.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -31,6 +38,17 @@ pub struct Heard {
     seen: Option<Instant>,
 }
 
+/// Receive buffer asked for on both sockets. A reply (~700 bytes) takes 1-2 KiB of the
+/// kernel's accounting, so this holds the replies of a few thousand agents even if discover
+/// falls behind for a moment. Beyond `net.core.rmem_max` only as root (SO_RCVBUFFORCE).
+pub const RECV_BUFFER: usize = 4 << 20;
+/// Datagrams read from one socket before the loop looks at the clock and the other socket.
+const DRAIN: usize = 256;
+/// Probes are sent again this often while discover listens (a probe or its reply may be lost).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+type HeardMap = BTreeMap<(String, u16), Heard>;
+
 /// Listens for `timeout`, probing every second; returns the agents heard, by host and port.
 pub fn discover(cfg: &Config, timeout: Duration) -> Result<Vec<Heard>, String> {
     let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
@@ -46,26 +64,26 @@ pub fn discover(cfg: &Config, timeout: Duration) -> Result<Vec<Heard>, String> {
     if targets.is_empty() {
         return Err("DISCOVERY_ADDRESSES is empty: nowhere to send a probe".into());
     }
-    let mut heard: BTreeMap<(String, u16), Heard> = BTreeMap::new();
+    // (socket, whether what it receives answers our probe)
+    let sockets: Vec<(UdpSocket, bool)> = std::iter::once((probe, true)).chain(passive.map(|s| (s, false))).collect();
+    for (s, _) in &sockets {
+        grow_recv_buffer(s);
+        s.set_nonblocking(true).map_err(|e| format!("cannot make a UDP socket non-blocking: {e}"))?;
+    }
+    let mut heard = HeardMap::new();
     let deadline = Instant::now() + timeout;
     let mut next_probe = Instant::now();
     let mut buf = vec![0u8; 65536];
     while Instant::now() < deadline {
         if Instant::now() >= next_probe {
-            for t in &targets {
-                if let Err(e) = probe.send_to(br#"{"type":"cluster_probe"}"#, t) {
-                    eprintln!("note: cannot send a probe to {t}: {e}");
-                }
-            }
-            next_probe = Instant::now() + Duration::from_secs(1);
+            send_probe(&sockets[0].0, &targets);
+            next_probe = Instant::now() + PROBE_EVERY;
         }
-        for (sock, is_probe) in [(Some(&probe), true), (passive.as_ref(), false)] {
-            let Some(sock) = sock else { continue };
-            let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => take(&mut heard, &buf[..n], from, is_probe),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(e) => return Err(format!("receive failed: {e}")),
+        let wait = deadline.min(next_probe).saturating_duration_since(Instant::now());
+        for (i, ready) in readable(&sockets, wait)?.into_iter().enumerate() {
+            if ready {
+                let (sock, is_probe) = &sockets[i];
+                drain(sock, &mut buf, &mut heard, *is_probe)?;
             }
         }
     }
@@ -78,7 +96,42 @@ pub fn discover(cfg: &Config, timeout: Duration) -> Result<Vec<Heard>, String> {
         .collect())
 }
 
-fn take(heard: &mut BTreeMap<(String, u16), Heard>, bytes: &[u8], from: SocketAddr, is_probe_reply: bool) {
+/// Asks for `RECV_BUFFER`: past `net.core.rmem_max` when allowed (root), else as much as
+/// the kernel grants. Not fatal: a small fleet fits in the default buffer.
+fn grow_recv_buffer(s: &UdpSocket) {
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, RECV_BUFFER).is_err() {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(s, RECV_BUFFER);
+    }
+}
+
+fn send_probe(probe: &UdpSocket, targets: &[SocketAddr]) {
+    for t in targets {
+        if let Err(e) = probe.send_to(br#"{"type":"cluster_probe"}"#, t) {
+            eprintln!("note: cannot send a probe to {t}: {e}");
+        }
+    }
+}
+
+/// Waits up to `wait` for any of `sockets` to have a datagram; which ones do.
+fn readable(sockets: &[(UdpSocket, bool)], wait: Duration) -> Result<Vec<bool>, String> {
+    let mut fds: Vec<PollFd> = sockets.iter().map(|(s, _)| PollFd::new(s, PollFlags::IN)).collect();
+    crate::eintr::poll(&mut fds, Some(wait)).map_err(|e| format!("poll failed: {e}"))?;
+    Ok(fds.iter().map(|f| !f.revents().is_empty()).collect())
+}
+
+/// Reads what `sock` holds, up to `DRAIN` datagrams.
+fn drain(sock: &UdpSocket, buf: &mut [u8], heard: &mut HeardMap, is_probe_reply: bool) -> Result<(), String> {
+    for _ in 0..DRAIN {
+        match crate::eintr::retry(|| sock.recv_from(buf)) {
+            Ok((n, from)) => take(heard, &buf[..n], from, is_probe_reply),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(format!("receive failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bool) {
     let Some(kind) = protocol::packet_type(bytes) else { return };
     let (hostname, port, announce, stats, left) = match kind.as_str() {
         protocol::ANNOUNCE => match serde_json::from_slice::<Announce>(bytes) {
