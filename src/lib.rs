@@ -35,6 +35,7 @@ pub mod reaper;
 pub mod request;
 pub mod secret;
 pub mod store;
+pub mod sync;
 pub mod task_files;
 pub mod tasks;
 pub mod ws;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::TaskRecord;
 use crate::request::Request;
+use crate::sync::Recover;
 use crate::task_files::{self, TaskPaths};
 
 const JOURNAL: &str = "journal.jsonl";
@@ -161,7 +162,7 @@ impl Store {
     }
 
     fn lock(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+        self.journal.lock().recover()
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Map, Value};
 
 use crate::protocol::TaskStatus;
+use crate::sync::Recover;
 use crate::tasks::output_log::Stream;
 
 /// Where a job's folder is, or why the request is refused (a 400).
@@ -82,7 +83,7 @@ fn read_job_json(dir: &Path) -> Result<Map<String, Value>, String> {
 static JOB_JSON: Mutex<()> = Mutex::new(());
 
 fn job_json_lock() -> MutexGuard<'static, ()> {
-    JOB_JSON.lock().unwrap_or_else(|p| p.into_inner())
+    JOB_JSON.lock().recover()
 }
 
 /// Replaces `job.json` atomically (a temporary file of its own, then rename).

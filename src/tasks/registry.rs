@@ -11,6 +11,7 @@ use crate::metrics::{self, Metrics};
 use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
+use crate::sync::Recover;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::{Task, TaskSpec};
 use crate::tasks::timer::Timer;
@@ -112,7 +113,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().recover()
     }
 
     /// Loads finished tasks from history; ids continue above the highest one seen.
@@ -287,7 +288,7 @@ impl Registry {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };
-            inner = self.idle.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
+            inner = self.idle.wait_timeout(inner, left).recover().0;
         }
         true
     }

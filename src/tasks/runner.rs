@@ -17,6 +17,7 @@ use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOpt
 use crate::events::EventKind;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
 use crate::request::{self, Request};
+use crate::sync::Recover;
 use crate::task_files;
 use crate::tasks::job;
 use crate::tasks::output_log::Stream;
@@ -58,7 +59,7 @@ impl Outcome {
 /// Never fails: a task that cannot start ends `failed`, and its slot is freed.
 pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     // Until the pid is recorded below: the PID-1 reaper must not take this child for an orphan.
-    let gate = reg.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
+    let gate = reg.spawn_gate.read().recover();
     let prepared = prepare_job(reg, task);
     let request = task.request().expect("a task is started once, with its request");
     keep_request(task, &request);

@@ -16,6 +16,7 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use crate::events::{Event, EventKind, EventTx};
 use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
 use crate::request::Request;
+use crate::sync::Recover;
 use crate::task_files::{self, TaskPaths};
 use crate::tasks::job::JobLog;
 use crate::tasks::log_health::LogHealth;
@@ -168,7 +169,7 @@ impl Task {
         set_request(&mut record, &request);
         let mut task = Task::from_record(record, paths, max_output, events, false);
         task.job = job;
-        task.state.get_mut().unwrap_or_else(|p| p.into_inner()).request = Some(Arc::new(request));
+        task.state.get_mut().recover().request = Some(Arc::new(request));
         task
     }
 
@@ -215,7 +216,7 @@ impl Task {
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().recover()
     }
 
     pub fn record(&self) -> TaskRecord {
@@ -279,7 +280,7 @@ impl Task {
             let Some(left) = deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };
-            st = self.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            st = self.changed.wait_timeout(st, left).recover().0;
         }
         true
     }
