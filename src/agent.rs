@@ -13,11 +13,9 @@ use crate::discovery::{Discovery, NodeInfo};
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
 use crate::monitor::Monitor;
-use crate::protocol::TaskStatus;
 use crate::reaper::Reaper;
 use crate::store::{DataDirLock, Store};
 use crate::tasks::registry::{Limits, Registry};
-use crate::tasks::runner;
 use crate::tasks::timer::Timer;
 use crate::{events, ws};
 
@@ -61,7 +59,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         monitor,
         Arc::default(),
     ));
-    recover(&reg, &store);
+    crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
     let reaper = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?;
 
     let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
@@ -318,42 +316,6 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
             task.signal_group(Signal::KILL);
         }
         reg.wait_idle(Instant::now() + Duration::from_secs(2));
-    }
-}
-
-/// Loads history; a task recorded as running belonged to an agent that died: its group is
-/// killed if it survived (same pid and start time), and it is recorded `failed`.
-fn recover(reg: &Arc<Registry>, store: &Store) {
-    let mut records = store.load_all();
-    for rec in records.iter_mut().filter(|r| r.status == TaskStatus::Running) {
-        if let Some(pid) = rec.pid {
-            let started = runner::process_started_ms(pid);
-            if started.is_some_and(|s| s.abs_diff(rec.started_at) <= runner::SAME_PROCESS_WITHIN_MS) {
-                if let Some(pgid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-                    let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-                    log::warn!("task {}: killed process group {pid} left running by an earlier agent", rec.id);
-                }
-            }
-        }
-        // Its byte counts were last written at its start: take them from its log.
-        let [out, err] = crate::tasks::output_log::stream_sizes(&store.log_path(rec.id));
-        (rec.stdout_bytes, rec.stderr_bytes) = (out, err);
-        let now = crate::protocol::now_ms();
-        rec.status = TaskStatus::Failed;
-        rec.error = Some("the agent stopped while the task was running".into());
-        rec.end = Some(crate::protocol::TaskEnd {
-            exit_code: None,
-            signal: None,
-            completed_at: now,
-            duration: now.saturating_sub(rec.started_at),
-        });
-    }
-    let count = records.len();
-    reg.load_history(records);
-    // Start from a clean journal: one line per kept task, no line cut short by a crash.
-    reg.compact();
-    if count > 0 {
-        log::info!("loaded {count} task(s) from history; next task id {}", reg.next_id());
     }
 }
 

@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{resolve_master, Config};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Announce, Leave, Stats, StatsPacket};
+use crate::sync::Recover;
 
 /// Probe replies allowed per second, whatever arrives.
 pub const PROBE_REPLIES_PER_SEC: u32 = 5;
@@ -109,7 +110,7 @@ struct MasterState {
 impl Master {
     /// The address to send to now (`None` while unknown); starts a lookup when one is due.
     fn addr(&self) -> Option<SocketAddr> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock().recover();
         let every = if st.failing { RESOLVE_RETRY } else { RESOLVE_INTERVAL };
         if !st.in_flight && st.looked_up_at.is_none_or(|t| t.elapsed() >= every) {
             st.in_flight = true;
@@ -117,7 +118,7 @@ impl Master {
             let spawned =
                 std::thread::Builder::new().name("resolve-master".into()).stack_size(256 * 1024).spawn(move || {
                     let found = resolve_master(&name, port).into_iter().find(SocketAddr::is_ipv4);
-                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut st = state.lock().recover();
                     match found {
                         Some(a) => {
                             if st.failing || st.addr.is_some_and(|old| old != a) {

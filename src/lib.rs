@@ -17,6 +17,7 @@
 //! - `reaper`: only when the agent is PID 1, reaps orphans left by tasks ([`reaper`]).
 
 pub mod agent;
+pub mod alloc;
 pub mod cgroup;
 pub mod cidr;
 pub mod cli_discover;
@@ -31,7 +32,10 @@ pub mod monitor;
 pub mod procfs;
 pub mod protocol;
 pub mod reaper;
+pub mod request;
 pub mod secret;
 pub mod store;
+pub mod sync;
+pub mod task_files;
 pub mod tasks;
 pub mod ws;

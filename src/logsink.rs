@@ -10,6 +10,8 @@ use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::sync::Recover;
+
 /// Bytes of log lines held while stdout is not taking them.
 pub const MAX_QUEUED: usize = 1 << 20;
 /// How long the writer, once woken, waits for more lines before writing.
@@ -34,7 +36,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().recover()
     }
 }
 
@@ -84,10 +86,7 @@ fn run(shared: &Shared, mut out: impl Write) {
             if st.queued.is_empty() {
                 shared.drained.notify_all();
                 st.idle = true;
-                st = shared
-                    .wake
-                    .wait_while(st, |s| s.queued.is_empty() && s.dropped == 0)
-                    .unwrap_or_else(|p| p.into_inner());
+                st = shared.wake.wait_while(st, |s| s.queued.is_empty() && s.dropped == 0).recover();
                 // Let the lines of the next moments join this one: under load the writer then
                 // wakes once per COALESCE, not once per line.
                 drop(st);
@@ -122,7 +121,7 @@ pub fn flush(timeout: Duration) {
         if left.is_zero() {
             return;
         }
-        st = shared.drained.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        st = shared.drained.wait_timeout(st, left).recover().0;
     }
 }
 

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use sysinfo::System;
 
 use crate::cgroup::MemoryGroup;
+use crate::sync::Recover;
 
 /// How often CPU and memory are sampled while the agent is busy: a task runs, or a request
 /// came in the last [`BUSY_FOR`].
@@ -119,7 +120,7 @@ impl Monitor {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+        *self.snapshot.lock().recover()
     }
 
     /// A request came in: sample at the busy rate for a while.
@@ -156,7 +157,7 @@ fn run(monitor: &Monitor, mut sys: System, group: Option<MemoryGroup>, stopped: 
         sys.refresh_cpu_usage();
         sys.refresh_memory();
         let s = sample(&sys, group.as_ref());
-        *monitor.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        *monitor.snapshot.lock().recover() = s;
     }
 }
 

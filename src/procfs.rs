@@ -30,6 +30,38 @@ impl Stat {
     }
 }
 
+/// What recovery needs to know of a process: its group and when it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    /// Field 3: `Z` for a zombie (dead, not yet reaped).
+    pub state: char,
+    /// Field 5: its process group.
+    pub pgrp: i32,
+    /// Field 22: when it started, in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+impl Stat {
+    pub fn info(&self) -> Option<ProcInfo> {
+        Some(ProcInfo {
+            pid: u32::try_from(self.pid()?).ok()?,
+            state: self.field(3)?.chars().next()?,
+            pgrp: self.field(5)?.parse().ok()?,
+            start_ticks: self.field(22)?.parse().ok()?,
+        })
+    }
+}
+
+/// Every process `/proc` lists (one that ends while the list is read is left out).
+pub fn processes() -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Stat::read(pid)?.info())
+        .collect()
+}
+
 /// The boot time, in seconds since the epoch (`btime` of `/proc/stat`).
 pub fn boot_time() -> Option<u64> {
     parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)
@@ -107,6 +139,14 @@ mod tests {
         assert_eq!(s.field(2), None);
         assert_eq!(Stat::parse("7 (x").field(3), None);
         assert_eq!(Stat::parse("").field(3), None);
+    }
+
+    #[test]
+    fn process_info_and_the_list() {
+        let me = Stat::parse("7 (a b) S 1 42 42 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 12345 0 0").info().unwrap();
+        assert_eq!(me, ProcInfo { pid: 7, state: 'S', pgrp: 42, start_ticks: 12345 });
+        let own = std::process::id();
+        assert!(processes().iter().any(|p| p.pid == own && p.state != 'Z'));
     }
 
     #[test]

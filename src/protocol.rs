@@ -80,6 +80,14 @@ pub struct TaskRecord {
     pub stdout_bytes: u64,
     #[serde(default)]
     pub stderr_bytes: u64,
+    /// `command`, `args`, `cwd` and `env` above are a summary of a large request (new): the
+    /// whole one is in the task's request file, and `GET /task/:id` shows it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub request_truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The API's task object: the record plus, except in lists, the tails of its output.
@@ -96,6 +104,15 @@ pub struct TaskView<'a> {
     pub stdout_truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_truncated: Option<bool>,
+    /// The output log has an unreadable record at byte `outputDamagedAt`: the output shown
+    /// ends there. Present (true) only then, once the log has been read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_damaged: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_damaged_at: Option<u64>,
+    /// The output log holds fewer bytes than the task wrote (`stdoutBytes` + `stderrBytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_incomplete: Option<bool>,
 }
 
 /// The stats object of `GET /stats` and of `cluster_stats` packets.
@@ -245,6 +262,7 @@ mod tests {
             error: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            request_truncated: false,
         }
     }
 

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::process::{waitpid, Pid, WaitOptions};
 
 use crate::procfs::Stat;
+use crate::sync::Recover;
 use crate::tasks::registry::Registry;
 
 const EVERY: Duration = Duration::from_secs(2);
@@ -79,7 +80,7 @@ fn reap_orphans(reg: &Registry) -> usize {
         return 0;
     }
     let tasks: HashSet<u32> = {
-        let _gate = reg.spawn_gate.write().unwrap_or_else(|p| p.into_inner());
+        let _gate = reg.spawn_gate.write().recover();
         reg.running_tasks().iter().filter_map(|t| t.lock().record.pid).collect()
     };
     let mut reaped = 0;

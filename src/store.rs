@@ -1,9 +1,12 @@
 //! Task history under `DATA_DIR/tasks`: `journal.jsonl`, one task record a line, appended at
-//! each task's start and end (the last line of an id wins), and `<id>.log`, each task's output
-//! (see [`crate::tasks::output_log`]). Appending to one open file costs one write per change, where a
-//! file per record cost a create and a rename. The journal is rewritten (temporary file, then
-//! rename) at every start and whenever it has grown past eight times `TASK_HISTORY`, so it
-//! holds about what the agent keeps.
+//! each task's start and end (the last line of an id wins), and each task's files
+//! ([`crate::task_files`]: its output log, and its request when that is large). Appending to
+//! one open file costs one write per change, where a file per record cost a create and a
+//! rename. A record holds a bounded summary of a large request ([`crate::request`]), so a line
+//! is at most a few KiB ([`MAX_LINE`]). The journal is rewritten (temporary file, then rename)
+//! at every start, and whenever it holds more than eight lines per kept task or has grown
+//! [`SLACK_BYTES`] past twice its size after the last rewrite; so it holds about what the
+//! agent keeps, in lines and in bytes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -12,8 +15,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::TaskRecord;
+use crate::request::Request;
+use crate::sync::Recover;
+use crate::task_files::{self, TaskPaths};
 
 const JOURNAL: &str = "journal.jsonl";
+
+/// About the longest line the agent writes: a request summary (1 KiB of JSON), an `error`
+/// (cut to 1 KiB), a `jobId` (255 bytes, up to 6 bytes each as JSON) and the fixed fields.
+pub const MAX_LINE: usize = 4096;
+
+/// The journal is compacted once it is this much larger than twice its size after the last
+/// rewrite: with lines of at most [`MAX_LINE`], it stays under `SLACK_BYTES` plus twice the
+/// kept tasks' lines.
+pub const SLACK_BYTES: u64 = 4 << 20;
+
+/// Lines longer than this are skipped when the journal is read, unparsed. Older agents wrote
+/// whole requests (up to the 1 MiB body limit) into their lines.
+const MAX_LINE_READ: usize = 16 << 20;
 
 /// The largest task id: above 2^53 − 1, a main server in JavaScript cannot tell ids apart.
 /// A larger one in the files is damage, and is skipped.
@@ -27,8 +46,30 @@ fn ends_with_newline(path: &Path) -> bool {
         && last[0] == b'\n'
 }
 
-/// Creates `DATA_DIR` when missing and checks that files can be written in it.
+/// Whether `e` says the file system (or the user's quota) is full: a state that passes, unlike
+/// a permission or a path that is wrong.
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+/// Creates `DATA_DIR` when missing and checks that files can be written in it. A full disk is
+/// a warning, not a refusal: refusing would only make a service manager restart the agent in
+/// a loop, and the agent can run tasks without writing history (their output then stays in
+/// memory, as tails). Anything else (a file in the way, no permission) is an error.
 pub fn prepare_data_dir(dir: &Path) -> io::Result<()> {
+    match try_data_dir(dir) {
+        Err(e) if is_full(&e) => {
+            log::warn!(
+                "DATA_DIR {} is full ({e}): the agent starts, but task records and output logs cannot be written until space is freed (output is then kept in memory, as tails)",
+                dir.display()
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn try_data_dir(dir: &Path) -> io::Result<()> {
     for d in [dir.to_path_buf(), dir.join("tasks")] {
         if d.exists() && !d.is_dir() {
             return Err(io::Error::other(format!("{} exists and is not a directory", d.display())));
@@ -49,6 +90,8 @@ struct Journal {
     lines: usize,
     /// Bytes of whole records in the file.
     len: u64,
+    /// Its size after the last rewrite (or at open).
+    base: u64,
     /// A failed append may have left part of a record that could not be cut off: the next
     /// append starts on a new line, so the fragment stays a line of its own (skipped at load).
     fragment: bool,
@@ -114,21 +157,26 @@ impl Store {
         let len = file.metadata()?.len();
         // A record cut short by a crash may end the file: the next starts on a new line.
         let fragment = len > 0 && !ends_with_newline(&dir.join(JOURNAL));
-        let journal = Journal { file: Some(file), lines: 0, len, fragment };
+        let journal = Journal { file: Some(file), lines: 0, len, base: len, fragment };
         Ok(Store { dir, journal: Arc::new(Mutex::new(journal)) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+        self.journal.lock().recover()
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id}.log"))
+        self.paths(id).log
+    }
+
+    pub fn paths(&self, id: u64) -> TaskPaths {
+        TaskPaths::new(&self.dir, id)
     }
 
     /// Appends `rec` as one line, in one write.
     pub fn append(&self, rec: &TaskRecord) -> io::Result<()> {
         let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
+        debug_assert!(line.len() <= MAX_LINE, "a journal line of {} bytes", line.len());
         line.push(b'\n');
         let mut j = self.lock();
         let j = &mut *j;
@@ -153,9 +201,10 @@ impl Store {
         }
     }
 
-    /// Whether the journal holds many more lines than the `kept` tasks need.
+    /// Whether the journal holds many more lines, or bytes, than the `kept` tasks need.
     pub fn wants_compaction(&self, kept: usize) -> bool {
-        self.lock().lines > 8 * kept + 1024
+        let j = self.lock();
+        j.lines > 8 * kept + 1024 || j.len > SLACK_BYTES + 2 * j.base
     }
 
     /// Replaces the journal with the records that `records` hands to the writer it gets. It
@@ -170,37 +219,48 @@ impl Store {
     ) -> io::Result<()> {
         let mut j = self.lock();
         let id_tmp = self.dir.join(".next-id.tmp");
-        let mut f = File::create(&id_tmp)?;
-        writeln!(f, "{next_id}")?;
-        f.sync_data()?;
-        fs::rename(&id_tmp, self.dir.join("next-id"))?;
+        let result = File::create(&id_tmp)
+            .and_then(|mut f| writeln!(f, "{next_id}").and_then(|_| f.sync_data()))
+            .and_then(|_| fs::rename(&id_tmp, self.dir.join("next-id")));
+        // A temporary file left on a full disk would hold on to the space it got.
+        if let Err(e) = result {
+            let _ = fs::remove_file(&id_tmp);
+            return Err(e);
+        }
         let tmp = self.dir.join(format!(".{JOURNAL}.tmp"));
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
         let mut lines = 0;
-        records(&mut |rec| {
-            serde_json::to_writer(&mut out, rec).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
-            lines += 1;
-            Ok(())
-        })?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
-        fs::rename(&tmp, self.dir.join(JOURNAL))?;
+        let result = File::create(&tmp).and_then(|f| {
+            let mut out = io::BufWriter::new(f);
+            records(&mut |rec| {
+                serde_json::to_writer(&mut out, rec).map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+                lines += 1;
+                Ok(())
+            })?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+            fs::rename(&tmp, self.dir.join(JOURNAL))
+        });
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         let file = OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?;
         j.len = file.metadata()?.len();
+        j.base = j.len;
         j.file = Some(file);
         j.lines = lines;
         j.fragment = false;
         Ok(())
     }
 
-    /// Deletes a task's output log.
-    pub fn remove_log(&self, id: u64) {
-        let path = self.log_path(id);
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot delete {}: {e}", path.display());
-            }
-        }
+    /// Deletes a task's files (output log, request).
+    pub fn remove_files(&self, id: u64) {
+        self.paths(id).remove();
+    }
+
+    /// Deletes the files of tasks that `kept` does not hold (see [`task_files::remove_orphans`]).
+    pub fn remove_orphans(&self, kept: impl Fn(u64) -> bool) -> (usize, Option<u64>) {
+        task_files::remove_orphans(&self.dir, kept)
     }
 
     /// The id the agent had reached at the last rewrite (0 when unknown).
@@ -221,19 +281,34 @@ impl Store {
     }
 
     /// The latest record of every task in the journal, oldest first. A line that does not
-    /// parse (cut short by a crash) is skipped.
+    /// parse (cut short by a crash), or is longer than any record, is skipped. A record with a
+    /// large request (written by an older agent) has its request moved to the task's request
+    /// file, so what is held stays small whatever the journal holds.
     pub fn load_all(&self) -> Vec<TaskRecord> {
         let path = self.dir.join(JOURNAL);
         let Ok(f) = File::open(&path) else { return Vec::new() };
+        let mut reader = BufReader::new(f);
         let mut latest: BTreeMap<u64, TaskRecord> = BTreeMap::new();
         let mut bad = 0usize;
-        for line in BufReader::new(f).split(b'\n') {
-            let Ok(line) = line else { break };
-            if line.is_empty() {
-                continue;
+        let mut line = Vec::new();
+        loop {
+            match read_line_bounded(&mut reader, &mut line, MAX_LINE_READ) {
+                Ok(Some(true)) if line.is_empty() => continue,
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => {
+                    bad += 1;
+                    continue;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("{}: cannot read on: {e}", path.display());
+                    break;
+                }
             }
             match serde_json::from_slice::<TaskRecord>(&line) {
-                Ok(rec) if rec.id <= MAX_TASK_ID => {
+                Ok(mut rec) if rec.id <= MAX_TASK_ID => {
+                    let moved = latest.get(&rec.id).is_some_and(|r| r.request_truncated);
+                    self.shrink(&mut rec, moved);
                     latest.insert(rec.id, rec);
                 }
                 _ => bad += 1,
@@ -243,6 +318,70 @@ impl Store {
             log::warn!("{}: skipped {bad} unreadable line(s)", path.display());
         }
         latest.into_values().collect()
+    }
+
+    /// Replaces a large request in `rec` by its summary, writing it whole to the task's request
+    /// file first (unless an earlier line of the task did: `written`).
+    fn shrink(&self, rec: &mut TaskRecord, written: bool) {
+        if rec.request_truncated {
+            return;
+        }
+        let req = Request {
+            command: std::mem::take(&mut rec.command),
+            args: std::mem::take(&mut rec.args),
+            cwd: std::mem::take(&mut rec.cwd),
+            env: std::mem::take(&mut rec.env),
+        };
+        let kept = if req.fits_inline() {
+            req
+        } else {
+            let path = self.paths(rec.id).request;
+            let result = if written { Ok(()) } else { task_files::write_request(&path, &req) };
+            if let Err(e) = result {
+                log::warn!(
+                    "task {}: cannot write its request to {}: {e}; only a summary is kept",
+                    rec.id,
+                    path.display()
+                );
+            }
+            rec.request_truncated = true;
+            req.summary()
+        };
+        (rec.command, rec.args, rec.cwd, rec.env) = (kept.command, kept.args, kept.cwd, kept.env);
+    }
+}
+
+/// Reads the next line of `r` into `line` (without its newline): `Some(true)`; a line longer
+/// than `max` is passed over, never held: `Some(false)`; `None` at the end.
+fn read_line_bounded(r: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::Result<Option<bool>> {
+    line.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then_some(!too_long));
+        }
+        any = true;
+        let (part, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        if !too_long && line.len() + part.len() <= max {
+            line.extend_from_slice(part);
+        } else {
+            too_long = true;
+            line.clear();
+        }
+        let used = done.unwrap_or(buf.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(Some(!too_long));
+        }
     }
 }
 
@@ -281,6 +420,68 @@ mod tests {
         let ids: Vec<u64> = Store::open(&dir).unwrap().load_all().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![4, 5]);
         assert_eq!(s.load_next_id(), 9);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An older agent wrote whole requests into its lines: at load, a large one goes to the
+    /// task's request file and the record keeps a summary; a line longer than any record is
+    /// passed over without being held.
+    #[test]
+    fn large_requests_of_old_lines_move_to_their_file() {
+        let dir = std::env::temp_dir().join(format!("codara-store-old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        prepare_data_dir(&dir).unwrap();
+        let s = Store::open(&dir).unwrap();
+        let mut big = rec(1, TaskStatus::Running);
+        big.args = vec!["a".into(); 100_000];
+        let old_line = |r: &TaskRecord| {
+            let mut line = serde_json::to_vec(r).unwrap();
+            line.push(b'\n');
+            s.lock().file.as_mut().unwrap().write_all(&line).unwrap();
+        };
+        old_line(&big);
+        big.status = TaskStatus::Completed;
+        old_line(&big);
+        s.append(&rec(2, TaskStatus::Completed)).unwrap();
+        let all = s.load_all();
+        assert_eq!(all.len(), 2);
+        assert!(all[0].request_truncated && all[0].args.len() <= crate::request::SUMMARY_ITEMS);
+        assert_eq!(all[0].status, TaskStatus::Completed);
+        assert!(!all[1].request_truncated);
+        let whole = crate::task_files::read_request(&s.paths(1).request).unwrap();
+        assert_eq!(whole.args.len(), 100_000);
+        assert!(!s.paths(2).request.exists());
+
+        let mut r = io::Cursor::new(b"short\nxxxxxxxxxxxxxxxxxxxx\n\nlast".to_vec());
+        let mut line = Vec::new();
+        assert_eq!(read_line_bounded(&mut r, &mut line, 10).unwrap(), Some(true));
+        assert_eq!(line, b"short");
+        assert_eq!(read_line_bounded(&mut r, &mut line, 10).unwrap(), Some(false));
+        assert!(line.is_empty() && line.capacity() <= 16);
+        assert_eq!(read_line_bounded(&mut r, &mut line, 10).unwrap(), Some(true));
+        assert!(line.is_empty());
+        assert_eq!(read_line_bounded(&mut r, &mut line, 10).unwrap(), Some(true));
+        assert_eq!(line, b"last");
+        assert_eq!(read_line_bounded(&mut r, &mut line, 10).unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compaction_is_wanted_by_lines_or_by_bytes() {
+        let dir = std::env::temp_dir().join(format!("codara-store-bytes-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        prepare_data_dir(&dir).unwrap();
+        let s = Store::open(&dir).unwrap();
+        s.rewrite(1, |write| write(&rec(1, TaskStatus::Completed))).unwrap();
+        assert!(!s.wants_compaction(1000));
+        s.lock().len += 2 * SLACK_BYTES;
+        assert!(s.wants_compaction(1000), "past the slack");
+        s.rewrite(1, |write| write(&rec(1, TaskStatus::Completed))).unwrap();
+        for _ in 0..1100 {
+            s.append(&rec(1, TaskStatus::Completed)).unwrap();
+        }
+        assert!(s.wants_compaction(1), "past eight lines per kept task");
+        assert!(!s.wants_compaction(1000));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,7 +5,7 @@
 //! on a UDP port that the test's own socket holds (bound first, on an ephemeral port).
 //! Every loop is bounded; time bounds are generous (2-core CI box, debug build) and no test
 //! asserts speed. Process markers used here: `sleep 3007`, `sleep 3011`, `sleep 3012`,
-//! `sleep 3014`, `sleep 3015`, `sleep 3016`, `sleep 3017`, `sleep 3018`.
+//! `sleep 3014`, `sleep 3015`, `sleep 3016`, `sleep 3017`, `sleep 3018`, `sleep 3021`, `sleep 3022`.
 
 mod common;
 
@@ -394,7 +394,14 @@ fn task_history_bounds_memory_and_disk() {
     }
     assert_eq!(ids, (1..=12).collect::<Vec<u64>>(), "ids of a fresh DATA_DIR");
 
-    let listed = task_ids(&a.get("/tasks").json());
+    // A `?wait=true` reply goes out just before its task joins the history (and evicts the
+    // oldest), so the listing may hold a sixth task for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut listed = task_ids(&a.get("/tasks").json());
+    while listed.len() > 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        listed = task_ids(&a.get("/tasks").json());
+    }
     assert_eq!(listed, vec![12, 11, 10, 9, 8], "/tasks with TASK_HISTORY=5");
     let r = a.get("/task/1");
     assert_eq!(r.status, 404, "{}", r.text());
@@ -788,4 +795,470 @@ fn restart_never_kills_a_process_that_reused_a_recorded_pid() {
         assert_eq!(t["status"], "failed", "{t}");
         assert_eq!(t["error"], "the agent stopped while the task was running", "{t}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Damaged output logs (crafted history: journal lines and logs written by the test).
+// ---------------------------------------------------------------------------
+
+/// One record of the output log format (src/tasks/output_log.rs): tag, u32 LE length, bytes.
+fn log_record(tag: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// A finished task's journal line with these byte counts.
+fn finished_record(id: u64, stdout_bytes: u64, stderr_bytes: u64) -> Value {
+    let t = now_ms() - 10_000;
+    json!({"id": id, "command": "sh", "args": ["-c", "crafted"], "cwd": "/", "env": {}, "status": "completed",
+           "startedAt": t, "exitCode": 0, "signal": null, "completedAt": t + 100, "duration": 100,
+           "stdoutBytes": stdout_bytes, "stderrBytes": stderr_bytes})
+}
+
+/// Writes `DATA_DIR/tasks/journal.jsonl` with `records` and `<id>.log` files.
+fn craft_history(data_dir: &Path, records: &[Value], logs: &[(u64, Vec<u8>)]) {
+    let tasks = data_dir.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let journal: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(tasks.join("journal.jsonl"), journal).unwrap();
+    for (id, bytes) in logs {
+        std::fs::write(tasks.join(format!("{id}.log")), bytes).unwrap();
+    }
+}
+
+/// The agent started under `ulimit -v` (KiB of address space): an allocation sized by a
+/// damaged length (4 GiB) fails there, and the agent aborts.
+fn agent_with_ulimit_v(dir: TempDir, data: &Path, kib: u64) -> Agent {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &format!("ulimit -v {kib} && exec \"$0\""), env!("CARGO_BIN_EXE_codara-agent")]);
+    let cmd = common::wrapped_command(sh, dir.path(), data);
+    common::spawn_agent(cmd, dir, data.to_path_buf())
+}
+
+/// A length of 0xFFFFFFF0 in a finished task's log: `GET /task/:id` answers at once with
+/// what precedes it and says the log is damaged; `/output` says where, in its header.
+#[test]
+fn a_huge_length_in_a_log_is_reported_as_damage_not_allocated() {
+    let dir = TempDir::new("dur-huge-len");
+    let data = dir.path().join("data");
+    let mut log = log_record(b'o', b"good\n");
+    log.extend_from_slice(&[b'o', 0xF0, 0xFF, 0xFF, 0xFF, b'x', b'y', b'z']);
+    craft_history(&data, &[finished_record(5, 5, 0)], &[(5, log)]);
+    let a = agent_with_ulimit_v(dir, &data, 1_000_000);
+    let _g = common::logs_on_panic(&a);
+
+    let r = a.get("/task/5");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(t["stdout"], "good\n", "{t}");
+    assert_eq!(t["outputDamaged"], true, "{t}");
+    assert_eq!(t["outputDamagedAt"], 10, "{t}");
+    let o = a.get("/task/5/output");
+    assert_eq!(o.status, 200);
+    assert_eq!(o.text(), "good\n");
+    let h = o.header("X-Codara-Output").unwrap_or_else(|| panic!("no X-Codara-Output: {:?}", o.headers));
+    assert!(h.starts_with("damaged at byte 10"), "{h}");
+    let log = a.wait_log("damaged at byte 10", Duration::from_secs(10));
+    assert!(log.contains("5.log is damaged at byte 10"), "no warning naming the file and offset:\n{log}");
+    // Still listed, flagged (the log has been read), and the agent serves the rest.
+    let list = a.get("/tasks").json();
+    assert_eq!(list["tasks"][0]["outputDamaged"], true, "{list}");
+    assert_eq!(a.run_wait(json!({"command": "echo", "args": ["fine"]}))["stdout"], "fine\n");
+}
+
+/// The same damage in the log of a task that was running when the agent died: recovery
+/// counts its bytes from the log, and used to allocate 4 GiB at every start.
+#[test]
+fn a_huge_length_in_the_log_of_a_task_running_at_a_crash_does_not_stop_the_start() {
+    let dir = TempDir::new("dur-huge-crash");
+    let data = dir.path().join("data");
+    let running = json!({"id": 6, "command": "sh", "args": [], "cwd": "/", "env": {}, "status": "running",
+                         "startedAt": now_ms() - 5000});
+    let mut log = log_record(b'e', b"warn\n");
+    log.extend_from_slice(&[b'o', 0xF0, 0xFF, 0xFF, 0xFF, b'a', b'b', b'c']);
+    craft_history(&data, &[finished_record(4, 0, 0), running], &[(6, log)]);
+    let a = agent_with_ulimit_v(dir, &data, 1_000_000);
+    let _g = common::logs_on_panic(&a);
+    assert!(a.health_ok());
+    let t = a.get("/task/6").json();
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["stderr"], "warn\n", "{t}");
+    assert_eq!(t["stderrBytes"], 5, "{t}");
+    assert_eq!(t["stdoutBytes"], 0, "{t}");
+    assert_eq!(t["outputDamagedAt"], 10, "{t}");
+    let o = a.get("/task/6/output");
+    assert!(o.header("X-Codara-Output").is_some_and(|h| h.starts_with("damaged at byte 10")), "{:?}", o.headers);
+    assert_eq!(o.text(), "warn\n");
+    assert_eq!(a.get("/task/4").json()["status"], "completed");
+}
+
+/// Random bytes over the middle of a log, across a record header: the output stops there,
+/// and that is said (it used to end silently, half of it missing, with a 200 and no header).
+#[test]
+fn random_bytes_in_the_middle_of_a_log_are_reported() {
+    let dir = TempDir::new("dur-random");
+    let data = dir.path().join("data");
+    let mut log = Vec::new();
+    for i in 0..10u8 {
+        log.extend(log_record(b'o', &[b'a' + i; 100]));
+    }
+    // Bytes 300..400: the end of the third record's data, the fourth's header (at 315) and
+    // part of its data; a fixed pseudo-random sequence whose byte at 315 is no tag.
+    let mut x: u32 = 2_463_534_242;
+    for b in &mut log[300..400] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = (x >> 24) as u8;
+    }
+    assert!(log[315] != b'o' && log[315] != b'e', "test setup: pick another seed");
+    craft_history(&data, &[finished_record(9, 1000, 0)], &[(9, log.clone())]);
+    let a = common::agent().data_dir(&data).start();
+    let _g = common::logs_on_panic(&a);
+    let o = a.get("/task/9/output");
+    assert_eq!(o.status, 200);
+    assert_eq!(o.body, log[5..105].iter().chain(&log[110..210]).chain(&log[215..315]).copied().collect::<Vec<u8>>());
+    let h = o.header("X-Codara-Output").unwrap_or_else(|| panic!("no X-Codara-Output: {:?}", o.headers));
+    assert!(h.starts_with("damaged at byte 315"), "{h}");
+    let t = a.get("/task/9").json();
+    assert_eq!(t["outputDamaged"], true, "{t}");
+    assert_eq!(t["outputDamagedAt"], 315, "{t}");
+    assert_eq!(t["outputIncomplete"], true, "{t}");
+    assert!(a
+        .wait_log("9.log is damaged at byte 315", Duration::from_secs(10))
+        .contains("9.log is damaged at byte 315"));
+}
+
+// ---------------------------------------------------------------------------
+// A full DATA_DIR.
+// ---------------------------------------------------------------------------
+
+/// A small tmpfs mounted on a directory of the test (as root), unmounted on drop, also when
+/// the test fails (lazily: an agent may still hold files in it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed: the test fails, or is skipped with
+    /// `CODARA_TEST_ALLOW_SKIP=1` (see `common::skip_or_fail`).
+    #[track_caller]
+    fn mount(at: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"]).arg(at).output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            common::skip_or_fail(test, &format!("cannot mount a tmpfs: {out:?}"));
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![b'f'; 4096];
+    loop {
+        if let Err(e) = f.write_all(&block) {
+            assert_eq!(e.raw_os_error(), Some(28), "filling {}: {e}", path.display());
+            return;
+        }
+    }
+}
+
+/// With DATA_DIR full the agent used to refuse to start (exit 2), so a service manager
+/// restarted it in a loop. It starts, warns, runs tasks with their output in memory (and says
+/// so), and writes again once space is back.
+#[test]
+fn a_full_data_dir_at_start_is_a_warning_not_a_refusal() {
+    const TEST: &str = "a_full_data_dir_at_start_is_a_warning_not_a_refusal";
+    let dir = TempDir::new("dur-full-start");
+    let data = dir.path().join("data");
+    let Some(_mount) = Tmpfs::mount(&data, "256k", TEST) else { return };
+    let mut a = common::agent().data_dir(&data).start();
+    let before = a.run_wait(json!({"command": "echo", "args": ["before"]}))["id"].as_u64().unwrap();
+    stop(&mut a);
+    drop(a);
+
+    fill(&data.join("filler"));
+    let a = common::agent().data_dir(&data).start();
+    let _g = common::logs_on_panic(&a);
+    let log = a.wait_log("is full", Duration::from_secs(10));
+    assert!(log.contains("WARN") && log.contains("is full"), "no warning about the full disk:\n{log}");
+    assert_eq!(a.get(&format!("/task/{before}")).json()["stdout"], "before\n");
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "echo out; echo err >&2"]}));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "out\n", "{t}");
+    assert_eq!(t["stderr"], "err\n", "{t}");
+    assert_eq!(t["outputIncomplete"], true, "{t}");
+    let o = a.get(&format!("/task/{}/output", t["id"]));
+    assert!(o.header("X-Codara-Output").is_some_and(|h| h.starts_with("incomplete")), "{:?}", o.headers);
+
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let t = a.run_wait(json!({"command": "echo", "args": ["after"]}));
+    let o = a.get(&format!("/task/{}/output", t["id"]));
+    assert_eq!(o.text(), "after\n");
+    assert_eq!(o.header("X-Codara-Output"), None, "{:?}", o.headers);
+    assert!(t.get("outputIncomplete").is_none(), "{t}");
+}
+
+/// A log that holds less than the task wrote (cut by a full disk, or by hand) used to be
+/// served as if complete: no header, `stderr` empty though the task wrote to it, and
+/// `stdoutBytes` saying more than was served.
+#[test]
+fn a_log_cut_short_is_reported_incomplete() {
+    let data = TempDir::new("dur-cut");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo; sleep 0.5; echo err-line >&2"]}));
+    assert_eq!(t["stderr"], "err-line\n", "{t}");
+    let id = t["id"].as_u64().unwrap();
+    stop(&mut a);
+    drop(a);
+    let log = data_dir.join(format!("tasks/{id}.log"));
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(90_000).unwrap();
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["stdoutBytes"], 300_001, "{t}");
+    assert_eq!(t["stderr"], "", "{t}");
+    assert_eq!(t["outputIncomplete"], true, "{t}");
+    assert!(t.get("outputDamaged").is_none(), "{t}");
+    let o = b.get(&format!("/task/{id}/output"));
+    assert_eq!(o.status, 200);
+    assert!(o.body.len() < 90_000, "{}", o.body.len());
+    let h = o.header("X-Codara-Output").unwrap_or_else(|| panic!("no X-Codara-Output: {:?}", o.headers));
+    assert!(h.starts_with("incomplete: the output log holds"), "{h}");
+    assert!(b.wait_log("bytes the task wrote", Duration::from_secs(10)).contains(&format!("{id}.log is incomplete")));
+}
+
+// ---------------------------------------------------------------------------
+// Memory and disk bounds of the history, whatever the requests.
+// ---------------------------------------------------------------------------
+
+/// The agent's resident memory in MiB (it is non-dumpable: /proc/<pid>/status is root's,
+/// and the tests run as root).
+fn rss_mib(a: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.agent_pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb / 1024
+}
+
+/// Asserts the agent's RSS gets under `limit` MiB (it gives memory back after a large reply
+/// is written, a moment after the client has it).
+#[track_caller]
+fn assert_rss_under(a: &Agent, limit: u64, when: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rss = rss_mib(a);
+    while rss >= limit && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        rss = rss_mib(a);
+    }
+    assert!(rss < limit, "RSS {rss} MiB {when} (bound {limit} MiB); log:\n{}", a.log_text());
+    eprintln!("RSS {when}: {rss} MiB");
+    rss
+}
+
+/// 30 tasks with 1 MB of `args` (240,000 one-letter args, the costliest shape: a `String`
+/// each) used to keep ~45 MB each in memory (the request in the task and in its record, and
+/// what the allocator kept of the parse), `GET /tasks` built a JSON value of all of them, and
+/// a restart loaded the journal into ~11 MB per task. Now a kept task holds a summary; the
+/// request is whole in `<id>.request.json` and `GET /task/:id` shows it byte for byte.
+#[test]
+fn large_requests_keep_memory_and_the_journal_small() {
+    const LIMIT_MIB: u64 = 64;
+    let data = TempDir::new("dur-big-req");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let g = common::logs_on_panic(&a);
+    let args: Vec<String> = (0..240_000).map(|i| ((b'a' + (i % 26) as u8) as char).to_string()).collect();
+    let body = json!({"command": "true", "args": args, "env": {"BIG": "v".repeat(1000)}});
+    assert!(body.to_string().len() < 1 << 20, "test setup: the body must be under the 1 MiB limit");
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let r = a.post("/execute?wait=true", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = r.json();
+        assert_eq!(t["args"].as_array().unwrap().len(), 240_000, "the ?wait reply has the whole request");
+        ids.push(t["id"].as_u64().unwrap());
+    }
+    assert_rss_under(&a, LIMIT_MIB, "after 30 tasks with 1 MB of args");
+
+    let list = a.get("/tasks");
+    assert_eq!(list.status, 200);
+    assert!(list.body.len() < 30 * 2048, "/tasks is {} bytes", list.body.len());
+    for t in list.json()["tasks"].as_array().unwrap() {
+        assert_eq!(t["requestTruncated"], true, "{t}");
+        assert!(t["args"].as_array().unwrap().len() <= 16, "{t}");
+    }
+    assert_rss_under(&a, LIMIT_MIB, "after GET /tasks");
+    let t = a.get(&format!("/task/{}", ids[7])).json();
+    assert_eq!(t["args"], json!(args), "GET /task/:id shows the args byte for byte");
+    assert_eq!(t["env"]["BIG"], "v".repeat(1000));
+    assert!(t.get("requestTruncated").is_none(), "{}", t["requestTruncated"]);
+    assert_rss_under(&a, LIMIT_MIB, "after GET /task/:id");
+
+    // Two lines a task, each a few KiB at most (the bound: 4 KiB a line).
+    let journal = std::fs::metadata(data_dir.join("tasks/journal.jsonl")).unwrap().len();
+    eprintln!("journal: {journal} bytes for 30 tasks");
+    assert!(journal < 30 * 2 * 4096, "journal of {journal} bytes");
+    stop(&mut a);
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    assert_rss_under(&b, LIMIT_MIB, "after a restart");
+    assert_eq!(task_ids(&b.get("/tasks").json()).len(), 30);
+    assert_rss_under(&b, LIMIT_MIB, "after GET /tasks after the restart");
+    assert_eq!(b.get(&format!("/task/{}", ids[29])).json()["args"], json!(args));
+    assert_rss_under(&b, LIMIT_MIB, "after GET /task/:id after the restart");
+    let journal = std::fs::metadata(data_dir.join("tasks/journal.jsonl")).unwrap().len();
+    eprintln!("journal after the restart: {journal} bytes");
+    assert!(journal < 30 * 4096, "journal of {journal} bytes after the restart's rewrite");
+}
+
+/// Files of tasks whose journal lines were lost (a crash, a full disk) used to stay forever:
+/// at start they are deleted (and counted in the log), and ids go on above theirs.
+#[test]
+fn files_of_tasks_missing_from_the_history_are_deleted_at_start() {
+    let data = TempDir::new("dur-orphans");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let kept = a.run_wait(json!({"command": "echo", "args": ["kept"]}))["id"].as_u64().unwrap();
+    stop(&mut a);
+    drop(a);
+    let tasks = data_dir.join("tasks");
+    for name in ["99.log", "98.request.json", ".97.request.json.tmp"] {
+        std::fs::write(tasks.join(name), b"left over").unwrap();
+    }
+    std::fs::write(tasks.join("notes.txt"), b"not the agent's").unwrap();
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let files = list_dir(&tasks);
+    for name in ["99.log", "98.request.json", ".97.request.json.tmp"] {
+        assert!(!files.contains(name), "{name} is still there: {files:?}");
+    }
+    assert!(files.contains(&format!("{kept}.log")) && files.contains("notes.txt"), "{files:?}");
+    assert!(b.log_text().contains("deleted 3 file(s) of tasks that are not in the history"), "{}", b.log_text());
+    assert_eq!(b.get(&format!("/task/{kept}")).json()["stdout"], "kept\n");
+    let next = b.run_wait(json!({"command": "true"}))["id"].as_u64().unwrap();
+    assert_eq!(next, 100, "ids go on above the orphans'");
+}
+
+// ---------------------------------------------------------------------------
+// What an agent killed with SIGKILL leaves behind.
+// ---------------------------------------------------------------------------
+
+/// The task's main process exits after the agent died and is reaped; the process it left in
+/// its group survived the restart (recovery killed a group only while its leader lived, and
+/// said nothing). It is killed now, and the log names it.
+///
+/// Who reaps the orphaned main process: the nearest subreaper, else PID 1. Here PID 1
+/// (`process_api`) reaps orphans only every few seconds, and another init may never do it:
+/// the test makes itself the subreaper (for the rest of this test binary's life: later
+/// orphans of other tests are reparented to it too, and left as zombies, which the tests'
+/// process checks ignore) and reaps the main process by its pid.
+#[test]
+fn leftovers_of_a_task_whose_main_process_exited_after_a_crash_are_killed() {
+    const M: &str = "sleep 3021";
+    use rustix::process::{getpid, set_child_subreaper, waitpid, Pid, WaitOptions};
+    set_child_subreaper(Some(getpid())).expect("PR_SET_CHILD_SUBREAPER");
+    let data = TempDir::new("dur-leftover");
+    let data_dir = data.path().join("data");
+    let mut a = common::agent().data_dir(&data_dir).start();
+    let g = common::logs_on_panic(&a);
+    let id = a.run("sh", &["-c", "sleep 3021 & exec sleep 2"]);
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+    let leader = a.get(&format!("/task/{id}")).json()["pid"].as_u64().expect("pid") as i32;
+    let left = common::pids_matching(M);
+    assert_eq!(left.len(), 1, "{left:?}");
+    a.signal("KILL");
+    assert!(a.wait_exit(Duration::from_secs(20)).is_some(), "agent did not die on SIGKILL");
+    drop(g);
+    drop(a);
+
+    // The main process (`sleep 2`) exits, orphaned; reap it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = Pid::from_raw(leader).unwrap();
+    while !matches!(waitpid(Some(pid), WaitOptions::NOHANG), Ok(Some(_))) {
+        assert!(
+            Instant::now() < deadline,
+            "main process {leader} not reaped: {:?}",
+            waitpid(Some(pid), WaitOptions::NOHANG)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!Path::new(&format!("/proc/{leader}")).exists(), "main process {leader} still there");
+    assert!(common::process_running(M), "test setup: {M} should have outlived the crash");
+
+    let b = common::agent().data_dir(&data_dir).start();
+    let _g = common::logs_on_panic(&b);
+    let gone = common::wait_gone(M, Duration::from_secs(10));
+    cleanup(M);
+    assert!(gone, "'{M}' still running 10 s after the restart; log:\n{}", b.log_text());
+    let log = b.wait_log("killed process group", Duration::from_secs(10));
+    assert!(
+        log.contains(&format!("task {id}: killed process group {leader} left running"))
+            && log.contains(&format!("1 process(es), pids [{}]", left[0])),
+        "{log}"
+    );
+    assert_eq!(b.get(&format!("/task/{id}")).json()["status"], "failed");
+}
+
+/// A job running when the agent died kept `"status":"running"` in its job.json forever.
+#[test]
+fn a_job_running_at_a_crash_is_recorded_failed_in_its_job_json() {
+    const M: &str = "sleep 3022";
+    let data = TempDir::new("dur-job-crash");
+    let data_dir = data.path().join("data");
+    let jobs = data.path().join("jobs");
+    std::fs::create_dir_all(jobs.join("crashjob")).unwrap();
+    std::fs::write(jobs.join("crashjob/run.sh"), "echo started\nsleep 3022\n").unwrap();
+    std::fs::write(jobs.join("crashjob/job.json"), r#"{"env":{"X":"1"},"custom":"kept"}"#).unwrap();
+    let jobs_env = jobs.display().to_string();
+    let mut a = common::agent().data_dir(&data_dir).env("JOBS_BASE_PATH", &jobs_env).start();
+    let g = common::logs_on_panic(&a);
+    let r = a.post("/execute-job", &json!({"jobId": "crashjob"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["taskId"].as_u64().unwrap();
+    assert!(common::wait_running(M, Duration::from_secs(20)), "{M} did not start");
+    let read = || serde_json::from_slice::<Value>(&std::fs::read(jobs.join("crashjob/job.json")).unwrap()).unwrap();
+    assert_eq!(read()["status"], "running");
+    a.signal("KILL");
+    assert!(a.wait_exit(Duration::from_secs(20)).is_some(), "agent did not die on SIGKILL");
+    drop(g);
+    drop(a);
+
+    let b = common::agent().data_dir(&data_dir).env("JOBS_BASE_PATH", &jobs_env).start();
+    let _g = common::logs_on_panic(&b);
+    let gone = common::wait_gone(M, Duration::from_secs(10));
+    cleanup(M);
+    assert!(gone, "'{M}' still running after the restart");
+    let j = read();
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"].as_str().is_some_and(|e| e.contains("agent")), "{j}");
+    assert!(j["completedAt"].is_u64() && j["duration"].is_u64(), "{j}");
+    assert_eq!(j["exitCode"], Value::Null, "{j}");
+    assert_eq!(j["custom"], "kept", "{j}");
+    let t = b.get(&format!("/task/{id}")).json();
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["jobId"], "crashjob", "{t}");
 }

@@ -11,10 +11,11 @@ use crate::http::execute;
 use crate::http::output::OutputStream;
 use crate::http::query;
 use crate::http::reply::{Body, Reply};
+use crate::http::task_list::TaskList;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
-use crate::tasks::output_log::Stream;
+use crate::tasks::output_log::{self, Stream};
 use crate::tasks::registry::Rejection;
 use crate::tasks::runner;
 use crate::tasks::task::{JobSpec, Task};
@@ -142,8 +143,12 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             Some(s.parse::<usize>().map_err(|_| ApiError::BadRequest("limit must be a non-negative integer".into()))?)
         }
     };
-    let list: Vec<serde_json::Value> = ctx.reg.list(status, limit).iter().map(|t| t.to_json(false)).collect();
-    Ok(Reply::json(200, &json!({ "tasks": list, "running": ctx.reg.running(), "capacity": ctx.reg.limits.max_tasks })))
+    let list = TaskList::new(ctx.reg.list(status, limit), ctx.reg.running(), ctx.reg.limits.max_tasks);
+    let body = match list.small(crate::http::server::SMALL_REPLY) {
+        Ok(bytes) => Body::Bytes(bytes),
+        Err(stream) => Body::Stream(stream),
+    };
+    Ok(Reply { status: 200, content_type: "application/json", body, headers: Vec::new() })
 }
 
 pub fn cancel(ctx: &Ctx, id: u64, from: &str) -> Result<Reply, ApiError> {
@@ -185,13 +190,17 @@ pub fn output(ctx: &Ctx, id: u64, q: &Query, peer: Option<std::net::TcpStream>) 
             ],
         });
     }
-    let stream = OutputStream::new(Arc::clone(&task), ctx.reg.log_path(id), only, follow, peer.filter(|_| follow));
-    Ok(Reply {
-        status: 200,
-        content_type: "text/plain; charset=utf-8",
-        body: Body::Stream(Box::new(stream)),
-        headers: vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())],
-    })
+    let path = ctx.reg.log_path(id);
+    let mut headers = vec![("Cache-Control", "no-cache".into()), ("X-Content-Type-Options", "nosniff".into())];
+    // A walk through the headers of the log first (no data is read): damage, or a log that
+    // holds less than the task wrote, must be said before the body.
+    let ended = task.status() != TaskStatus::Running;
+    match output_log::scan(&path, ended) {
+        Ok(scan) => headers.extend(task.note_log(&scan).header().map(|h| ("X-Codara-Output", h))),
+        Err(e) => log::warn!("task {id}: cannot read output log {}: {e}", path.display()),
+    }
+    let stream = OutputStream::new(Arc::clone(&task), path, only, follow, peer.filter(|_| follow));
+    Ok(Reply { status: 200, content_type: "text/plain; charset=utf-8", body: Body::Stream(Box::new(stream)), headers })
 }
 
 /// `POST /execute-job`: runs `run.sh` of a job folder inside `JOBS_BASE_PATH`.

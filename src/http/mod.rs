@@ -16,6 +16,7 @@ pub mod query;
 pub mod reply;
 pub mod router;
 pub mod server;
+pub mod task_list;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

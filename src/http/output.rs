@@ -11,7 +11,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::protocol::TaskStatus;
-use crate::tasks::output_log::{LogReader, Stream};
+use crate::tasks::output_log::{LogReader, Next, Stream};
 use crate::tasks::task::Task;
 
 /// How long a follower sleeps before looking again when nothing wakes it.
@@ -25,6 +25,8 @@ pub struct OutputStream {
     follow: bool,
     buf: Vec<u8>,
     at: usize,
+    /// The log has an unreadable record: the stream ends there (the header said so).
+    damaged: bool,
     /// Bytes of both streams consumed so far (what the follower has seen).
     seen: u64,
     /// The client's socket, watched while following a silent task: a follower has nothing to
@@ -40,7 +42,7 @@ impl OutputStream {
         follow: bool,
         peer: Option<TcpStream>,
     ) -> OutputStream {
-        OutputStream { task, path, reader: None, only, follow, buf: Vec::new(), at: 0, seen: 0, peer }
+        OutputStream { task, path, reader: None, only, follow, buf: Vec::new(), at: 0, damaged: false, seen: 0, peer }
     }
 
     /// Whether the client has closed its side (or the connection broke).
@@ -53,8 +55,9 @@ impl OutputStream {
         }
     }
 
-    /// The next record of the wanted stream into `buf`; false when there is none yet.
-    fn next_chunk(&mut self) -> io::Result<bool> {
+    /// The next record of the wanted stream into `buf`; false when there is none yet (or
+    /// none ever: damage). `complete`: the task has ended, so the log is whole.
+    fn next_chunk(&mut self, complete: bool) -> io::Result<bool> {
         loop {
             if self.reader.is_none() {
                 match File::open(&self.path) {
@@ -64,9 +67,14 @@ impl OutputStream {
                 }
             }
             let reader = self.reader.as_mut().expect("opened above");
-            match reader.next_record(&mut self.buf)? {
-                None => return Ok(false),
-                Some(stream) => {
+            match reader.next(&mut self.buf, complete)? {
+                Next::End | Next::Cut(_) => return Ok(false),
+                Next::Damaged(_) => {
+                    self.damaged = true;
+                    self.buf.clear();
+                    return Ok(false);
+                }
+                Next::Record(stream) => {
                     self.seen += self.buf.len() as u64;
                     self.at = 0;
                     if self.only.is_none_or(|s| s == stream) && !self.buf.is_empty() {
@@ -90,10 +98,10 @@ impl Read for OutputStream {
             }
             // Look at the status before reading: once it has ended, the log is complete.
             let ended = self.task.status() != TaskStatus::Running;
-            if self.next_chunk()? {
+            if self.next_chunk(ended)? {
                 continue;
             }
-            if !self.follow || ended {
+            if !self.follow || ended || self.damaged {
                 return Ok(0);
             }
             self.task.wait_output(self.seen, FOLLOW_POLL);

@@ -69,7 +69,8 @@ pub fn respond(rq: Request, reply: Reply) {
     let result = match reply.body {
         Body::Bytes(bytes) => {
             let len = bytes.len();
-            rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None))
+            let sent = rq.respond(Response::new(status, headers, Cursor::new(bytes), Some(len), None));
+            crate::alloc::after_large(len, || sent)
         }
         Body::Stream(reader) => rq.respond(Response::new(status, headers, reader, None, None)),
         Body::WhenDone(task) => {

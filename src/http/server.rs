@@ -197,11 +197,11 @@ fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from
         Route::Metrics => handlers::metrics(ctx),
         Route::Execute => {
             let body = handlers::read_body(rq)?;
-            handlers::execute(ctx, &body, q)
+            crate::alloc::after_large(body.len(), || handlers::execute(ctx, &body, q))
         }
         Route::ExecuteJob => {
             let body = handlers::read_body(rq)?;
-            handlers::execute_job(ctx, &body, q)
+            crate::alloc::after_large(body.len(), || handlers::execute_job(ctx, &body, q))
         }
         Route::Tasks => handlers::tasks(ctx, q),
         Route::Task(id) => handlers::task(ctx, id),

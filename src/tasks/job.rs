@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Map, Value};
 
 use crate::protocol::TaskStatus;
+use crate::sync::Recover;
 use crate::tasks::output_log::Stream;
 
 /// Where a job's folder is, or why the request is refused (a 400).
@@ -23,6 +24,10 @@ pub fn resolve(base: &Path, job_id: &str, job_path: Option<&str>) -> Result<Path
         || job_id.contains("..")
     {
         return Err("jobId must be a plain name (no '/', '\\' or '..')".into());
+    }
+    // A folder name is at most 255 bytes (NAME_MAX); the task record keeps the id.
+    if job_id.len() > 255 {
+        return Err("jobId must be a plain name of at most 255 bytes".into());
     }
     let base = absolute(base);
     let base_real = fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
@@ -78,7 +83,7 @@ fn read_job_json(dir: &Path) -> Result<Map<String, Value>, String> {
 static JOB_JSON: Mutex<()> = Mutex::new(());
 
 fn job_json_lock() -> MutexGuard<'static, ()> {
-    JOB_JSON.lock().unwrap_or_else(|p| p.into_inner())
+    JOB_JSON.lock().recover()
 }
 
 /// Replaces `job.json` atomically (a temporary file of its own, then rename).
@@ -132,21 +137,52 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
     Ok((env, JobLog { file: Some(file), err_line_start: true }))
 }
 
+/// How a job's run ended, as `job.json` records it.
+pub struct JobEnd<'a> {
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub completed_at: u64,
+    pub duration: u64,
+    /// Why the agent ended it or it could not run (`error`, removed when `None`).
+    pub error: Option<&'a str>,
+}
+
 /// Records the end in `job.json`, keeping its other keys.
-pub fn finish(dir: &Path, status: TaskStatus, exit_code: Option<i32>, completed_at: u64, duration: u64) {
+pub fn finish(dir: &Path, end: &JobEnd<'_>) {
     let _guard = job_json_lock();
-    let mut meta = match read_job_json(dir) {
+    let meta = match read_job_json(dir) {
         Ok(m) => m,
         Err(e) => {
             log::warn!("job {}: {e}; rewriting it", dir.display());
             Map::new()
         }
     };
-    let status = if status == TaskStatus::Completed { "completed" } else { "failed" };
+    write_end(dir, meta, end);
+}
+
+/// Records the end of a run the agent lost track of (it died while the job ran), unless
+/// `job.json` no longer says `running` (a later run has written it). True when written.
+pub fn finish_if_running(dir: &Path, end: &JobEnd<'_>) -> bool {
+    let _guard = job_json_lock();
+    match read_job_json(dir) {
+        Ok(meta) if meta.get("status").and_then(Value::as_str) == Some("running") => {
+            write_end(dir, meta, end);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn write_end(dir: &Path, mut meta: Map<String, Value>, end: &JobEnd<'_>) {
+    let status = if end.status == TaskStatus::Completed { "completed" } else { "failed" };
     meta.insert("status".into(), status.into());
-    meta.insert("exitCode".into(), exit_code.map_or(Value::Null, Value::from));
-    meta.insert("completedAt".into(), completed_at.into());
-    meta.insert("duration".into(), duration.into());
+    meta.insert("exitCode".into(), end.exit_code.map_or(Value::Null, Value::from));
+    meta.insert("completedAt".into(), end.completed_at.into());
+    meta.insert("duration".into(), end.duration.into());
+    match end.error {
+        Some(e) => meta.insert("error".into(), e.into()),
+        None => meta.remove("error"),
+    };
     if let Err(e) = write_job_json(dir, &meta) {
         log::warn!("job {}: cannot write job.json: {e}", dir.display());
     }
@@ -193,7 +229,7 @@ mod tests {
         fs::create_dir_all(base.join("a")).unwrap();
         assert!(resolve(&base, "a", None).is_ok());
         assert!(resolve(&base, "missing", None).is_ok());
-        for bad in ["", "..", "../x", "a/b", "a\\b", "x..y", "."] {
+        for bad in ["", "..", "../x", "a/b", "a\\b", "x..y", ".", &"j".repeat(256)] {
             assert!(resolve(&base, bad, None).is_err(), "{bad}");
         }
         assert!(resolve(&base, "a", Some(base.join("a").to_str().unwrap())).is_ok());

@@ -2,9 +2,11 @@
 //! pipes ([`reader`]), the output log ([`output_log`]), and deadlines ([`timer`]).
 
 pub mod job;
+pub mod log_health;
 pub mod output_log;
 pub mod pool;
 pub mod reader;
+pub mod recovery;
 pub mod registry;
 pub mod runner;
 pub mod task;

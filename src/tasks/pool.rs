@@ -7,6 +7,8 @@ use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::Recover;
+
 /// How long an idle thread waits for work before it exits.
 pub const IDLE_FOR: Duration = Duration::from_secs(10);
 
@@ -63,7 +65,7 @@ impl Pool {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().recover()
 }
 
 fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
@@ -93,10 +95,10 @@ fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
                     return;
                 }
                 drop(list);
-                w = slot.ready.wait_while(w, |w| w.is_none()).unwrap_or_else(|p| p.into_inner());
+                w = slot.ready.wait_while(w, |w| w.is_none()).recover();
                 continue;
             }
-            w = slot.ready.wait_timeout(w, left).unwrap_or_else(|p| p.into_inner()).0;
+            w = slot.ready.wait_timeout(w, left).recover().0;
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::metrics::{self, Metrics};
 use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
+use crate::sync::Recover;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::{Task, TaskSpec};
 use crate::tasks::timer::Timer;
@@ -112,7 +113,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().recover()
     }
 
     /// Loads finished tasks from history; ids continue above the highest one seen.
@@ -126,19 +127,10 @@ impl Registry {
             inner.next_id = inner.next_id.max(self.store.load_next_id());
             for rec in records {
                 inner.next_id = inner.next_id.max(rec.id + 1);
-                let spec = TaskSpec {
-                    command: rec.command.clone(),
-                    args: rec.args.clone(),
-                    cwd: rec.cwd.clone(),
-                    env: rec.env.clone(),
-                    timeout_ms: rec.timeout,
-                    job: None,
-                };
                 let id = rec.id;
                 let task = Task::from_record(
                     rec,
-                    spec,
-                    self.store.log_path(id),
+                    self.store.paths(id),
                     self.limits.max_output_bytes,
                     self.events.clone(),
                     true,
@@ -149,13 +141,24 @@ impl Registry {
             Self::evict_over_history(&mut inner, self.limits.history, &mut evict);
         }
         for id in evict {
-            self.store.remove_log(id);
+            self.store.remove_files(id);
         }
     }
 
     /// The id the next task will get.
     pub fn next_id(&self) -> u64 {
         self.lock().next_id
+    }
+
+    /// Ids go on above `id`, which was given out (a file of it was found).
+    pub fn given_out(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.next_id = inner.next_id.max(id.saturating_add(1));
+    }
+
+    /// Whether the agent knows task `id`.
+    pub fn knows(&self, id: u64) -> bool {
+        self.lock().tasks.contains_key(&id)
     }
 
     /// Admits a task: checks shutdown, the slot count and the node's load, then takes a slot
@@ -182,7 +185,7 @@ impl Registry {
         inner.unsettled.insert(id);
         self.monitor.tasks_running(1);
         let task =
-            Arc::new(Task::new(id, spec, self.store.log_path(id), self.limits.max_output_bytes, self.events.clone()));
+            Arc::new(Task::new(id, spec, self.store.paths(id), self.limits.max_output_bytes, self.events.clone()));
         inner.tasks.insert(id, Arc::clone(&task));
         metrics::inc(&self.metrics.tasks_started);
         Ok(task)
@@ -273,7 +276,7 @@ impl Registry {
         }
         self.idle.notify_all();
         for id in evict {
-            self.store.remove_log(id);
+            self.store.remove_files(id);
         }
     }
 
@@ -285,7 +288,7 @@ impl Registry {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };
-            inner = self.idle.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
+            inner = self.idle.wait_timeout(inner, left).recover().0;
         }
         true
     }

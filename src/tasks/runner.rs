@@ -7,7 +7,6 @@
 //! grace to reach the end of the pipes: a grandchild that escaped the group and holds them open
 //! cannot hang the task.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -16,8 +15,10 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::events::EventKind;
-use crate::procfs::Stat;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
+use crate::request::{self, Request};
+use crate::sync::Recover;
+use crate::task_files;
 use crate::tasks::job;
 use crate::tasks::output_log::Stream;
 use crate::tasks::reader;
@@ -58,8 +59,15 @@ impl Outcome {
 /// Never fails: a task that cannot start ends `failed`, and its slot is freed.
 pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     // Until the pid is recorded below: the PID-1 reaper must not take this child for an orphan.
-    let gate = reg.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
-    let child = prepare_job(reg, task).and_then(|env| spawn_process(task, env.as_ref().unwrap_or(&task.spec.env)));
+    let gate = reg.spawn_gate.read().recover();
+    let prepared = prepare_job(reg, task);
+    let request = task.request().expect("a task is started once, with its request");
+    keep_request(task, &request);
+    let child = prepared.and_then(|()| spawn_process(&request));
+    let described = describe(&request.command, &request.args);
+    // The child has its own copy: from here on, the task holds at most a summary.
+    drop(request);
+    task.spawned();
     let mut child = match child {
         Ok(c) => c,
         Err(error) => {
@@ -99,7 +107,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         }
         st.started_sent = true;
     }
-    log::info!("task {} started: pid {pid}, {}", task.id, describe(&task.spec.command, &task.spec.args));
+    log::info!("task {} started: pid {pid}, {described}", task.id);
 
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -134,18 +142,19 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
 
 /// The task's limit: its own `timeout`, else `TASK_TIMEOUT`; `None` = none.
 fn timeout_of(reg: &Registry, task: &Task) -> Option<Duration> {
-    match task.spec.timeout_ms {
+    match task.timeout_ms {
         Some(0) => None,
         Some(ms) => Some(Duration::from_millis(ms)),
         None => reg.limits.task_timeout,
     }
 }
 
+/// The command line for the log, bounded: the command and the first 8 args, each cut.
 fn describe(command: &str, args: &[String]) -> String {
-    let mut s = format!("{command:?}");
+    let mut s = format!("{:?}", request::cut(command, 200));
     for a in args.iter().take(8) {
         s.push(' ');
-        s.push_str(&format!("{a:?}"));
+        s.push_str(&format!("{:?}", request::cut(a, 100)));
     }
     if args.len() > 8 {
         s.push_str(&format!(" … ({} args)", args.len()));
@@ -154,34 +163,48 @@ fn describe(command: &str, args: &[String]) -> String {
 }
 
 /// For a job: checks its folder, marks `job.json` running, opens `logs/output.log`, and
-/// returns the environment from `job.json`. `None` for other tasks.
-fn prepare_job(reg: &Registry, task: &Task) -> Result<Option<BTreeMap<String, String>>, String> {
-    let Some(job) = &task.spec.job else { return Ok(None) };
+/// makes the environment from `job.json` the task's.
+fn prepare_job(reg: &Registry, task: &Task) -> Result<(), String> {
+    let Some(job) = &task.job else { return Ok(()) };
     let (env, job_log) = job::prepare(&job.dir, &reg.monitor.host.hostname)?;
-    let mut st = task.lock();
-    st.record.env = env.clone();
-    st.output.job_log = Some(job_log);
-    Ok(Some(env))
+    task.set_env(env);
+    task.lock().output.job_log = Some(job_log);
+    Ok(())
 }
 
-/// Spawns the process in its own group, or says why it could not.
-fn spawn_process(task: &Task, env: &BTreeMap<String, String>) -> Result<Child, String> {
-    let spec = &task.spec;
-    match std::fs::metadata(&spec.cwd) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("cwd is not a directory: {}", spec.cwd)),
-        Err(e) => return Err(format!("cwd {} is not usable: {e}", spec.cwd)),
+/// A request too large for the record (which holds its summary) goes whole to its file,
+/// before the record is written. If it cannot be written, the summary is all that is kept.
+fn keep_request(task: &Task, request: &Request) {
+    if !task.lock().record.request_truncated {
+        return;
     }
-    let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
+    if let Err(e) = task_files::write_request(task.request_path(), request) {
+        log::warn!(
+            "task {}: cannot write its request to {}: {e}; only a summary of it is kept",
+            task.id,
+            task.request_path().display()
+        );
+    }
+}
+
+/// Spawns the process in its own group, or says why it could not (in a message of bounded
+/// size: the command and `cwd` may be huge).
+fn spawn_process(req: &Request) -> Result<Child, String> {
+    match std::fs::metadata(&req.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
+        Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
+    }
+    let mut cmd = Command::new(&req.command);
+    cmd.args(&req.args)
+        .current_dir(&req.cwd)
         .env_remove(SECRET_VAR)
-        .envs(env)
+        .envs(&req.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", spec.command))
+    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&req.command, 300)))
 }
 
 /// Waits for the process, cleans up its group, waits for the readers, and ends the task.
@@ -240,7 +263,7 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
 pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     // Free the slot first: whoever sees the end may submit the next task at once.
     reg.release(task);
-    let (status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started) = {
+    let (status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started, error) = {
         let mut st = task.lock();
         let job_started = st.output.job_log.is_some();
         if st.record.status != TaskStatus::Running {
@@ -265,15 +288,28 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
                 .then(|| format!("timed out after {} ms", timeout_of(reg, task).map_or(0, |d| d.as_millis())))
         });
         st.record.status = status;
-        st.record.error = error;
+        // Bounded: a journal line stays within `store::MAX_LINE` (a path in it may be long).
+        st.record.error = error.map(|e| request::cut(&e, 1024));
         st.record.end =
             Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
         st.pgid = None;
         let whole = Task::close_output(&mut st);
-        (status, outcome.exit_code, outcome.signal.clone(), duration, now, st.record.timed_out, whole, job_started)
+        let error = st.record.error.clone();
+        (
+            status,
+            outcome.exit_code,
+            outcome.signal.clone(),
+            duration,
+            now,
+            st.record.timed_out,
+            whole,
+            job_started,
+            error,
+        )
     };
-    if let (Some(job), true) = (&task.spec.job, job_started) {
-        job::finish(&job.dir, status, exit_code, completed_at, duration);
+    if let (Some(job), true) = (&task.job, job_started) {
+        let end = job::JobEnd { status, exit_code, completed_at, duration, error: error.as_deref() };
+        job::finish(&job.dir, &end);
     }
     let m = &reg.metrics;
     crate::metrics::inc(match status {
@@ -322,18 +358,3 @@ fn persist(reg: &Registry, task: &Task) {
         log::warn!("task {}: cannot write its record: {e}", task.id);
     }
 }
-
-/// When process `pid` started, in ms since the epoch: field 22 of /proc/PID/stat (clock ticks
-/// since boot) plus the boot time (`btime` in /proc/stat). Read only after a crash, to tell a
-/// task's surviving process from one that reused its pid: a task's process starts within
-/// milliseconds of its `startedAt`.
-pub fn process_started_ms(pid: u32) -> Option<u64> {
-    let ticks: u64 = Stat::read(pid)?.field(22)?.parse().ok()?;
-    let btime = crate::procfs::boot_time()?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(btime * 1000 + ticks * 1000 / hz)
-}
-
-/// How far a process's start may be from its task's `startedAt` and still be its: `btime`
-/// has whole seconds, ticks are 10 ms.
-pub const SAME_PROCESS_WITHIN_MS: u64 = 2000;

@@ -1,6 +1,8 @@
 //! One task: what was asked, its record, its process group, and its live output.
 //! Everything mutable sits behind one mutex; `changed` wakes waiters (`?wait=true`,
-//! `?follow=true`) on new output and at the end.
+//! `?follow=true`) on new output and at the end. The whole request is held only until its
+//! process is spawned: the record holds it, or its summary when it is large
+//! ([`crate::request`]), and the whole one is read back from its file when shown.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -13,8 +15,12 @@ use rustix::process::{kill_process_group, Pid, Signal};
 
 use crate::events::{Event, EventKind, EventTx};
 use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
+use crate::request::Request;
+use crate::sync::Recover;
+use crate::task_files::{self, TaskPaths};
 use crate::tasks::job::JobLog;
-use crate::tasks::output_log::{self, LogReader, Stream};
+use crate::tasks::log_health::LogHealth;
+use crate::tasks::output_log::{self, LogReader, Next, Scan, Stream};
 
 /// A validated request to run something.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +91,8 @@ pub struct Output {
     pub job_log: Option<JobLog>,
     /// Set when the task has ended: output arriving later is dropped, so `completed` stays last.
     closed: bool,
+    /// What the last read of the ended task's log found; `None` until it is read.
+    health: Option<LogHealth>,
 }
 
 /// Called once with the task when it has ended.
@@ -111,6 +119,9 @@ pub struct State {
     pub output: Output,
     /// Pipe readers still reading.
     readers_open: u8,
+    /// The whole request, from admission until its process is spawned; `None` after (and for
+    /// a task from history).
+    request: Option<Arc<Request>>,
     /// A stop request has sent SIGTERM to the group: a hundred cancels send it once, so a
     /// task's cleanup trap runs once.
     term_sent: bool,
@@ -118,7 +129,11 @@ pub struct State {
 
 pub struct Task {
     pub id: u64,
-    pub spec: TaskSpec,
+    /// Overrides `TASK_TIMEOUT`; `Some(0)` = no limit.
+    pub timeout_ms: Option<u64>,
+    pub job: Option<JobSpec>,
+    /// Where a large request is kept whole.
+    request_path: PathBuf,
     state: Mutex<State>,
     changed: Condvar,
     slot_released: AtomicBool,
@@ -130,32 +145,38 @@ pub struct Task {
 pub struct AlreadyEnded;
 
 impl Task {
-    pub fn new(id: u64, spec: TaskSpec, log_path: PathBuf, max_output: usize, events: EventTx) -> Task {
-        let record = TaskRecord {
+    pub fn new(id: u64, spec: TaskSpec, paths: TaskPaths, max_output: usize, events: EventTx) -> Task {
+        let TaskSpec { command, args, cwd, env, timeout_ms, job } = spec;
+        let request = Request { command, args, cwd, env };
+        let mut record = TaskRecord {
             id,
-            command: spec.command.clone(),
-            args: spec.args.clone(),
-            cwd: spec.cwd.clone(),
-            env: spec.env.clone(),
+            command: String::new(),
+            args: Vec::new(),
+            cwd: String::new(),
+            env: BTreeMap::new(),
             status: TaskStatus::Running,
             started_at: protocol::now_ms(),
-            timeout: spec.timeout_ms,
+            timeout: timeout_ms,
             pid: None,
             timed_out: false,
-            job_id: spec.job.as_ref().map(|j| j.id.clone()),
+            job_id: job.as_ref().map(|j| j.id.clone()),
             end: None,
             error: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            request_truncated: false,
         };
-        Task::from_record(record, spec, log_path, max_output, events, false)
+        set_request(&mut record, &request);
+        let mut task = Task::from_record(record, paths, max_output, events, false);
+        task.job = job;
+        task.state.get_mut().recover().request = Some(Arc::new(request));
+        task
     }
 
     /// A task known from history (finished, or found running after a crash).
     pub fn from_record(
         record: TaskRecord,
-        spec: TaskSpec,
-        log_path: PathBuf,
+        paths: TaskPaths,
         max_output: usize,
         events: EventTx,
         slot_released: bool,
@@ -163,7 +184,9 @@ impl Task {
         let closed = record.status != TaskStatus::Running;
         Task {
             id: record.id,
-            spec,
+            timeout_ms: record.timeout,
+            job: None,
+            request_path: paths.request,
             state: Mutex::new(State {
                 record,
                 on_end: Vec::new(),
@@ -174,13 +197,15 @@ impl Task {
                 started_sent: closed,
                 output: Output {
                     log: None,
-                    log_path,
+                    log_path: paths.log,
                     log_broken: false,
                     tails: [Tail::new(max_output), Tail::new(max_output)],
                     job_log: None,
                     closed,
+                    health: None,
                 },
                 readers_open: 2,
+                request: None,
                 term_sent: false,
             }),
             changed: Condvar::new(),
@@ -191,11 +216,37 @@ impl Task {
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().recover()
     }
 
     pub fn record(&self) -> TaskRecord {
         self.lock().record.clone()
+    }
+
+    /// The whole request, until the process is spawned ([`Task::spawned`]).
+    pub fn request(&self) -> Option<Arc<Request>> {
+        self.lock().request.clone()
+    }
+
+    /// The environment a job's `job.json` gives replaces the request's.
+    pub fn set_env(&self, env: BTreeMap<String, String>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(req) = st.request.as_mut() {
+            Arc::make_mut(req).env = env;
+            set_request(&mut st.record, req);
+        }
+    }
+
+    /// The process has its own copy of the request now: this one goes (the record holds it,
+    /// or its summary and the file it).
+    pub fn spawned(&self) {
+        self.lock().request = None;
+    }
+
+    /// Where the whole request goes when the record holds only its summary.
+    pub fn request_path(&self) -> &std::path::Path {
+        &self.request_path
     }
 
     pub fn status(&self) -> TaskStatus {
@@ -229,7 +280,7 @@ impl Task {
             let Some(left) = deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) else {
                 return false;
             };
-            st = self.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            st = self.changed.wait_timeout(st, left).recover().0;
         }
         true
     }
@@ -383,6 +434,35 @@ impl Task {
         whole
     }
 
+    /// Records what a walk of the log found, judged against the task's byte counts, and warns
+    /// the first time a log is found damaged or incomplete. Returns the verdict.
+    pub fn note_log(&self, scan: &Scan) -> LogHealth {
+        let mut st = self.lock();
+        let produced = [st.record.stdout_bytes, st.record.stderr_bytes];
+        let mut health =
+            if st.output.log_broken { LogHealth::unwritten(produced) } else { LogHealth::judge(scan, produced) };
+        if !st.output.closed && !st.output.log_broken {
+            // Still being written: the counts have moved on since the walk; only damage counts.
+            health = LogHealth { damage: health.damage, ..LogHealth::default() };
+        }
+        if let Some(what) = health.describe().filter(|_| st.output.health.is_none_or(|h| h.is_whole())) {
+            log::warn!("task {}: output log {} is {what}", self.id, st.output.log_path.display());
+        }
+        // A running task's log grows: only the verdict on an ended one is kept.
+        if st.output.closed {
+            st.output.health = Some(health);
+        }
+        health
+    }
+
+    /// What is known of the log without reading it.
+    fn known_health(st: &State) -> Option<LogHealth> {
+        if st.output.log_broken {
+            return Some(LogHealth::unwritten([st.record.stdout_bytes, st.record.stderr_bytes]));
+        }
+        st.output.health
+    }
+
     /// The in-memory tails of stdout and stderr, when the output log could not be written
     /// (so it is not whole); `None` when the log has everything.
     pub fn tails_if_log_broken(&self) -> Option<(String, String)> {
@@ -406,49 +486,107 @@ impl Task {
     fn view<R>(&self, with_output: bool, f: impl FnOnce(&TaskView) -> R) -> R {
         let st = self.lock();
         let cap = st.output.tails[0].cap as u64;
-        let make = |record: &TaskRecord, out: Option<(String, String)>| {
+        let mut record = st.record.clone();
+        let pending = st.request.clone();
+        let mut health = Self::known_health(&st);
+        // An ended task's tails are read from its log, unless it could not be written.
+        let from_log = with_output && st.output.closed && !st.output.log_broken;
+        let mut tails =
+            (with_output && !from_log).then(|| (st.output.tails[0].to_text(), st.output.tails[1].to_text()));
+        let path = st.output.log_path.clone();
+        drop(st);
+        if from_log {
+            let (read, scan) = read_tails(&path, cap as usize, &record);
+            health = Some(self.note_log(&scan));
+            tails = Some(read);
+        }
+        if with_output && record.request_truncated {
+            self.whole_request(&mut record, pending);
+        }
+        let make = |record: &TaskRecord, out: Option<(String, String)>, health: Option<LogHealth>| {
             let has = out.is_some();
             let truncated = |n: u64| has.then_some(n > cap);
             let (stdout, stderr) = out.map_or((None, None), |(o, e)| (Some(o), Some(e)));
+            let damage = health.and_then(|h| h.damage);
             let view = TaskView {
                 record,
                 stdout_truncated: truncated(record.stdout_bytes),
                 stderr_truncated: truncated(record.stderr_bytes),
                 stdout,
                 stderr,
+                output_damaged: damage.map(|_| true),
+                output_damaged_at: damage.map(|d| d.offset),
+                output_incomplete: health.is_some_and(|h| h.incomplete()).then_some(true),
             };
             f(&view)
         };
-        if !with_output {
-            return make(&st.record, None);
+        make(&record, tails, health)
+    }
+
+    /// Puts the whole request in place of the summary in `record`: the one not yet spawned
+    /// (`pending`), else the one in its file. If the file cannot be read, the summary stays,
+    /// marked `requestTruncated`.
+    fn whole_request(&self, record: &mut TaskRecord, pending: Option<Arc<Request>>) {
+        let whole = match pending {
+            Some(req) => Ok(Request::clone(&req)),
+            None => task_files::read_request(&self.request_path),
+        };
+        match whole {
+            Ok(req) => {
+                (record.command, record.args, record.cwd, record.env) = (req.command, req.args, req.cwd, req.env);
+                record.request_truncated = false;
+            }
+            Err(e) => log::warn!(
+                "task {}: cannot read its request from {}: {e}; its summary is shown",
+                self.id,
+                self.request_path.display()
+            ),
         }
-        if st.output.closed && !st.output.log_broken {
-            let path = st.output.log_path.clone();
-            let record = st.record.clone();
-            drop(st);
-            let tails = read_tails(&path, cap as usize, &record);
-            return make(&record, Some(tails));
-        }
-        let tails = (st.output.tails[0].to_text(), st.output.tails[1].to_text());
-        make(&st.record, Some(tails))
     }
 }
 
-/// The tails of both streams of a finished task, from its log. A missing log (no output, or
-/// deleted) gives empty strings.
-fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> (String, String) {
+/// Puts `req` in `record`: whole when it is small, else its summary, marked
+/// `requestTruncated` (the whole one then goes to the task's request file).
+pub fn set_request(record: &mut TaskRecord, req: &Request) {
+    let kept = if req.fits_inline() { req.clone() } else { req.summary() };
+    record.request_truncated = !req.fits_inline();
+    (record.command, record.args, record.cwd, record.env) = (kept.command, kept.args, kept.cwd, kept.env);
+}
+
+/// The tails of both streams of a finished task, from its log, and what the walk through it
+/// found. A missing log (no output, or deleted) gives empty strings.
+fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> ((String, String), Scan) {
+    let mut scan = Scan::default();
     if record.stdout_bytes == 0 && record.stderr_bytes == 0 {
-        return (String::new(), String::new());
+        return ((String::new(), String::new()), scan);
     }
     let mut tails = [Tail::new(cap), Tail::new(cap)];
     if let Ok(f) = File::open(path) {
         let mut reader = LogReader::new(f);
         let mut buf = Vec::new();
-        while let Ok(Some(stream)) = reader.next_record(&mut buf) {
-            tails[stream.index()].push(&buf);
+        loop {
+            match reader.next(&mut buf, true) {
+                Ok(Next::Record(stream)) => {
+                    tails[stream.index()].push(&buf);
+                    scan.sizes[stream.index()] += buf.len() as u64;
+                }
+                Ok(Next::Damaged(d)) => {
+                    scan.damage = Some(d);
+                    break;
+                }
+                Ok(Next::Cut(at)) => {
+                    scan.cut = Some(at);
+                    break;
+                }
+                Ok(Next::End) => break,
+                Err(e) => {
+                    log::warn!("cannot read output log {}: {e}", path.display());
+                    break;
+                }
+            }
         }
     }
-    (tails[0].to_text(), tails[1].to_text())
+    ((tails[0].to_text(), tails[1].to_text()), scan)
 }
 
 pub type TaskRef = Arc<Task>;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use crate::protocol::TaskStatus;
+use crate::sync::Recover;
 use crate::tasks::task::Task;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +83,7 @@ impl Timer {
     /// Adds a deadline. The thread is woken only when it becomes the earliest, so the usual
     /// timeout of a short task costs no context switch.
     pub fn schedule(&self, at: Instant, task: &Arc<Task>, action: Action) {
-        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.shared.state.lock().recover();
         let earliest = st.heap.peek().is_none_or(|Reverse(e)| at < e.at);
         st.seq += 1;
         let seq = st.seq;
@@ -109,38 +110,38 @@ impl Timer {
     }
 
     pub fn stop(&self) {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.shared.state.lock().recover().stop = true;
         self.shared.wake.notify_one();
     }
 }
 
 fn run(shared: &Shared, grace: Duration) {
-    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut st = shared.state.lock().recover();
     loop {
         if st.stop {
             return;
         }
         let now = Instant::now();
         let Some(Reverse(next)) = st.heap.peek() else {
-            st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = shared.wake.wait(st).recover();
             continue;
         };
         if next.at > now {
             let wait = next.at - now;
-            st = shared.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+            st = shared.wake.wait_timeout(st, wait).recover().0;
             continue;
         }
         let Reverse(e) = st.heap.pop().expect("peeked");
         // Signal without holding the timer's lock: a task's lock is taken below.
         drop(st);
         if let Some(kill_at) = fire(e.task.upgrade(), e.action, now, grace) {
-            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = shared.state.lock().recover();
             s.seq += 1;
             let seq = s.seq;
             s.heap.push(Reverse(Entry { at: kill_at, seq, task: e.task, action: Action::Kill }));
             st = s;
         } else {
-            st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            st = shared.state.lock().recover();
         }
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use crate::sync::Recover;
+
 /// Bytes of messages a client may have queued before it is closed as too slow.
 pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
 /// A single write to a client may block this long before the client is dropped.
@@ -63,7 +65,7 @@ impl Queue {
 
     /// Queues the answer to a ping, replacing an unanswered earlier one.
     pub fn pong(&self, payload: Vec<u8>) {
-        let was_empty = self.pong.0.lock().unwrap_or_else(|p| p.into_inner()).replace(payload).is_none();
+        let was_empty = self.pong.0.lock().recover().replace(payload).is_none();
         if was_empty {
             let _ = self.tx.send(Out::PongDue);
         }
@@ -118,7 +120,7 @@ pub struct PongSlot(Arc<Mutex<Option<Vec<u8>>>>);
 
 impl PongSlot {
     pub fn take(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.0.lock().recover().take()
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::protocol::{self, CompletedData, TaskStatus};
-use crate::tasks::output_log::LogReader;
+use crate::tasks::output_log::{LogReader, Next};
 use crate::tasks::registry::Registry;
 use crate::ws::ctl::Ctl;
 use crate::ws::queue::{Out, Queue, WRITE_TIMEOUT};
@@ -95,7 +95,8 @@ fn run(job: &Replay) -> ([u64; 2], bool, bool) {
             let mut pos = [0u64; 2];
             let mut buf = Vec::new();
             while pos[0] < cut[0] || pos[1] < cut[1] {
-                let Ok(Some(stream)) = reader.next_record(&mut buf) else { break };
+                // Up to the cut, the log is whole unless damaged: anything but a record ends it.
+                let Ok(Next::Record(stream)) = reader.next(&mut buf, ended) else { break };
                 let s = stream.index();
                 let start = pos[s];
                 let end = start + buf.len() as u64;
