@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::events::Stream;
 use crate::http::error::ApiError;
 use crate::http::execute;
 use crate::http::output::OutputStream;
@@ -15,7 +16,7 @@ use crate::http::task_list::TaskList;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
-use crate::tasks::output_log::{self, Stream};
+use crate::tasks::output_log;
 use crate::tasks::registry::Rejection;
 use crate::tasks::runner;
 use crate::tasks::task::{JobSpec, Task};
@@ -144,7 +145,7 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         }
     };
     let list = TaskList::new(ctx.reg.list(status, limit), ctx.reg.running(), ctx.reg.limits.max_tasks);
-    let body = match list.small(crate::http::server::SMALL_REPLY) {
+    let body = match list.small(crate::http::reply::SMALL_REPLY) {
         Ok(bytes) => Body::Bytes(bytes),
         Err(stream) => Body::Stream(stream),
     };

@@ -2,7 +2,7 @@
 //!
 //! A request goes: `server` (worker threads on `recv()`) → `router::route` → auth →
 //! `handlers::*` → `Reply` → tiny_http response. `?follow=true`, uploads tiny_http has not
-//! pre-read, and replies over `server::SMALL_REPLY` get a thread of their own (at most
+//! pre-read, and replies over `reply::SMALL_REPLY` get a thread of their own (at most
 //! `server::MAX_LONG_REQUESTS`); `?wait=true`
 //! holds none (the task's waiter answers it); a WebSocket upgrade is answered on the worker,
 //! which then hands the socket to `ws::client`'s two threads.
@@ -17,6 +17,7 @@ pub mod reply;
 pub mod router;
 pub mod server;
 pub mod task_list;
+pub mod upgrade;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

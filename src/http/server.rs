@@ -9,8 +9,9 @@ use tiny_http::Request;
 
 use crate::http::error::ApiError;
 use crate::http::handlers;
-use crate::http::reply::{respond, Body, Reply};
+use crate::http::reply::{respond, Body, Reply, SMALL_REPLY};
 use crate::http::router::{self, Route};
+use crate::http::upgrade;
 use crate::http::{auth, query, Ctx};
 use crate::tasks::task::Task;
 
@@ -19,10 +20,6 @@ pub const WORKERS: usize = 4;
 /// Requests with a thread of their own (`?follow=true`, large uploads, replies larger than
 /// [`SMALL_REPLY`]) open at once; more get 503.
 pub const MAX_LONG_REQUESTS: usize = 256;
-/// A reply up to this size is written by the worker: it fits in a socket's send buffer, so a
-/// slow client cannot hold the worker. A larger one (an output log, a task with its tails) is
-/// written on a thread of its own, so four slow downloads cannot stop the API.
-pub const SMALL_REPLY: usize = 16 * 1024;
 
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
@@ -138,8 +135,8 @@ fn lasts(rq: &Request) -> bool {
 /// Answers one request.
 pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
     ctx.reg.monitor.touch();
-    if crate::ws::is_upgrade(&rq) {
-        crate::ws::accept(ctx, &ctx.hub, rq);
+    if upgrade::is_upgrade(&rq) {
+        upgrade::accept(ctx, &ctx.hub, rq);
         return;
     }
     let method = rq.method().as_str().to_ascii_uppercase();

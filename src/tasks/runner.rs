@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::events::EventKind;
+use crate::events::Stream;
 use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
 use crate::request::{self, Request};
 use crate::sync::Recover;
 use crate::task_files;
 use crate::tasks::job;
-use crate::tasks::output_log::Stream;
 use crate::tasks::reader;
 use crate::tasks::registry::Registry;
 use crate::tasks::task::Task;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rustix::process::{kill_process_group, Pid, Signal};
 
+use crate::events::Stream;
 use crate::events::{Event, EventKind, EventTx};
 use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
 use crate::request::Request;
@@ -20,7 +21,7 @@ use crate::sync::Recover;
 use crate::task_files::{self, TaskPaths};
 use crate::tasks::job::JobLog;
 use crate::tasks::log_health::LogHealth;
-use crate::tasks::output_log::{self, LogReader, Next, Scan, Stream};
+use crate::tasks::output_log::{self, LogReader, Next, Scan};
 
 /// A validated request to run something.
 #[derive(Clone, Debug, PartialEq)]
