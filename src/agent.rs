@@ -22,27 +22,13 @@ use crate::{events, ws};
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns when every task has ended.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    // Tasks without a `cwd` run here: it must exist, and be text for the task object.
-    let cwd = std::env::current_dir().map_err(|e| {
-        format!("cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory")
-    })?;
-    if cwd.to_str().is_none() {
-        return Err(format!(
-            "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
-            cwd.display()
-        ));
-    }
+    check_cwd()?;
     close_inherited_fds_on_exec();
     raise_fd_limit();
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
     let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
     detach_from_terminal();
-    // Not dumpable: a task running as the same (non-root) user cannot read this process's
-    // memory or /proc/<pid>/environ, where CLUSTER_SECRET may be.
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
-        log::warn!("cannot mark the agent non-dumpable: {e}");
-    }
+    make_non_dumpable();
 
     let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
     let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
@@ -64,13 +50,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
         .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
-    if cfg.ws_allow_anonymous {
-        log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
-    }
-    if !cfg.trusted_addresses.is_empty() {
-        let ranges = cfg.trusted_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        log::warn!("TRUSTED_ADDRESSES: requests from {ranges} need no cluster secret");
-    }
+    warn_about_open_access(&cfg);
 
     let ctx = Arc::new(Ctx {
         cfg: Arc::clone(&cfg),
@@ -81,23 +61,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     });
     let http = HttpServer::start(Arc::clone(&ctx))?;
     log_summary(&cfg, http.port, reg.next_id());
-    let discovery = if cfg.discovery_enabled {
-        let stats_ctx = Arc::clone(&ctx);
-        let node = NodeInfo {
-            hostname: reg.monitor.host.hostname.clone(),
-            cpus: reg.monitor.host.cpus,
-            total_memory: reg.monitor.host.total_memory,
-            port: http.port,
-            stats: Box::new(move || stats_ctx.stats()),
-        };
-        Some(
-            Discovery::start(&cfg, node, Arc::clone(&reg.metrics))
-                .map_err(|e| format!("cannot start discovery: {e}"))?,
-        )
-    } else {
-        log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
-        None
-    };
+    let discovery = start_discovery(&ctx, http.port)?;
 
     // The main thread waits for a signal, then drains.
     let first = sig_rx.recv().ok();
@@ -132,6 +96,60 @@ pub fn run(cfg: Config) -> Result<(), String> {
     drop(reg);
     log::info!("stopped");
     Ok(())
+}
+
+/// Tasks without a `cwd` run in the agent's: it must exist, and be text for the task object.
+fn check_cwd() -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        format!("cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory")
+    })?;
+    if cwd.to_str().is_none() {
+        return Err(format!(
+            "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
+            cwd.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Not dumpable: a task running as the same (non-root) user cannot read this process's
+/// memory or /proc/<pid>/environ, where CLUSTER_SECRET may be.
+fn make_non_dumpable() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        log::warn!("cannot mark the agent non-dumpable: {e}");
+    }
+}
+
+/// One warning at start for each setting that lets someone in without the secret.
+fn warn_about_open_access(cfg: &Config) {
+    if cfg.ws_allow_anonymous {
+        log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
+    }
+    if !cfg.trusted_addresses.is_empty() {
+        let ranges = cfg.trusted_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        log::warn!("TRUSTED_ADDRESSES: requests from {ranges} need no cluster secret");
+    }
+}
+
+/// The `discovery` thread, unless DISCOVERY_ENABLED=false.
+fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Discovery>, String> {
+    if !ctx.cfg.discovery_enabled {
+        log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
+        return Ok(None);
+    }
+    let host = &ctx.reg.monitor.host;
+    let stats_ctx = Arc::clone(ctx);
+    let node = NodeInfo {
+        hostname: host.hostname.clone(),
+        cpus: host.cpus,
+        total_memory: host.total_memory,
+        port,
+        stats: Box::new(move || stats_ctx.stats()),
+    };
+    Discovery::start(&ctx.cfg, node, Arc::clone(&ctx.reg.metrics))
+        .map(Some)
+        .map_err(|e| format!("cannot start discovery: {e}"))
 }
 
 /// Marks every file descriptor the agent inherited (beyond stdin, stdout and stderr)

@@ -311,16 +311,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         let end = job::JobEnd { status, exit_code, completed_at, duration, error: error.as_deref() };
         job::finish(&job.dir, &end);
     }
-    let m = &reg.metrics;
-    crate::metrics::inc(match status {
-        TaskStatus::Completed => &m.tasks_completed,
-        TaskStatus::Cancelled => &m.tasks_cancelled,
-        _ => &m.tasks_failed,
-    });
-    if timed_out {
-        crate::metrics::inc(&m.tasks_timed_out);
-    }
-    m.observe_duration(duration);
+    count_end(&reg.metrics, status, timed_out, duration);
     task.notify();
     if !log_whole {
         log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);
@@ -349,6 +340,19 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     );
     reg.settled(task);
     reg.compact_if_needed();
+}
+
+/// A task's end in the `/metrics` counters.
+fn count_end(m: &crate::metrics::Metrics, status: TaskStatus, timed_out: bool, duration: u64) {
+    crate::metrics::inc(match status {
+        TaskStatus::Completed => &m.tasks_completed,
+        TaskStatus::Cancelled => &m.tasks_cancelled,
+        _ => &m.tasks_failed,
+    });
+    if timed_out {
+        crate::metrics::inc(&m.tasks_timed_out);
+    }
+    m.observe_duration(duration);
 }
 
 /// Writes the task's record; a failure is logged and the in-memory record stays.
