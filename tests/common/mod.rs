@@ -601,3 +601,44 @@ impl Drop for LogsOnPanic {
         }
     }
 }
+
+/// A numeric field of `/proc/<pid>/status` (`VmRSS` in KiB, `Threads`, ...).
+pub fn proc_status_value(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.split(':').next() == Some(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Live (non-zombie) processes whose environment has `var=value`, with their command lines:
+/// every process a task started, its children and a `setsid` grandchild included (they
+/// inherit the environment), wherever they were reparented.
+pub fn processes_with_env(var: &str, value: &str) -> Vec<(u32, String)> {
+    let wanted = format!("{var}={value}").into_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            !zombie && env.split(|b| *b == 0).any(|kv| kv == wanted.as_slice())
+        })
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            (pid, cmd.join(" ").trim().to_string())
+        })
+        .collect()
+}
+
+/// The names of a process's threads (`/proc/<pid>/task/*/comm`), counted, for messages; empty
+/// when they cannot be read.
+pub fn thread_names(pid: u32) -> Vec<(String, usize)> {
+    let mut names = std::collections::BTreeMap::<String, usize>::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    for t in dir.flatten() {
+        if let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) {
+            *names.entry(comm.trim().to_string()).or_default() += 1;
+        }
+    }
+    names.into_iter().collect()
+}
