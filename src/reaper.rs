@@ -80,7 +80,7 @@ fn reap_orphans(reg: &Registry) -> usize {
     }
     let tasks: HashSet<u32> = {
         let _gate = reg.spawn_gate.write().recover();
-        reg.running_tasks().iter().filter_map(|t| t.lock().record.pid).collect()
+        reg.running_tasks().iter().filter_map(|t| t.pid()).collect()
     };
     let mut reaped = 0;
     for pid in zombies.into_iter().filter(|p| !tasks.contains(p)) {

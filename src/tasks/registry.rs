@@ -214,7 +214,7 @@ impl Registry {
         let next_id = self.next_id();
         let result = self.store.rewrite(next_id, |write| {
             let tasks: Vec<Arc<Task>> = self.lock().tasks.values().cloned().collect();
-            tasks.iter().try_for_each(|t| write(&t.lock().record))
+            tasks.iter().try_for_each(|t| write(&t.record()))
         });
         if let Err(e) = result {
             log::warn!("cannot rewrite the task journal: {e}");

@@ -153,15 +153,7 @@ fn fire(task: Option<Arc<Task>>, action: Action, now: Instant, grace: Duration) 
     let task = task?;
     match action {
         Action::Timeout => {
-            let stopping = {
-                let mut st = task.lock();
-                if st.record.status == TaskStatus::Running && st.pgid.is_some() {
-                    st.record.timed_out = true;
-                    true
-                } else {
-                    false
-                }
-            };
+            let stopping = task.time_out();
             if !stopping {
                 return None;
             }

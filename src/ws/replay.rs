@@ -75,10 +75,7 @@ fn run(job: &Replay) -> ([u64; 2], bool, bool) {
     };
     // Under the task's lock, its byte counts and its log agree: the log holds exactly the
     // chunks below the counts, and every later chunk comes live.
-    let (record, started_sent) = {
-        let st = task.lock();
-        (st.record.clone(), st.started_sent)
-    };
+    let (record, started_sent) = task.record_and_started();
     let ended = record.status != TaskStatus::Running;
     let cut = [record.stdout_bytes, record.stderr_bytes];
     let from = [job.from.0, job.from.1];
