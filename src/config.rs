@@ -85,20 +85,58 @@ impl fmt::Debug for Config {
     }
 }
 
-/// A configuration error: one clear line, naming the variable and the value.
+/// A configuration error: one clear line, naming the variable and the value (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// A setting whose value does not parse or is out of range.
+    Invalid { var: &'static str, value: String, expected: String },
+    /// A setting of ours whose value in the process environment is not UTF-8.
+    NotUtf8 { var: String },
+    /// The `.env` file (named, or `./.env`) cannot be opened or read.
+    EnvFileUnreadable { path: PathBuf, why: String },
+    /// The `.env` file is not dotenv syntax.
+    EnvFileSyntax { path: PathBuf, why: String },
+    /// `CLUSTER_SECRET` is refused (the secret itself is never part of the message).
+    Secret { why: String },
+    /// The secret's file cannot be read, created or trusted; `why` names the file.
+    SecretFile { why: String },
+    /// `DATA_DIR` cannot be created or written.
+    DataDir { path: PathBuf, why: String },
+}
+
+impl ConfigError {
+    /// The process exit code: every configuration error is a bad setting, 2 (as `--help` says).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::Invalid { .. }
+            | ConfigError::NotUtf8 { .. }
+            | ConfigError::EnvFileUnreadable { .. }
+            | ConfigError::EnvFileSyntax { .. }
+            | ConfigError::Secret { .. }
+            | ConfigError::SecretFile { .. }
+            | ConfigError::DataDir { .. } => 2,
+        }
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Invalid { var, value, expected } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+            ConfigError::NotUtf8 { var } => write!(f, "{var}: the value is not valid UTF-8"),
+            ConfigError::EnvFileUnreadable { path, why } => write!(f, "cannot read env file {}: {why}", path.display()),
+            ConfigError::EnvFileSyntax { path, why } => write!(f, "cannot parse env file {}: {why}", path.display()),
+            ConfigError::Secret { why } => write!(f, "invalid CLUSTER_SECRET: {why}"),
+            ConfigError::SecretFile { why } => f.write_str(why),
+            ConfigError::DataDir { path, why } => write!(f, "invalid DATA_DIR={:?}: {why}", path.display().to_string()),
+        }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(var: &str, value: &str, expected: &str) -> ConfigError {
-    ConfigError(format!("invalid {var}={value:?}: expected {expected}"))
+fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid { var, value: value.to_string(), expected: expected.to_string() }
 }
 
 /// Every variable the agent reads, with its default (as text) and a one-line meaning.
@@ -163,7 +201,7 @@ impl Source {
                 // A setting of ours that cannot be read must not fall back to its default
                 // (which might be broadcasting, or a generated secret).
                 Err(_) if is_setting(&k) => {
-                    return Err(ConfigError(format!("{k}: the value is not valid UTF-8")));
+                    return Err(ConfigError::NotUtf8 { var: k });
                 }
                 Err(_) => {}
             }
@@ -200,10 +238,10 @@ fn is_setting(name: &str) -> bool {
 
 fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let iter = dotenvy::from_path_iter(path)
-        .map_err(|e| ConfigError(format!("cannot read env file {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError::EnvFileUnreadable { path: path.to_path_buf(), why: e.to_string() })?;
     let mut map = HashMap::new();
     for item in iter {
-        let (k, v) = item.map_err(|e| ConfigError(format!("cannot parse env file {}: {e}", path.display())))?;
+        let (k, v) = item.map_err(|e| ConfigError::EnvFileSyntax { path: path.to_path_buf(), why: e.to_string() })?;
         map.insert(k, v);
     }
     Ok(map)
@@ -211,7 +249,7 @@ fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
 
 fn parse_int<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
     src: &Source,
-    var: &str,
+    var: &'static str,
     default: T,
     min: T,
     max: T,
@@ -228,12 +266,12 @@ fn parse_int<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
     }
 }
 
-fn parse_ms(src: &Source, var: &str, default: u64, min: u64) -> Result<Duration, ConfigError> {
+fn parse_ms(src: &Source, var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
     // Upper bound: 30 days, far beyond any sane value, and safe for Instant arithmetic.
     parse_int(src, var, default, min, 30 * 24 * 3600 * 1000).map(Duration::from_millis)
 }
 
-fn parse_bool(src: &Source, var: &str, default: bool) -> Result<bool, ConfigError> {
+fn parse_bool(src: &Source, var: &'static str, default: bool) -> Result<bool, ConfigError> {
     match src.get(var) {
         None => Ok(default),
         Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
@@ -244,7 +282,7 @@ fn parse_bool(src: &Source, var: &str, default: bool) -> Result<bool, ConfigErro
     }
 }
 
-fn parse_path(src: &Source, var: &str, default: &str) -> Result<PathBuf, ConfigError> {
+fn parse_path(src: &Source, var: &'static str, default: &str) -> Result<PathBuf, ConfigError> {
     let raw = src.get(var).unwrap_or(default);
     if raw.trim().is_empty() {
         return Err(invalid(var, raw, "a path"));
@@ -256,7 +294,12 @@ fn parse_path(src: &Source, var: &str, default: &str) -> Result<PathBuf, ConfigE
 }
 
 /// Parses `a,b:port,...`; each entry an IP address, optionally with a port.
-fn parse_targets(src: &Source, var: &str, default: &str, port: u16) -> Result<Vec<DiscoveryTarget>, ConfigError> {
+fn parse_targets(
+    src: &Source,
+    var: &'static str,
+    default: &str,
+    port: u16,
+) -> Result<Vec<DiscoveryTarget>, ConfigError> {
     let raw = src.get(var).unwrap_or(default);
     let mut out = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -363,7 +406,7 @@ impl Config {
 
         let (secret, secret_source) = match src.get("CLUSTER_SECRET") {
             Some(s) => {
-                check_secret(s).map_err(|why| ConfigError(format!("invalid CLUSTER_SECRET: {why}")))?;
+                check_secret(s).map_err(|why| ConfigError::Secret { why })?;
                 (s.to_string(), SecretSource::Environment)
             }
             None => (String::new(), SecretSource::File { path: data_dir.join(SECRET_FILE), generated: false }),
@@ -402,9 +445,10 @@ impl Config {
     pub fn load(src: &Source) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(src)?;
         crate::store::prepare_data_dir(&cfg.data_dir)
-            .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", cfg.data_dir.display().to_string())))?;
+            .map_err(|e| ConfigError::DataDir { path: cfg.data_dir.clone(), why: e.to_string() })?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {
-            let (secret, generated) = crate::secret::load_or_generate(path).map_err(ConfigError)?;
+            let (secret, generated) =
+                crate::secret::load_or_generate(path).map_err(|why| ConfigError::SecretFile { why })?;
             cfg.secret = secret;
             cfg.secret_source = SecretSource::File { path: path.clone(), generated };
         }
@@ -465,10 +509,13 @@ impl Config {
     pub fn check_without_side_effects(&mut self) -> Result<(), ConfigError> {
         if let SecretSource::File { path, .. } = &self.secret_source {
             if path.exists() {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("cannot read secret file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile {
+                    why: format!("cannot read secret file {}: {e}", path.display()),
+                })?;
                 let s = text.trim().to_string();
-                check_secret(&s).map_err(|why| ConfigError(format!("invalid secret in {}: {why}", path.display())))?;
+                check_secret(&s).map_err(|why| ConfigError::SecretFile {
+                    why: format!("invalid secret in {}: {why}", path.display()),
+                })?;
                 self.secret = s;
             }
         }
@@ -483,13 +530,10 @@ impl Config {
             }
         }
         let meta = std::fs::metadata(probe)
-            .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", self.data_dir.display().to_string())))?;
+            .map_err(|e| ConfigError::DataDir { path: self.data_dir.clone(), why: e.to_string() })?;
         if !meta.is_dir() || meta.permissions().readonly() {
-            return Err(ConfigError(format!(
-                "invalid DATA_DIR={:?}: {} is not a writable directory",
-                self.data_dir.display().to_string(),
-                probe.display()
-            )));
+            let why = format!("{} is not a writable directory", probe.display());
+            return Err(ConfigError::DataDir { path: self.data_dir.clone(), why });
         }
         Ok(())
     }
@@ -532,7 +576,8 @@ mod tests {
             ("TRUSTED_ADDRESSES", "garbage"),
         ] {
             let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)])).unwrap_err();
-            assert!(e.0.contains(k) && e.0.contains(v), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(k) && e.contains(v), "{e}");
         }
     }
 
