@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use codara_agent::config::{Config, ConfigError, Source, VARIABLES};
+use codara_agent::config::{Config, ConfigError, Source, SETTINGS};
 
 const USAGE: &str = "\
 Usage: codara-agent [serve] [--env-file PATH]      run the agent (the default)
@@ -151,8 +151,8 @@ fn parse_seconds(v: &str) -> Result<Duration, Fail> {
 
 fn print_help() {
     print!("{USAGE}\nSettings (environment or .env), with defaults:\n");
-    for (name, default, meaning) in VARIABLES {
-        println!("  {name:<22} {default:<27} {meaning}");
+    for s in SETTINGS {
+        println!("  {:<22} {:<27} {}", s.name, s.default, s.help);
     }
 }
 
