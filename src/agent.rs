@@ -1,6 +1,5 @@
 //! Builds the parts, starts their threads, and takes them down in order on shutdown.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,10 @@ use crate::http::Ctx;
 use crate::monitor::Monitor;
 use crate::reaper::Reaper;
 use crate::store::{DataDirLock, Store};
+use crate::sync::Gauge;
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::timer::Timer;
+use crate::worker::{Worker, Workers};
 use crate::{events, ws};
 
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns when every task has ended.
@@ -26,12 +27,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
     close_inherited_fds_on_exec();
     raise_fd_limit();
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
-    let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
+    let mut workers = Workers::default();
+    let (sig_rx, signals) = spawn_signal_thread()?;
+    workers.push(signals);
     detach_from_terminal();
     make_non_dumpable();
 
-    let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
-    let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    let (monitor, monitor_worker) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    workers.push(monitor_worker);
+    let (timer, timer_worker) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    workers.push(timer_worker);
     let (events_tx, events_rx, listeners) = events::channel();
     // Before the history is read or anything runs; held until the agent exits.
     let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir)?;
@@ -46,10 +51,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         Arc::default(),
     ));
     crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
-    let reaper = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?;
+    if let Some(reaper) =
+        Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?
+    {
+        workers.push(reaper);
+    }
 
-    let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
+    let (hub, hub_worker) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
         .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
+    workers.push(hub_worker);
     warn_about_open_access(&cfg);
 
     let ctx = Arc::new(Ctx {
@@ -57,11 +67,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         reg: Arc::clone(&reg),
         hub: hub.clone(),
         started: Instant::now(),
-        long_requests: AtomicUsize::new(0),
+        long_requests: Gauge::default(),
     });
-    let http = HttpServer::start(Arc::clone(&ctx))?;
-    log_summary(&cfg, http.port, reg.next_id());
-    let discovery = start_discovery(&ctx, http.port)?;
+    let (port, http) = HttpServer::start(Arc::clone(&ctx))?;
+    workers.push(http);
+    log_summary(&cfg, port, reg.next_id());
+    // Kept apart: it is stopped first, when the drain begins (its stop sends cluster_leave).
+    let discovery = start_discovery(&ctx, port)?;
 
     // The main thread waits for a signal, then drains.
     let first = sig_rx.recv().ok();
@@ -76,22 +88,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     drain_tasks(&reg, &cfg, &sig_rx);
     // Follow streams end with their tasks; give them a moment to send their last chunk.
-    let streams_done = Instant::now() + Duration::from_secs(2);
-    while ctx.long_requests.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < streams_done {
-        std::thread::sleep(Duration::from_millis(10));
+    if !ctx.long_requests.wait_zero(Instant::now() + Duration::from_secs(2)) {
+        log::info!("{} long request(s) still being answered at exit", ctx.long_requests.get());
     }
-    sig_handle.close();
-    let _ = sig_thread.join();
-
-    http.stop();
-    timer.stop();
-    let _ = timer_thread.join();
-    monitor_thread.stop();
-    hub.stop();
-    let _ = hub_thread.join();
-    if let Some(r) = reaper {
-        r.stop();
-    }
+    // HTTP, the broadcaster, the reaper, the timer, the monitor, the signal thread.
+    workers.stop_all();
     drop(ctx);
     drop(reg);
     log::info!("stopped");
@@ -133,7 +134,7 @@ fn warn_about_open_access(cfg: &Config) {
 }
 
 /// The `discovery` thread, unless DISCOVERY_ENABLED=false.
-fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Discovery>, String> {
+fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, String> {
     if !ctx.cfg.discovery_enabled {
         log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
         return Ok(None);
@@ -265,8 +266,7 @@ fn inherited_ignore(sig: i32) -> bool {
 /// Starts the `signals` thread: SIGTERM, SIGINT and SIGHUP (a closed terminal) arrive on the
 /// returned channel, and each drains the agent. SIGHUP stays ignored when it was at start
 /// (`nohup`).
-fn spawn_signal_thread(
-) -> Result<(crossbeam_channel::Receiver<i32>, signal_hook::iterator::Handle, std::thread::JoinHandle<()>), String> {
+fn spawn_signal_thread() -> Result<(crossbeam_channel::Receiver<i32>, Worker), String> {
     let mut handled = vec![SIGTERM, SIGINT];
     if !inherited_ignore(SIGHUP) {
         handled.push(SIGHUP);
@@ -283,7 +283,7 @@ fn spawn_signal_thread(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    Ok((rx, handle, thread))
+    Ok((rx, Worker::new("signals", move || handle.close(), vec![thread])))
 }
 
 /// Lets running tasks finish for up to `SHUTDOWN_TIMEOUT`, then stops their groups: SIGTERM,

@@ -19,12 +19,12 @@ pub mod server;
 pub mod task_list;
 pub mod upgrade;
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::protocol::Stats;
+use crate::sync::Gauge;
 use crate::tasks::registry::Registry;
 use crate::ws::hub::HubHandle;
 
@@ -35,7 +35,7 @@ pub struct Ctx {
     pub hub: HubHandle,
     pub started: Instant,
     /// Requests being served on a thread of their own (see `server::MAX_LONG_REQUESTS`).
-    pub long_requests: AtomicUsize,
+    pub long_requests: Gauge,
 }
 
 impl Ctx {

@@ -7,12 +7,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::events::{Event, EventKind, EventRx};
 use crate::tasks::registry::Registry;
+use crate::worker::Worker;
 use crate::ws::ctl::Ctl;
 use crate::ws::queue::{Out, Queue, CLIENT_BUFFER_BYTES, CLOSE_GOING_AWAY, CLOSE_TOO_SLOW};
 use crate::ws::replay;
@@ -105,11 +105,7 @@ struct Hub {
 }
 
 /// Starts the broadcaster. `count` is the client count the tasks' events are gated on.
-pub fn spawn(
-    reg: Arc<Registry>,
-    events: EventRx,
-    count: Arc<AtomicUsize>,
-) -> std::io::Result<(HubHandle, JoinHandle<()>)> {
+pub fn spawn(reg: Arc<Registry>, events: EventRx, count: Arc<AtomicUsize>) -> std::io::Result<(HubHandle, Worker)> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), next_id: Arc::new(AtomicU64::new(1)) };
     let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, generation: 0 };
@@ -117,7 +113,8 @@ pub fn spawn(
         .name("broadcaster".into())
         .stack_size(256 * 1024)
         .spawn(move || hub.run(events, ctl_rx))?;
-    Ok((handle, join))
+    let h = handle.clone();
+    Ok((handle, Worker::new("broadcaster", move || h.stop(), vec![join])))
 }
 
 impl Hub {
