@@ -17,8 +17,6 @@ use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
 use crate::tasks::output_log;
-use crate::tasks::registry::Rejection;
-use crate::tasks::runner;
 use crate::tasks::task::{JobSpec, Task};
 
 /// Largest request body read (CONTRACT.md §2: over it is 413).
@@ -89,38 +87,11 @@ fn launch(
     q: &Query,
     started: impl FnOnce(u64) -> serde_json::Value,
 ) -> Result<Reply, ApiError> {
-    let task = admit(ctx, spec)?;
-    runner::start(&ctx.reg, &task);
+    let task = crate::tasks::launch(&ctx.reg, spec).map_err(ApiError::Rejected)?;
     if query::flag(q, "wait") {
         return Ok(Reply::when_done(task));
     }
     Ok(Reply::json(200, &started(task.id)))
-}
-
-/// Admits a task, logging a refusal.
-pub fn admit(ctx: &Ctx, spec: crate::tasks::task::TaskSpec) -> Result<Arc<Task>, ApiError> {
-    ctx.reg.admit(spec).map_err(|r| {
-        let m = &ctx.reg.metrics;
-        crate::metrics::inc(match &r {
-            Rejection::ShuttingDown => &m.rejected_shutdown,
-            Rejection::MaxTasks { .. } => &m.rejected_slots,
-            Rejection::Cpu { .. } => &m.rejected_cpu,
-            Rejection::Memory { .. } => &m.rejected_memory,
-        });
-        match &r {
-            Rejection::ShuttingDown => log::info!("refused a task: the agent is shutting down"),
-            Rejection::MaxTasks { running, max } => {
-                log::info!("refused a task: max concurrent tasks reached ({running}/{max})")
-            }
-            Rejection::Cpu { usage, limit } => {
-                log::info!("refused a task: CPU usage {usage:.1}% is over MAX_CPU_PERCENT={limit}")
-            }
-            Rejection::Memory { usage, limit } => {
-                log::info!("refused a task: memory usage {usage:.1}% is over MAX_MEMORY_PERCENT={limit}")
-            }
-        }
-        ApiError::Rejected(r)
-    })
 }
 
 fn find(ctx: &Ctx, id: u64) -> Result<Arc<Task>, ApiError> {

@@ -162,8 +162,8 @@ impl Registry {
     }
 
     /// Admits a task: checks shutdown, the slot count and the node's load, then takes a slot
-    /// and an id. The caller must start it (see [`crate::tasks::runner::start`]).
-    pub fn admit(&self, spec: TaskSpec) -> Result<Arc<Task>, Rejection> {
+    /// and an id. Only [`crate::tasks::launch`] calls it, and starts what it admits.
+    pub(super) fn admit(&self, spec: TaskSpec) -> Result<Arc<Task>, Rejection> {
         let mut inner = self.lock();
         if !inner.accepting {
             return Err(Rejection::ShuttingDown);
