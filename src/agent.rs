@@ -65,6 +65,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let ctx = Arc::new(Ctx {
         cfg: Arc::clone(&cfg),
         reg: Arc::clone(&reg),
+        monitor: Arc::clone(&reg.monitor),
+        metrics: Arc::clone(&reg.metrics),
         hub: hub.clone(),
         started: Instant::now(),
         long_requests: Gauge::default(),
@@ -139,7 +141,7 @@ fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, String> 
         log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
         return Ok(None);
     }
-    let host = &ctx.reg.monitor.host;
+    let host = &ctx.monitor.host;
     let stats_ctx = Arc::clone(ctx);
     let node = NodeInfo {
         hostname: host.hostname.clone(),
@@ -148,7 +150,7 @@ fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, String> 
         port,
         stats: Box::new(move || stats_ctx.stats()),
     };
-    Discovery::start(&ctx.cfg, node, Arc::clone(&ctx.reg.metrics))
+    Discovery::start(&ctx.cfg, node, Arc::clone(&ctx.metrics))
         .map(Some)
         .map_err(|e| format!("cannot start discovery: {e}"))
 }

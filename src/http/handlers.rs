@@ -25,12 +25,12 @@ pub const MAX_BODY: u64 = 1 << 20;
 pub type Query = [(String, String)];
 
 pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
-    let snap = ctx.reg.monitor.snapshot();
+    let snap = ctx.monitor.snapshot();
     Ok(Reply::json(
         200,
         &Health {
             status: "healthy",
-            hostname: &ctx.reg.monitor.host.hostname,
+            hostname: &ctx.monitor.host.hostname,
             uptime: snap.uptime,
             version: env!("CARGO_PKG_VERSION"),
             agent_uptime: ctx.started.elapsed().as_secs(),
@@ -45,7 +45,7 @@ pub fn stats(ctx: &Ctx) -> Result<Reply, ApiError> {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
     let clients = ctx.hub.clients.load(std::sync::atomic::Ordering::Acquire);
-    let text = ctx.reg.metrics.render(&ctx.stats(), clients, &crate::procfs::SelfUsage::read());
+    let text = ctx.metrics.render(&ctx.stats(), clients, &crate::procfs::SelfUsage::read());
     Ok(Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::monitor::Monitor;
 use crate::protocol::Stats;
 use crate::sync::Gauge;
 use crate::tasks::registry::Registry;
@@ -31,7 +33,12 @@ use crate::ws::hub::HubHandle;
 /// What every request handler may use.
 pub struct Ctx {
     pub cfg: Arc<Config>,
+    /// The tasks: admission, history, the running count.
     pub reg: Arc<Registry>,
+    /// The node's CPU and memory figures (`/health`, `/stats`, admission reads them too).
+    pub monitor: Arc<Monitor>,
+    /// The `/metrics` counters.
+    pub metrics: Arc<Metrics>,
     pub hub: HubHandle,
     pub started: Instant,
     /// Requests being served on a thread of their own (see `server::MAX_LONG_REQUESTS`).
@@ -41,6 +48,6 @@ pub struct Ctx {
 impl Ctx {
     /// The stats object of `GET /stats` (and of `cluster_stats` packets).
     pub fn stats(&self) -> Stats {
-        self.reg.monitor.snapshot().to_stats(self.reg.running(), self.reg.limits.max_tasks)
+        self.monitor.snapshot().to_stats(self.reg.running(), self.reg.limits.max_tasks)
     }
 }

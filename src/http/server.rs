@@ -126,7 +126,7 @@ fn lasts(rq: &Request) -> bool {
 
 /// Answers one request.
 pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
-    ctx.reg.monitor.touch();
+    ctx.monitor.touch();
     if upgrade::is_upgrade(&rq) {
         upgrade::accept(ctx, &ctx.hub, rq);
         return;
@@ -139,7 +139,7 @@ pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
     let routed = router::route(&method, path);
     let public = matches!(routed, Ok(r) if r.is_public(ctx.cfg.metrics_require_secret));
     let reply = if !public && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), auth::presented(rq.headers())) {
-        crate::metrics::inc(&ctx.reg.metrics.refused_requests);
+        crate::metrics::inc(&ctx.metrics.refused_requests);
         log::warn!("refused {method} {path} from {from}: invalid or missing cluster secret");
         Err(ApiError::Forbidden)
     } else {

@@ -58,7 +58,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     let (_, q) = query::split_url(rq.url());
     let presented = auth::presented(rq.headers()).or_else(|| query::get(&q, "secret"));
     if !ctx.cfg.ws_allow_anonymous && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), presented) {
-        crate::metrics::inc(&ctx.reg.metrics.refused_requests);
+        crate::metrics::inc(&ctx.metrics.refused_requests);
         log::warn!("refused WebSocket upgrade from {from}: invalid or missing cluster secret");
         return Err((rq, Reply::error(&ApiError::Forbidden)));
     }
