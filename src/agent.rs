@@ -93,8 +93,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if !ctx.long_requests.wait_zero(Instant::now() + Duration::from_secs(2)) {
         log::info!("{} long request(s) still being answered at exit", ctx.long_requests.get());
     }
-    // HTTP, the broadcaster, the reaper, the timer, the monitor, the signal thread.
+    // HTTP, the broadcaster (which closes every WebSocket client), the reaper, the timer,
+    // the monitor, the signal thread.
     workers.stop_all();
+    // The clients' threads end once their close frame is out (a stalled one at its write
+    // timeout); the process exit ends any left after a moment.
+    if !hub.threads.wait_zero(Instant::now() + Duration::from_secs(2)) {
+        log::info!("{} WebSocket thread(s) still closing at exit", hub.threads.get());
+    }
     drop(ctx);
     drop(reg);
     log::info!("stopped");

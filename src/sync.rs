@@ -43,6 +43,12 @@ impl Gauge {
         }
     }
 
+    /// Counts one more, without a bound, until the guard is dropped (also by a panic).
+    pub fn enter(self: &std::sync::Arc<Self>) -> GaugeGuard {
+        *self.n.lock().recover() += 1;
+        GaugeGuard(std::sync::Arc::clone(self))
+    }
+
     pub fn get(&self) -> usize {
         *self.n.lock().recover()
     }
@@ -58,6 +64,15 @@ impl Gauge {
             n = self.zero.wait_timeout(n, left).recover().0;
         }
         true
+    }
+}
+
+/// One count of a [`Gauge`], given back when dropped.
+pub struct GaugeGuard(std::sync::Arc<Gauge>);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.done();
     }
 }
 
@@ -80,6 +95,10 @@ mod tests {
         });
         assert!(g.wait_zero(Instant::now() + std::time::Duration::from_secs(10)));
         t.join().unwrap();
+        assert_eq!(g.get(), 0);
+        let guard = g.enter();
+        assert_eq!(g.get(), 1);
+        drop(guard);
         assert_eq!(g.get(), 0);
     }
 

@@ -111,7 +111,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
             return Ok(());
         }
     }
-    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub.ctl.clone(), ctx.cfg.ws_ping_interval) {
+    if let Err(e) = client::start(id, stream, leftover, rx, queue, hub, ctx.cfg.ws_ping_interval) {
         log::warn!("websocket client {id} ({from}): cannot start its threads: {e}");
         let _ = hub.ctl.send(Ctl::Leave { id });
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::protocol::{self, CompletedData, TaskStatus};
+use crate::sync::GaugeGuard;
 use crate::tasks::output_log::{LogReader, Next};
 use crate::tasks::registry::Registry;
 use crate::ws::ctl::Ctl;
@@ -30,8 +31,10 @@ pub struct Replay {
     pub done: Sender<Ctl>,
 }
 
-pub fn spawn(job: Replay) -> std::io::Result<()> {
+/// Starts the replay's thread; `alive` is held for as long as it runs.
+pub fn spawn(job: Replay, alive: GaugeGuard) -> std::io::Result<()> {
     std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
+        let _alive = alive;
         let (done, client, task_id, generation) = (job.done.clone(), job.client, job.task_id, job.generation);
         let (cut, ended, started) = run(&job);
         let _ = done.send(Ctl::ReplayDone { id: client, task_id, generation, cut, ended, started });
