@@ -1,6 +1,5 @@
 //! Builds the parts, starts their threads, and takes them down in order on shutdown.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,37 +14,29 @@ use crate::http::Ctx;
 use crate::monitor::Monitor;
 use crate::reaper::Reaper;
 use crate::store::{DataDirLock, Store};
+use crate::sync::Gauge;
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::timer::Timer;
+use crate::worker::{Worker, Workers};
 use crate::{events, ws};
 
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns when every task has ended.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    // Tasks without a `cwd` run here: it must exist, and be text for the task object.
-    let cwd = std::env::current_dir().map_err(|e| {
-        format!("cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory")
-    })?;
-    if cwd.to_str().is_none() {
-        return Err(format!(
-            "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
-            cwd.display()
-        ));
-    }
+    check_cwd()?;
     close_inherited_fds_on_exec();
     raise_fd_limit();
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
-    let (sig_rx, sig_handle, sig_thread) = spawn_signal_thread()?;
+    let mut workers = Workers::default();
+    let (sig_rx, signals) = spawn_signal_thread()?;
+    workers.push(signals);
     detach_from_terminal();
-    // Not dumpable: a task running as the same (non-root) user cannot read this process's
-    // memory or /proc/<pid>/environ, where CLUSTER_SECRET may be.
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
-        log::warn!("cannot mark the agent non-dumpable: {e}");
-    }
+    make_non_dumpable();
 
-    let (monitor, monitor_thread) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
-    let (timer, timer_thread) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    let (monitor, monitor_worker) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    workers.push(monitor_worker);
+    let (timer, timer_worker) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    workers.push(timer_worker);
     let (events_tx, events_rx, listeners) = events::channel();
     // Before the history is read or anything runs; held until the agent exits.
     let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir)?;
@@ -60,44 +51,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
         Arc::default(),
     ));
     crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
-    let reaper = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?;
+    if let Some(reaper) =
+        Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?
+    {
+        workers.push(reaper);
+    }
 
-    let (hub, hub_thread) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
+    let (hub, hub_worker) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
         .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
-    if cfg.ws_allow_anonymous {
-        log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
-    }
-    if !cfg.trusted_addresses.is_empty() {
-        let ranges = cfg.trusted_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        log::warn!("TRUSTED_ADDRESSES: requests from {ranges} need no cluster secret");
-    }
+    workers.push(hub_worker);
+    warn_about_open_access(&cfg);
 
     let ctx = Arc::new(Ctx {
         cfg: Arc::clone(&cfg),
         reg: Arc::clone(&reg),
+        monitor: Arc::clone(&reg.monitor),
+        metrics: Arc::clone(&reg.metrics),
         hub: hub.clone(),
         started: Instant::now(),
-        long_requests: AtomicUsize::new(0),
+        long_requests: Gauge::default(),
     });
-    let http = HttpServer::start(Arc::clone(&ctx))?;
-    log_summary(&cfg, http.port, reg.next_id());
-    let discovery = if cfg.discovery_enabled {
-        let stats_ctx = Arc::clone(&ctx);
-        let node = NodeInfo {
-            hostname: reg.monitor.host.hostname.clone(),
-            cpus: reg.monitor.host.cpus,
-            total_memory: reg.monitor.host.total_memory,
-            port: http.port,
-            stats: Box::new(move || stats_ctx.stats()),
-        };
-        Some(
-            Discovery::start(&cfg, node, Arc::clone(&reg.metrics))
-                .map_err(|e| format!("cannot start discovery: {e}"))?,
-        )
-    } else {
-        log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
-        None
-    };
+    let (port, http) = HttpServer::start(Arc::clone(&ctx))?;
+    workers.push(http);
+    log_summary(&cfg, port, reg.next_id());
+    // Kept apart: it is stopped first, when the drain begins (its stop sends cluster_leave).
+    let discovery = start_discovery(&ctx, port)?;
 
     // The main thread waits for a signal, then drains.
     let first = sig_rx.recv().ok();
@@ -112,26 +90,75 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     drain_tasks(&reg, &cfg, &sig_rx);
     // Follow streams end with their tasks; give them a moment to send their last chunk.
-    let streams_done = Instant::now() + Duration::from_secs(2);
-    while ctx.long_requests.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < streams_done {
-        std::thread::sleep(Duration::from_millis(10));
+    if !ctx.long_requests.wait_zero(Instant::now() + Duration::from_secs(2)) {
+        log::info!("{} long request(s) still being answered at exit", ctx.long_requests.get());
     }
-    sig_handle.close();
-    let _ = sig_thread.join();
-
-    http.stop();
-    timer.stop();
-    let _ = timer_thread.join();
-    monitor_thread.stop();
-    hub.stop();
-    let _ = hub_thread.join();
-    if let Some(r) = reaper {
-        r.stop();
+    // HTTP, the broadcaster (which closes every WebSocket client), the reaper, the timer,
+    // the monitor, the signal thread.
+    workers.stop_all();
+    // The clients' threads end once their close frame is out (a stalled one at its write
+    // timeout); the process exit ends any left after a moment.
+    if !hub.threads.wait_zero(Instant::now() + Duration::from_secs(2)) {
+        log::info!("{} WebSocket thread(s) still closing at exit", hub.threads.get());
     }
     drop(ctx);
     drop(reg);
     log::info!("stopped");
     Ok(())
+}
+
+/// Tasks without a `cwd` run in the agent's: it must exist, and be text for the task object.
+fn check_cwd() -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        format!("cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory")
+    })?;
+    if cwd.to_str().is_none() {
+        return Err(format!(
+            "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
+            cwd.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Not dumpable: a task running as the same (non-root) user cannot read this process's
+/// memory or /proc/<pid>/environ, where CLUSTER_SECRET may be.
+fn make_non_dumpable() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        log::warn!("cannot mark the agent non-dumpable: {e}");
+    }
+}
+
+/// One warning at start for each setting that lets someone in without the secret.
+fn warn_about_open_access(cfg: &Config) {
+    if cfg.ws_allow_anonymous {
+        log::warn!("WS_ALLOW_ANONYMOUS=true: any WebSocket client can read every task's output without the secret");
+    }
+    if !cfg.trusted_addresses.is_empty() {
+        let ranges = cfg.trusted_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        log::warn!("TRUSTED_ADDRESSES: requests from {ranges} need no cluster secret");
+    }
+}
+
+/// The `discovery` thread, unless DISCOVERY_ENABLED=false.
+fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, String> {
+    if !ctx.cfg.discovery_enabled {
+        log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
+        return Ok(None);
+    }
+    let host = &ctx.monitor.host;
+    let stats_ctx = Arc::clone(ctx);
+    let node = NodeInfo {
+        hostname: host.hostname.clone(),
+        cpus: host.cpus,
+        total_memory: host.total_memory,
+        port,
+        stats: Box::new(move || stats_ctx.stats()),
+    };
+    Discovery::start(&ctx.cfg, node, Arc::clone(&ctx.metrics))
+        .map(Some)
+        .map_err(|e| format!("cannot start discovery: {e}"))
 }
 
 /// Marks every file descriptor the agent inherited (beyond stdin, stdout and stderr)
@@ -247,8 +274,7 @@ fn inherited_ignore(sig: i32) -> bool {
 /// Starts the `signals` thread: SIGTERM, SIGINT and SIGHUP (a closed terminal) arrive on the
 /// returned channel, and each drains the agent. SIGHUP stays ignored when it was at start
 /// (`nohup`).
-fn spawn_signal_thread(
-) -> Result<(crossbeam_channel::Receiver<i32>, signal_hook::iterator::Handle, std::thread::JoinHandle<()>), String> {
+fn spawn_signal_thread() -> Result<(crossbeam_channel::Receiver<i32>, Worker), String> {
     let mut handled = vec![SIGTERM, SIGINT];
     if !inherited_ignore(SIGHUP) {
         handled.push(SIGHUP);
@@ -265,7 +291,7 @@ fn spawn_signal_thread(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    Ok((rx, handle, thread))
+    Ok((rx, Worker::new("signals", move || handle.close(), vec![thread])))
 }
 
 /// Lets running tasks finish for up to `SHUTDOWN_TIMEOUT`, then stops their groups: SIGTERM,

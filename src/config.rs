@@ -85,62 +85,352 @@ impl fmt::Debug for Config {
     }
 }
 
-/// A configuration error: one clear line, naming the variable and the value.
+/// A configuration error: one clear line, naming the variable and the value (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// A setting whose value does not parse or is out of range.
+    Invalid { var: &'static str, value: String, expected: String },
+    /// A setting of ours whose value in the process environment is not UTF-8.
+    NotUtf8 { var: String },
+    /// The `.env` file (named, or `./.env`) cannot be opened or read.
+    EnvFileUnreadable { path: PathBuf, why: String },
+    /// The `.env` file is not dotenv syntax.
+    EnvFileSyntax { path: PathBuf, why: String },
+    /// `CLUSTER_SECRET` is refused (the secret itself is never part of the message).
+    Secret { why: String },
+    /// The secret's file cannot be read, created or trusted; `why` names the file.
+    SecretFile { why: String },
+    /// `DATA_DIR` cannot be created or written.
+    DataDir { path: PathBuf, why: String },
+}
+
+impl ConfigError {
+    /// The process exit code: every configuration error is a bad setting, 2 (as `--help` says).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::Invalid { .. }
+            | ConfigError::NotUtf8 { .. }
+            | ConfigError::EnvFileUnreadable { .. }
+            | ConfigError::EnvFileSyntax { .. }
+            | ConfigError::Secret { .. }
+            | ConfigError::SecretFile { .. }
+            | ConfigError::DataDir { .. } => 2,
+        }
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Invalid { var, value, expected } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+            ConfigError::NotUtf8 { var } => write!(f, "{var}: the value is not valid UTF-8"),
+            ConfigError::EnvFileUnreadable { path, why } => write!(f, "cannot read env file {}: {why}", path.display()),
+            ConfigError::EnvFileSyntax { path, why } => write!(f, "cannot parse env file {}: {why}", path.display()),
+            ConfigError::Secret { why } => write!(f, "invalid CLUSTER_SECRET: {why}"),
+            ConfigError::SecretFile { why } => f.write_str(why),
+            ConfigError::DataDir { path, why } => write!(f, "invalid DATA_DIR={:?}: {why}", path.display().to_string()),
+        }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(var: &str, value: &str, expected: &str) -> ConfigError {
-    ConfigError(format!("invalid {var}={value:?}: expected {expected}"))
+fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid { var, value: value.to_string(), expected: expected.to_string() }
 }
 
-/// Every variable the agent reads, with its default (as text) and a one-line meaning.
-/// Used by `--help`, and kept in the order of CONTRACT.md §1.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("CLUSTER_PORT", "4000", "TCP port of the HTTP API and WebSocket; 0 = pick a free port"),
-    ("BIND_ADDRESS", "0.0.0.0", "address the HTTP server binds"),
-    ("DISCOVERY_PORT", "4001", "UDP port for discovery"),
-    (
-        "CLUSTER_SECRET",
-        "(generated)",
-        "shared secret, at least 16 bytes; generated into DATA_DIR/cluster-secret when unset",
-    ),
-    ("MAX_CONCURRENT_TASKS", "4", "running tasks at most"),
-    ("MAX_CPU_PERCENT", "80", "1-100; refuse tasks while CPU usage is above this"),
-    ("MAX_MEMORY_PERCENT", "80", "1-100; refuse tasks while memory in use is above this"),
-    ("TASK_TIMEOUT", "300000", "ms a task may run before it is killed; 0 = no limit"),
-    ("KILL_GRACE", "5000", "ms between SIGTERM and SIGKILL"),
-    ("SHUTDOWN_TIMEOUT", "30000", "ms running tasks may go on after SIGTERM to the agent"),
-    ("JOBS_BASE_PATH", "./jobs", "root of job folders for /execute-job"),
-    ("MASTER_SERVER", "", "host or host:port of the main server, also sent discovery packets by unicast"),
-    (
-        "DISCOVERY_ADDRESSES",
-        "255.255.255.255,224.0.0.1",
-        "where announcements go: address or address:port, comma-separated",
-    ),
-    ("DISCOVERY_ENABLED", "true", "false turns UDP discovery off"),
-    ("ANNOUNCE_INTERVAL", "5000", "ms between announcements"),
-    ("STATS_INTERVAL", "10000", "ms between stats packets"),
-    ("DATA_DIR", "./data", "task history, output logs, generated secret ($STATE_DIRECTORY under systemd)"),
-    ("TASK_HISTORY", "1000", "finished tasks kept"),
-    ("MAX_OUTPUT_BYTES", "1048576", "bytes of each stream's tail returned in the task object"),
-    ("WS_ALLOW_ANONYMOUS", "false", "let WebSocket clients connect without the secret"),
-    (
-        "WS_PING_INTERVAL",
-        "30000",
-        "ms between pings to each WebSocket client; one silent for 3 intervals is closed (>= 100)",
-    ),
-    ("METRICS_REQUIRE_SECRET", "false", "true: GET /metrics needs the secret like the task endpoints"),
-    ("TRUSTED_ADDRESSES", "", "CIDRs whose requests need no secret, comma-separated; a bare address is /32 or /128"),
-    ("RUST_LOG", "info", "log level"),
+/// One setting of CONTRACT.md §1, declared once: `--help` lists it, [`Config::from_source`]
+/// loads it, `check-config` shows its effective value, and `tests/service.rs` checks that
+/// `config/.env.example` lists it with its default.
+pub struct Setting {
+    pub name: &'static str,
+    /// The default as shown, and the text that is parsed when the variable is unset.
+    pub default: &'static str,
+    /// One line for `--help`.
+    pub help: &'static str,
+    /// Parses the value (or the default) into its field of the config being built.
+    load: fn(&Value, &mut Config) -> Result<(), ConfigError>,
+    /// The effective value for `check-config`; `None` for a setting not kept in [`Config`].
+    show: Option<fn(&Config) -> String>,
+}
+
+/// Upper bound of every duration in ms: 30 days, far beyond any sane value, and safe for
+/// `Instant` arithmetic.
+const MAX_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Every setting, in the order of CONTRACT.md §1. Loading runs in this order, so a setting may
+/// use one declared above it (the discovery port of `MASTER_SERVER` and `DISCOVERY_ADDRESSES`).
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "CLUSTER_PORT",
+        default: "4000",
+        help: "TCP port of the HTTP API and WebSocket; 0 = pick a free port",
+        load: |v, c| v.int(0, 65535).map(|x| c.cluster_port = x),
+        show: Some(|c| c.cluster_port.to_string()),
+    },
+    Setting {
+        name: "BIND_ADDRESS",
+        default: "0.0.0.0",
+        help: "address the HTTP server binds",
+        load: |v, c| v.raw.trim().parse().map_err(|_| v.invalid("an IP address")).map(|x| c.bind_address = x),
+        show: Some(|c| c.bind_address.to_string()),
+    },
+    Setting {
+        name: "DISCOVERY_PORT",
+        default: "4001",
+        help: "UDP port for discovery",
+        load: |v, c| v.int(1, 65535).map(|x| c.discovery_port = x),
+        show: Some(|c| c.discovery_port.to_string()),
+    },
+    Setting {
+        name: "CLUSTER_SECRET",
+        default: "(generated)",
+        help: "shared secret, at least 16 bytes; generated into DATA_DIR/cluster-secret when unset",
+        load: load_secret,
+        show: Some(show_secret),
+    },
+    Setting {
+        name: "MAX_CONCURRENT_TASKS",
+        default: "4",
+        help: "running tasks at most",
+        load: |v, c| v.int(1, 4096).map(|x| c.max_concurrent_tasks = x),
+        show: Some(|c| c.max_concurrent_tasks.to_string()),
+    },
+    Setting {
+        name: "MAX_CPU_PERCENT",
+        default: "80",
+        help: "1-100; refuse tasks while CPU usage is above this",
+        load: |v, c| v.int(1, 100).map(|x| c.max_cpu_percent = x),
+        show: Some(|c| c.max_cpu_percent.to_string()),
+    },
+    Setting {
+        name: "MAX_MEMORY_PERCENT",
+        default: "80",
+        help: "1-100; refuse tasks while memory in use is above this",
+        load: |v, c| v.int(1, 100).map(|x| c.max_memory_percent = x),
+        show: Some(|c| c.max_memory_percent.to_string()),
+    },
+    Setting {
+        name: "TASK_TIMEOUT",
+        default: "300000",
+        help: "ms a task may run before it is killed; 0 = no limit",
+        load: |v, c| v.ms(0).map(|d| c.task_timeout = Some(d).filter(|d| !d.is_zero())),
+        show: Some(|c| c.task_timeout.map_or("0".into(), ms)),
+    },
+    Setting {
+        name: "KILL_GRACE",
+        default: "5000",
+        help: "ms between SIGTERM and SIGKILL",
+        load: |v, c| v.ms(0).map(|x| c.kill_grace = x),
+        show: Some(|c| ms(c.kill_grace)),
+    },
+    Setting {
+        name: "SHUTDOWN_TIMEOUT",
+        default: "30000",
+        help: "ms running tasks may go on after SIGTERM to the agent",
+        load: |v, c| v.ms(0).map(|x| c.shutdown_timeout = x),
+        show: Some(|c| ms(c.shutdown_timeout)),
+    },
+    Setting {
+        name: "JOBS_BASE_PATH",
+        default: "./jobs",
+        help: "root of job folders for /execute-job",
+        load: |v, c| v.path().map(|x| c.jobs_base_path = x),
+        show: Some(|c| c.jobs_base_path.display().to_string()),
+    },
+    Setting {
+        name: "MASTER_SERVER",
+        default: "",
+        help: "host or host:port of the main server, also sent discovery packets by unicast",
+        load: |v, c| parse_master(v, c.discovery_port).map(|x| c.master_server = x),
+        show: Some(|c| c.master_server.clone().unwrap_or_default()),
+    },
+    Setting {
+        name: "DISCOVERY_ADDRESSES",
+        default: "255.255.255.255,224.0.0.1",
+        help: "where announcements go: address or address:port, comma-separated",
+        load: |v, c| parse_targets(v, c.discovery_port).map(|x| c.discovery_addresses = x),
+        show: Some(|c| c.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(",")),
+    },
+    Setting {
+        name: "DISCOVERY_ENABLED",
+        default: "true",
+        help: "false turns UDP discovery off",
+        load: |v, c| v.bool().map(|x| c.discovery_enabled = x),
+        show: Some(|c| c.discovery_enabled.to_string()),
+    },
+    Setting {
+        name: "ANNOUNCE_INTERVAL",
+        default: "5000",
+        help: "ms between announcements",
+        load: |v, c| v.ms(100).map(|x| c.announce_interval = x),
+        show: Some(|c| ms(c.announce_interval)),
+    },
+    Setting {
+        name: "STATS_INTERVAL",
+        default: "10000",
+        help: "ms between stats packets",
+        load: |v, c| v.ms(100).map(|x| c.stats_interval = x),
+        show: Some(|c| ms(c.stats_interval)),
+    },
+    Setting {
+        name: "DATA_DIR",
+        default: "./data",
+        help: "task history, output logs, generated secret ($STATE_DIRECTORY under systemd)",
+        load: |v, c| parse_data_dir(v).map(|x| c.data_dir = x),
+        show: Some(|c| c.data_dir.display().to_string()),
+    },
+    Setting {
+        name: "TASK_HISTORY",
+        default: "1000",
+        help: "finished tasks kept",
+        load: |v, c| v.int(1, 1_000_000).map(|x| c.task_history = x),
+        show: Some(|c| c.task_history.to_string()),
+    },
+    Setting {
+        name: "MAX_OUTPUT_BYTES",
+        default: "1048576",
+        help: "bytes of each stream's tail returned in the task object",
+        load: |v, c| v.int(0, 1 << 30).map(|x| c.max_output_bytes = x),
+        show: Some(|c| c.max_output_bytes.to_string()),
+    },
+    Setting {
+        name: "WS_ALLOW_ANONYMOUS",
+        default: "false",
+        help: "let WebSocket clients connect without the secret",
+        load: |v, c| v.bool().map(|x| c.ws_allow_anonymous = x),
+        show: Some(|c| c.ws_allow_anonymous.to_string()),
+    },
+    Setting {
+        name: "WS_PING_INTERVAL",
+        default: "30000",
+        help: "ms between pings to each WebSocket client; one silent for 3 intervals is closed (>= 100)",
+        load: |v, c| v.ms(100).map(|x| c.ws_ping_interval = x),
+        show: Some(|c| ms(c.ws_ping_interval)),
+    },
+    Setting {
+        name: "METRICS_REQUIRE_SECRET",
+        default: "false",
+        help: "true: GET /metrics needs the secret like the task endpoints",
+        load: |v, c| v.bool().map(|x| c.metrics_require_secret = x),
+        show: Some(|c| c.metrics_require_secret.to_string()),
+    },
+    Setting {
+        name: "TRUSTED_ADDRESSES",
+        default: "",
+        help: "CIDRs whose requests need no secret, comma-separated; a bare address is /32 or /128",
+        load: |v, c| parse_trusted(v).map(|x| c.trusted_addresses = x),
+        show: Some(Config::trusted_list),
+    },
+    Setting {
+        name: "RUST_LOG",
+        default: "info",
+        help: "log level",
+        // Read by main.rs to start logging before the rest is loaded; not kept in `Config`.
+        load: |_, _| Ok(()),
+        show: None,
+    },
 ];
+
+/// A setting's value: as given in the environment or `.env`, else the setting's default.
+#[derive(Clone, Copy)]
+struct Value<'a> {
+    var: &'static str,
+    /// Exactly as given: error messages quote it untrimmed.
+    raw: &'a str,
+    /// Whether the variable is set at all (an empty value counts as set).
+    set: bool,
+    src: &'a Source,
+}
+
+impl Value<'_> {
+    fn invalid(&self, expected: &str) -> ConfigError {
+        invalid(self.var, self.raw, expected)
+    }
+
+    fn int<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(&self, min: T, max: T) -> Result<T, ConfigError> {
+        match self.raw.trim().parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(self.invalid(&format!("an integer from {min} to {max}"))),
+        }
+    }
+
+    fn ms(&self, min: u64) -> Result<Duration, ConfigError> {
+        self.int(min, MAX_MS).map(Duration::from_millis)
+    }
+
+    fn bool(&self) -> Result<bool, ConfigError> {
+        match self.raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(self.invalid("true or false")),
+        }
+    }
+
+    fn path(&self) -> Result<PathBuf, ConfigError> {
+        if self.raw.trim().is_empty() {
+            return Err(self.invalid("a path"));
+        }
+        if self.raw.contains('\0') {
+            return Err(self.invalid("a path without NUL bytes"));
+        }
+        Ok(PathBuf::from(self.raw))
+    }
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// `CLUSTER_SECRET`, when set; when unset, [`Config::from_source`] points the secret's source at
+/// the file in `DATA_DIR` (read or generated by [`Config::load`]).
+fn load_secret(v: &Value, c: &mut Config) -> Result<(), ConfigError> {
+    if v.set {
+        check_secret(v.raw).map_err(|why| ConfigError::Secret { why })?;
+        c.secret = v.raw.to_string();
+        c.secret_source = SecretSource::Environment;
+    }
+    Ok(())
+}
+
+/// The secret masked: its length and where it came from.
+fn show_secret(c: &Config) -> String {
+    match &c.secret_source {
+        SecretSource::Environment => format!("******** ({} bytes, from CLUSTER_SECRET)", c.secret.len()),
+        SecretSource::File { path, .. } if c.secret.is_empty() => {
+            format!("(unset: generated at first start into {})", path.display())
+        }
+        SecretSource::File { path, .. } => format!("******** ({} bytes, from {})", c.secret.len(), path.display()),
+    }
+}
+
+/// `DATA_DIR`; when unset, systemd's `$STATE_DIRECTORY` if given, else the default.
+fn parse_data_dir(v: &Value) -> Result<PathBuf, ConfigError> {
+    if v.set {
+        return v.path();
+    }
+    let state = v.src.get("STATE_DIRECTORY").filter(|s| !s.is_empty()).unwrap_or(v.raw);
+    // systemd may list several state directories separated by ':'; the first is ours.
+    let first = state.split(':').next().unwrap_or(v.raw);
+    Value { raw: first, ..*v }.path()
+}
+
+/// Parses `a,b:port,...`; each entry an IP address, optionally with a port.
+fn parse_targets(v: &Value, port: u16) -> Result<Vec<DiscoveryTarget>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in v.raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let addr = parse_host_port(entry, port)
+            .ok_or_else(|| v.invalid("IP addresses, each optionally with :port, comma-separated"))?;
+        out.push(DiscoveryTarget { addr });
+    }
+    Ok(out)
+}
+
+/// `TRUSTED_ADDRESSES`: comma-separated CIDRs or bare addresses; empty by default.
+fn parse_trusted(v: &Value) -> Result<Vec<Cidr>, ConfigError> {
+    cidr::parse_list(v.raw)
+        .map_err(|why| v.invalid(&format!("IP addresses or CIDRs (address/prefix), comma-separated ({why})")))
+}
 
 /// Looks a variable up: the real environment wins over the `.env` file.
 pub struct Source {
@@ -163,7 +453,7 @@ impl Source {
                 // A setting of ours that cannot be read must not fall back to its default
                 // (which might be broadcasting, or a generated secret).
                 Err(_) if is_setting(&k) => {
-                    return Err(ConfigError(format!("{k}: the value is not valid UTF-8")));
+                    return Err(ConfigError::NotUtf8 { var: k });
                 }
                 Err(_) => {}
             }
@@ -193,86 +483,20 @@ impl Source {
     }
 }
 
-/// Whether `name` is read by the agent (see [`VARIABLES`]).
+/// Whether `name` is read by the agent (see [`SETTINGS`]).
 fn is_setting(name: &str) -> bool {
-    VARIABLES.iter().any(|(n, _, _)| *n == name) || matches!(name, "RUST_LOG" | "STATE_DIRECTORY")
+    SETTINGS.iter().any(|s| s.name == name) || name == "STATE_DIRECTORY"
 }
 
 fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let iter = dotenvy::from_path_iter(path)
-        .map_err(|e| ConfigError(format!("cannot read env file {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError::EnvFileUnreadable { path: path.to_path_buf(), why: e.to_string() })?;
     let mut map = HashMap::new();
     for item in iter {
-        let (k, v) = item.map_err(|e| ConfigError(format!("cannot parse env file {}: {e}", path.display())))?;
+        let (k, v) = item.map_err(|e| ConfigError::EnvFileSyntax { path: path.to_path_buf(), why: e.to_string() })?;
         map.insert(k, v);
     }
     Ok(map)
-}
-
-fn parse_int<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
-    src: &Source,
-    var: &str,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    match src.get(var) {
-        None => Ok(default),
-        Some(raw) => {
-            let v = raw.trim();
-            match v.parse::<T>() {
-                Ok(n) if n >= min && n <= max => Ok(n),
-                _ => Err(invalid(var, raw, &format!("an integer from {min} to {max}"))),
-            }
-        }
-    }
-}
-
-fn parse_ms(src: &Source, var: &str, default: u64, min: u64) -> Result<Duration, ConfigError> {
-    // Upper bound: 30 days, far beyond any sane value, and safe for Instant arithmetic.
-    parse_int(src, var, default, min, 30 * 24 * 3600 * 1000).map(Duration::from_millis)
-}
-
-fn parse_bool(src: &Source, var: &str, default: bool) -> Result<bool, ConfigError> {
-    match src.get(var) {
-        None => Ok(default),
-        Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(invalid(var, raw, "true or false")),
-        },
-    }
-}
-
-fn parse_path(src: &Source, var: &str, default: &str) -> Result<PathBuf, ConfigError> {
-    let raw = src.get(var).unwrap_or(default);
-    if raw.trim().is_empty() {
-        return Err(invalid(var, raw, "a path"));
-    }
-    if raw.contains('\0') {
-        return Err(invalid(var, raw, "a path without NUL bytes"));
-    }
-    Ok(PathBuf::from(raw))
-}
-
-/// Parses `a,b:port,...`; each entry an IP address, optionally with a port.
-fn parse_targets(src: &Source, var: &str, default: &str, port: u16) -> Result<Vec<DiscoveryTarget>, ConfigError> {
-    let raw = src.get(var).unwrap_or(default);
-    let mut out = Vec::new();
-    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let addr = parse_host_port(entry, port)
-            .ok_or_else(|| invalid(var, raw, "IP addresses, each optionally with :port, comma-separated"))?;
-        out.push(DiscoveryTarget { addr });
-    }
-    Ok(out)
-}
-
-/// `TRUSTED_ADDRESSES`: comma-separated CIDRs or bare addresses; empty by default.
-fn parse_trusted(src: &Source) -> Result<Vec<Cidr>, ConfigError> {
-    let raw = src.get("TRUSTED_ADDRESSES").unwrap_or("");
-    cidr::parse_list(raw).map_err(|why| {
-        invalid("TRUSTED_ADDRESSES", raw, &format!("IP addresses or CIDRs (address/prefix), comma-separated ({why})"))
-    })
 }
 
 /// `1.2.3.4`, `1.2.3.4:99`, `[::1]:99` or `::1`, as a socket address (no name resolution).
@@ -288,21 +512,18 @@ pub fn parse_host_port(entry: &str, default_port: u16) -> Option<SocketAddr> {
 
 /// Checks `MASTER_SERVER`'s syntax (`host` or `host:port`); resolution happens later, and again
 /// now and then, in the discovery thread.
-fn parse_master(src: &Source, default_port: u16) -> Result<Option<String>, ConfigError> {
-    let Some(raw) = src.get("MASTER_SERVER") else {
-        return Ok(None);
-    };
-    let v = raw.trim();
-    if v.is_empty() {
+fn parse_master(v: &Value, default_port: u16) -> Result<Option<String>, ConfigError> {
+    let raw = v.raw.trim();
+    if raw.is_empty() {
         return Ok(None);
     }
-    let bad = || invalid("MASTER_SERVER", raw, "host or host:port");
-    if parse_host_port(v, default_port).is_some() {
-        return Ok(Some(v.to_string()));
+    let bad = || v.invalid("host or host:port");
+    if parse_host_port(raw, default_port).is_some() {
+        return Ok(Some(raw.to_string()));
     }
-    let (host, port) = match v.rsplit_once(':') {
+    let (host, port) = match raw.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
-        None => (v, None),
+        None => (raw, None),
     };
     if let Some(p) = port {
         match p.parse::<u16>() {
@@ -316,7 +537,7 @@ fn parse_master(src: &Source, default_port: u16) -> Result<Option<String>, Confi
     if !host_ok {
         return Err(bad());
     }
-    Ok(Some(v.to_string()))
+    Ok(Some(raw.to_string()))
 }
 
 /// Resolves `MASTER_SERVER` to socket addresses (empty when resolution fails).
@@ -331,80 +552,58 @@ pub fn resolve_master(master: &str, default_port: u16) -> Vec<SocketAddr> {
 impl Config {
     /// Reads and validates every setting except the secret's file (see [`Config::load`]).
     pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
-        let cluster_port = parse_int(src, "CLUSTER_PORT", 4000u16, 0, 65535)?;
-        let bind_raw = src.get("BIND_ADDRESS").unwrap_or("0.0.0.0");
-        let bind_address =
-            bind_raw.trim().parse::<IpAddr>().map_err(|_| invalid("BIND_ADDRESS", bind_raw, "an IP address"))?;
-        let discovery_port = parse_int(src, "DISCOVERY_PORT", 4001u16, 1, 65535)?;
-        let max_concurrent_tasks = parse_int(src, "MAX_CONCURRENT_TASKS", 4usize, 1, 4096)?;
-        let max_cpu_percent = parse_int(src, "MAX_CPU_PERCENT", 80u8, 1, 100)?;
-        let max_memory_percent = parse_int(src, "MAX_MEMORY_PERCENT", 80u8, 1, 100)?;
-        let task_timeout = parse_ms(src, "TASK_TIMEOUT", 300_000, 0)?;
-        let task_timeout = (!task_timeout.is_zero()).then_some(task_timeout);
-        let kill_grace = parse_ms(src, "KILL_GRACE", 5000, 0)?;
-        let shutdown_timeout = parse_ms(src, "SHUTDOWN_TIMEOUT", 30_000, 0)?;
-        let jobs_base_path = parse_path(src, "JOBS_BASE_PATH", "./jobs")?;
-        let master_server = parse_master(src, discovery_port)?;
-        let discovery_addresses =
-            parse_targets(src, "DISCOVERY_ADDRESSES", "255.255.255.255,224.0.0.1", discovery_port)?;
-        let discovery_enabled = parse_bool(src, "DISCOVERY_ENABLED", true)?;
-        let announce_interval = parse_ms(src, "ANNOUNCE_INTERVAL", 5000, 100)?;
-        let stats_interval = parse_ms(src, "STATS_INTERVAL", 10_000, 100)?;
-        let data_default = src.get("STATE_DIRECTORY").filter(|s| !s.is_empty()).unwrap_or("./data");
-        // systemd may list several state directories separated by ':'; the first is ours.
-        let data_default = data_default.split(':').next().unwrap_or("./data").to_string();
-        let data_dir = parse_path(src, "DATA_DIR", &data_default)?;
-        let task_history = parse_int(src, "TASK_HISTORY", 1000usize, 1, 1_000_000)?;
-        let max_output_bytes = parse_int(src, "MAX_OUTPUT_BYTES", 1_048_576usize, 0, 1 << 30)?;
-        let ws_allow_anonymous = parse_bool(src, "WS_ALLOW_ANONYMOUS", false)?;
-        let metrics_require_secret = parse_bool(src, "METRICS_REQUIRE_SECRET", false)?;
-        let ws_ping_interval = parse_ms(src, "WS_PING_INTERVAL", 30_000, 100)?;
-        let trusted_addresses = parse_trusted(src)?;
+        let mut cfg = Config::unfilled(src.env_file.clone());
+        for s in SETTINGS {
+            let given = src.get(s.name);
+            let value = Value { var: s.name, raw: given.unwrap_or(s.default), set: given.is_some(), src };
+            (s.load)(&value, &mut cfg)?;
+        }
+        if let SecretSource::File { path, .. } = &mut cfg.secret_source {
+            *path = cfg.data_dir.join(SECRET_FILE);
+        }
+        Ok(cfg)
+    }
 
-        let (secret, secret_source) = match src.get("CLUSTER_SECRET") {
-            Some(s) => {
-                check_secret(s).map_err(|why| ConfigError(format!("invalid CLUSTER_SECRET: {why}")))?;
-                (s.to_string(), SecretSource::Environment)
-            }
-            None => (String::new(), SecretSource::File { path: data_dir.join(SECRET_FILE), generated: false }),
-        };
-
-        Ok(Config {
-            cluster_port,
-            bind_address,
-            discovery_port,
-            secret,
-            secret_source,
-            max_concurrent_tasks,
-            max_cpu_percent,
-            max_memory_percent,
-            task_timeout,
-            kill_grace,
-            shutdown_timeout,
-            jobs_base_path,
-            master_server,
-            discovery_addresses,
-            discovery_enabled,
-            announce_interval,
-            stats_interval,
-            data_dir,
-            task_history,
-            max_output_bytes,
-            ws_allow_anonymous,
-            ws_ping_interval,
-            metrics_require_secret,
-            trusted_addresses,
-            env_file: src.env_file.clone(),
-        })
+    /// The config before [`SETTINGS`] are loaded into it: each field here is overwritten by
+    /// its setting (the defaults are in [`SETTINGS`], not here).
+    fn unfilled(env_file: Option<PathBuf>) -> Config {
+        Config {
+            cluster_port: 0,
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            discovery_port: 0,
+            secret: String::new(),
+            secret_source: SecretSource::File { path: PathBuf::new(), generated: false },
+            max_concurrent_tasks: 0,
+            max_cpu_percent: 0,
+            max_memory_percent: 0,
+            task_timeout: None,
+            kill_grace: Duration::ZERO,
+            shutdown_timeout: Duration::ZERO,
+            jobs_base_path: PathBuf::new(),
+            master_server: None,
+            discovery_addresses: Vec::new(),
+            discovery_enabled: false,
+            announce_interval: Duration::ZERO,
+            stats_interval: Duration::ZERO,
+            data_dir: PathBuf::new(),
+            task_history: 0,
+            max_output_bytes: 0,
+            ws_allow_anonymous: false,
+            ws_ping_interval: Duration::ZERO,
+            metrics_require_secret: false,
+            trusted_addresses: Vec::new(),
+            env_file,
+        }
     }
 
     /// Reads the configuration, prepares `DATA_DIR`, and reads or generates the secret.
     pub fn load(src: &Source) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(src)?;
         crate::store::prepare_data_dir(&cfg.data_dir)
-            .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", cfg.data_dir.display().to_string())))?;
+            .map_err(|e| ConfigError::DataDir { path: cfg.data_dir.clone(), why: e.to_string() })?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {
-            let (secret, generated) = crate::secret::load_or_generate(path).map_err(ConfigError)?;
+            let (secret, generated) =
+                crate::secret::load_or_generate(path).map_err(|why| ConfigError::SecretFile { why })?;
             cfg.secret = secret;
             cfg.secret_source = SecretSource::File { path: path.clone(), generated };
         }
@@ -415,44 +614,7 @@ impl Config {
 impl Config {
     /// Every effective setting as `(variable, value)`, the secret masked.
     pub fn effective_values(&self) -> Vec<(&'static str, String)> {
-        let ms = |d: Duration| d.as_millis().to_string();
-        let secret = match &self.secret_source {
-            SecretSource::Environment => format!("******** ({} bytes, from CLUSTER_SECRET)", self.secret.len()),
-            SecretSource::File { path, .. } if self.secret.is_empty() => {
-                format!("(unset: generated at first start into {})", path.display())
-            }
-            SecretSource::File { path, .. } => {
-                format!("******** ({} bytes, from {})", self.secret.len(), path.display())
-            }
-        };
-        vec![
-            ("CLUSTER_PORT", self.cluster_port.to_string()),
-            ("BIND_ADDRESS", self.bind_address.to_string()),
-            ("DISCOVERY_PORT", self.discovery_port.to_string()),
-            ("CLUSTER_SECRET", secret),
-            ("MAX_CONCURRENT_TASKS", self.max_concurrent_tasks.to_string()),
-            ("MAX_CPU_PERCENT", self.max_cpu_percent.to_string()),
-            ("MAX_MEMORY_PERCENT", self.max_memory_percent.to_string()),
-            ("TASK_TIMEOUT", self.task_timeout.map_or("0".into(), ms)),
-            ("KILL_GRACE", ms(self.kill_grace)),
-            ("SHUTDOWN_TIMEOUT", ms(self.shutdown_timeout)),
-            ("JOBS_BASE_PATH", self.jobs_base_path.display().to_string()),
-            ("MASTER_SERVER", self.master_server.clone().unwrap_or_default()),
-            (
-                "DISCOVERY_ADDRESSES",
-                self.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(","),
-            ),
-            ("DISCOVERY_ENABLED", self.discovery_enabled.to_string()),
-            ("ANNOUNCE_INTERVAL", ms(self.announce_interval)),
-            ("STATS_INTERVAL", ms(self.stats_interval)),
-            ("DATA_DIR", self.data_dir.display().to_string()),
-            ("TASK_HISTORY", self.task_history.to_string()),
-            ("MAX_OUTPUT_BYTES", self.max_output_bytes.to_string()),
-            ("WS_ALLOW_ANONYMOUS", self.ws_allow_anonymous.to_string()),
-            ("WS_PING_INTERVAL", ms(self.ws_ping_interval)),
-            ("METRICS_REQUIRE_SECRET", self.metrics_require_secret.to_string()),
-            ("TRUSTED_ADDRESSES", self.trusted_list()),
-        ]
+        SETTINGS.iter().filter_map(|s| Some((s.name, (s.show?)(self)))).collect()
     }
 
     /// `TRUSTED_ADDRESSES` as `a/n,b/m` (empty when unset).
@@ -465,10 +627,13 @@ impl Config {
     pub fn check_without_side_effects(&mut self) -> Result<(), ConfigError> {
         if let SecretSource::File { path, .. } = &self.secret_source {
             if path.exists() {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("cannot read secret file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile {
+                    why: format!("cannot read secret file {}: {e}", path.display()),
+                })?;
                 let s = text.trim().to_string();
-                check_secret(&s).map_err(|why| ConfigError(format!("invalid secret in {}: {why}", path.display())))?;
+                check_secret(&s).map_err(|why| ConfigError::SecretFile {
+                    why: format!("invalid secret in {}: {why}", path.display()),
+                })?;
                 self.secret = s;
             }
         }
@@ -483,13 +648,10 @@ impl Config {
             }
         }
         let meta = std::fs::metadata(probe)
-            .map_err(|e| ConfigError(format!("invalid DATA_DIR={:?}: {e}", self.data_dir.display().to_string())))?;
+            .map_err(|e| ConfigError::DataDir { path: self.data_dir.clone(), why: e.to_string() })?;
         if !meta.is_dir() || meta.permissions().readonly() {
-            return Err(ConfigError(format!(
-                "invalid DATA_DIR={:?}: {} is not a writable directory",
-                self.data_dir.display().to_string(),
-                probe.display()
-            )));
+            let why = format!("{} is not a writable directory", probe.display());
+            return Err(ConfigError::DataDir { path: self.data_dir.clone(), why });
         }
         Ok(())
     }
@@ -532,7 +694,8 @@ mod tests {
             ("TRUSTED_ADDRESSES", "garbage"),
         ] {
             let e = Config::from_source(&src(&[("CLUSTER_SECRET", "0123456789abcdef"), (k, v)])).unwrap_err();
-            assert!(e.0.contains(k) && e.0.contains(v), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(k) && e.contains(v), "{e}");
         }
     }
 
@@ -563,6 +726,65 @@ mod tests {
         assert_eq!(c.trusted_list(), "10.0.0.0/8,192.168.1.5/32,::1/128");
         let shown = c.effective_values().into_iter().find(|(k, _)| *k == "TRUSTED_ADDRESSES").unwrap().1;
         assert_eq!(shown, "10.0.0.0/8,192.168.1.5/32,::1/128");
+    }
+
+    #[test]
+    fn the_declared_defaults_are_the_ones_loaded() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        let shown: HashMap<_, _> = c.effective_values().into_iter().collect();
+        for s in SETTINGS {
+            match s.name {
+                "CLUSTER_SECRET" | "RUST_LOG" => {}
+                "DISCOVERY_ADDRESSES" => assert_eq!(shown[s.name], "255.255.255.255:4001,224.0.0.1:4001"),
+                _ => assert_eq!(shown[s.name], s.default, "{}", s.name),
+            }
+        }
+        assert_eq!(shown["CLUSTER_SECRET"], "(unset: generated at first start into ./data/cluster-secret)");
+        assert_eq!(shown.len(), SETTINGS.len() - 1, "every setting but RUST_LOG is shown, once");
+    }
+
+    #[test]
+    fn data_dir_falls_back_to_the_first_state_directory() {
+        let c = Config::from_source(&src(&[("STATE_DIRECTORY", "/var/lib/a:/var/lib/b")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/a"));
+        assert!(matches!(&c.secret_source, SecretSource::File { path, .. } if path.starts_with("/var/lib/a")));
+        let c = Config::from_source(&src(&[("STATE_DIRECTORY", "/var/lib/a"), ("DATA_DIR", "/d")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn error_messages_and_exit_codes() {
+        let e = Config::from_source(&src(&[("CLUSTER_PORT", "x")])).unwrap_err();
+        assert_eq!(e.to_string(), r#"invalid CLUSTER_PORT="x": expected an integer from 0 to 65535"#);
+        assert_eq!(e.exit_code(), 2);
+        let e = Config::from_source(&src(&[("KILL_GRACE", " -1")])).unwrap_err();
+        assert_eq!(e.to_string(), r#"invalid KILL_GRACE=" -1": expected an integer from 0 to 2592000000"#);
+        let e = Config::from_source(&src(&[("CLUSTER_SECRET", "short")])).unwrap_err();
+        assert_eq!(e.to_string(), "invalid CLUSTER_SECRET: it is 5 bytes long; at least 16 are required");
+        assert_eq!(e.exit_code(), 2);
+        let e = Config::from_source(&src(&[("MASTER_SERVER", " a b ")])).unwrap_err();
+        assert_eq!(e.to_string(), r#"invalid MASTER_SERVER=" a b ": expected host or host:port"#);
+        let e = Config::from_source(&src(&[("DATA_DIR", "")])).unwrap_err();
+        assert_eq!(e.to_string(), r#"invalid DATA_DIR="": expected a path"#);
+        let e = Source::from_process(Some(Path::new("/nonexistent/.env"))).err().unwrap();
+        assert!(e.to_string().starts_with("cannot read env file /nonexistent/.env: "), "{e}");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    /// `config/.env.example` lists every setting with its declared default (CLUSTER_SECRET and
+    /// DATA_DIR commented out, so the generated secret and $STATE_DIRECTORY apply).
+    #[test]
+    fn env_example_lists_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/.env.example");
+        let text = std::fs::read_to_string(path).unwrap();
+        for s in SETTINGS {
+            let line = match s.name {
+                "CLUSTER_SECRET" => format!("# {}=", s.name),
+                "DATA_DIR" => format!("# {}={}", s.name, s.default),
+                _ => format!("{}={}", s.name, s.default),
+            };
+            assert!(text.lines().any(|l| l == line), "config/.env.example lacks the line {line:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -24,6 +23,7 @@ use crate::config::{resolve_master, Config};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Announce, Leave, Stats, StatsPacket};
 use crate::sync::Recover;
+use crate::worker::Worker;
 
 /// Probe replies allowed per second, whatever arrives.
 pub const PROBE_REPLIES_PER_SEC: u32 = 5;
@@ -190,17 +190,14 @@ impl Sender {
     }
 }
 
-/// Handle to stop the thread; stopping sends `cluster_leave`.
-pub struct Discovery {
-    /// Closing it wakes the thread (its read end polls as hung up).
-    wake: OwnedFd,
-    handle: JoinHandle<()>,
-}
+/// The `discovery` thread (see [`Discovery::start`]).
+pub struct Discovery;
 
 impl Discovery {
     /// Binds the socket and starts the thread. Never fatal: a port that cannot be shared is
     /// logged, and the agent still announces from another socket (it only cannot hear probes).
-    pub fn start(cfg: &Config, node: NodeInfo, metrics: Arc<Metrics>) -> std::io::Result<Discovery> {
+    /// Stopping the worker sends `cluster_leave` and ends the thread.
+    pub fn start(cfg: &Config, node: NodeInfo, metrics: Arc<Metrics>) -> std::io::Result<Worker> {
         let (socket, listening) = match bind_shared(cfg.discovery_port) {
             Ok(s) => (s, true),
             Err(e) => {
@@ -245,13 +242,8 @@ impl Discovery {
             .name("discovery".into())
             .stack_size(256 * 1024)
             .spawn(move || run(sender, &node, listening, schedule, &wake_rx))?;
-        Ok(Discovery { wake, handle })
-    }
-
-    /// Sends `cluster_leave` and stops the thread.
-    pub fn stop(self) {
-        drop(self.wake);
-        let _ = self.handle.join();
+        // Closing the pipe's write end wakes the thread (its read end polls as hung up).
+        Ok(Worker::new("discovery", move || drop(wake), vec![handle]))
     }
 }
 

@@ -4,7 +4,29 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::tasks::output_log::Stream;
+/// Which pipe a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+
+    /// The WebSocket event name of a chunk of this stream (compat: stderr is `error`).
+    pub fn event(self) -> &'static str {
+        match self {
+            Stream::Stdout => "output",
+            Stream::Stderr => "error",
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {

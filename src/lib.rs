@@ -38,4 +38,5 @@ pub mod store;
 pub mod sync;
 pub mod task_files;
 pub mod tasks;
+pub mod worker;
 pub mod ws;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use codara_agent::config::{Config, Source, VARIABLES};
+use codara_agent::config::{Config, ConfigError, Source, SETTINGS};
 
 const USAGE: &str = "\
 Usage: codara-agent [serve] [--env-file PATH]      run the agent (the default)
@@ -98,16 +98,16 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
         }
     }
 
-    let src = Source::from_process(env_file.as_deref()).map_err(|e| Fail(e.to_string(), 2))?;
+    let src = Source::from_process(env_file.as_deref()).map_err(config_fail)?;
     match cmd {
         Cmd::Serve => {
             init_logging(src.get("RUST_LOG"));
-            let cfg = Config::load(&src).map_err(|e| Fail(e.to_string(), 2))?;
+            let cfg = Config::load(&src).map_err(config_fail)?;
             codara_agent::agent::run(cfg).map_err(|e| Fail(e, 1))
         }
         Cmd::CheckConfig => {
-            let mut cfg = Config::from_source(&src).map_err(|e| Fail(e.to_string(), 2))?;
-            cfg.check_without_side_effects().map_err(|e| Fail(e.to_string(), 2))?;
+            let mut cfg = Config::from_source(&src).map_err(config_fail)?;
+            cfg.check_without_side_effects().map_err(config_fail)?;
             if let Some(f) = &cfg.env_file {
                 println!("# settings read from {} and the environment", f.display());
             }
@@ -118,7 +118,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Discover => {
-            let cfg = Config::from_source(&src).map_err(|e| Fail(e.to_string(), 2))?;
+            let cfg = Config::from_source(&src).map_err(config_fail)?;
             let heard = codara_agent::cli_discover::discover(&cfg, timeout).map_err(|e| Fail(e, 1))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
@@ -137,6 +137,11 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
     }
 }
 
+/// A configuration error, printed as it is, with its own exit code.
+fn config_fail(e: ConfigError) -> Fail {
+    Fail(e.to_string(), e.exit_code())
+}
+
 fn parse_seconds(v: &str) -> Result<Duration, Fail> {
     match v.parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
@@ -146,8 +151,8 @@ fn parse_seconds(v: &str) -> Result<Duration, Fail> {
 
 fn print_help() {
     print!("{USAGE}\nSettings (environment or .env), with defaults:\n");
-    for (name, default, meaning) in VARIABLES {
-        println!("  {name:<22} {default:<27} {meaning}");
+    for s in SETTINGS {
+        println!("  {:<22} {:<27} {}", s.name, s.default, s.help);
     }
 }
 

@@ -4,14 +4,14 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use sysinfo::System;
 
 use crate::cgroup::MemoryGroup;
 use crate::sync::Recover;
+use crate::worker::Worker;
 
 /// How often CPU and memory are sampled while the agent is busy: a task runs, or a request
 /// came in the last [`BUSY_FOR`].
@@ -65,23 +65,10 @@ pub struct Monitor {
     running: AtomicUsize,
 }
 
-/// Handle that stops the sampler thread.
-pub struct MonitorThread {
-    stop: Sender<()>,
-    handle: JoinHandle<()>,
-}
-
-impl MonitorThread {
-    pub fn stop(self) {
-        drop(self.stop);
-        let _ = self.handle.join();
-    }
-}
-
 impl Monitor {
     /// Takes a first sample (so admission has figures from the first request) and starts
     /// the sampler thread.
-    pub fn start() -> std::io::Result<(Arc<Monitor>, MonitorThread)> {
+    pub fn start() -> std::io::Result<(Arc<Monitor>, Worker)> {
         let mut sys =
             System::new().map_err(|e| std::io::Error::other(format!("cannot read system information: {e}")))?;
         sys.refresh_memory();
@@ -116,7 +103,7 @@ impl Monitor {
             .name("monitor".into())
             .stack_size(256 * 1024)
             .spawn(move || run(&m, sys, group, stopped))?;
-        Ok((monitor, MonitorThread { stop, handle }))
+        Ok((monitor, Worker::new("monitor", move || drop(stop), vec![handle])))
     }
 
     pub fn snapshot(&self) -> Snapshot {

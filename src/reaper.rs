@@ -12,28 +12,27 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustix::process::{waitpid, Pid, WaitOptions};
 
 use crate::procfs::Stat;
 use crate::sync::Recover;
 use crate::tasks::registry::Registry;
+use crate::worker::Worker;
 
 const EVERY: Duration = Duration::from_secs(2);
 /// The next round after one that found orphans.
 const SOON: Duration = Duration::from_millis(200);
 
-pub struct Reaper {
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
+/// The `reaper` thread (see [`Reaper::start_if_pid1`]).
+pub struct Reaper;
 
 impl Reaper {
     /// Starts the thread if this process is PID 1; otherwise orphans go to the real init.
-    pub fn start_if_pid1(reg: Arc<Registry>) -> std::io::Result<Option<Reaper>> {
+    /// Stopping it reaps once more (orphans of the last tasks) and ends the thread.
+    pub fn start_if_pid1(reg: Arc<Registry>) -> std::io::Result<Option<Worker>> {
         if !rustix::process::getpid().is_init() {
             return Ok(None);
         }
@@ -43,13 +42,13 @@ impl Reaper {
             .name("reaper".into())
             .stack_size(64 * 1024)
             .spawn(move || run(&reg, &stop_rx))?;
-        Ok(Some(Reaper { stop, thread }))
-    }
-
-    /// Reaps once more (orphans of the last tasks) and ends the thread.
-    pub fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
+        Ok(Some(Worker::new(
+            "reaper",
+            move || {
+                let _ = stop.send(());
+            },
+            vec![thread],
+        )))
     }
 }
 
@@ -81,7 +80,7 @@ fn reap_orphans(reg: &Registry) -> usize {
     }
     let tasks: HashSet<u32> = {
         let _gate = reg.spawn_gate.write().recover();
-        reg.running_tasks().iter().filter_map(|t| t.lock().record.pid).collect()
+        reg.running_tasks().iter().filter_map(|t| t.pid()).collect()
     };
     let mut reaped = 0;
     for pid in zombies.into_iter().filter(|p| !tasks.contains(p)) {

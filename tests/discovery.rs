@@ -872,6 +872,7 @@ fn a_flood_of_large_datagrams_neither_starves_announces_nor_delays_shutdown() {
     let mut flood = Flood::start(disc_port, prober.try_clone().unwrap(), Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(10));
     let (cpu, t1) = (cpu_time(pid) - cpu0, Instant::now());
+    let rss_kib = common::proc_status_value(pid, "VmRSS").unwrap_or(0);
     let announces = l.count(|p| p.at > t0 && p.at <= t1 && p.is("cluster_announce", port));
     let expected = (t1 - t0).as_millis() as usize / 200;
     // SIGTERM while the flood goes on.
@@ -898,6 +899,7 @@ fn a_flood_of_large_datagrams_neither_starves_announces_nor_delays_shutdown() {
     // A full core would be all of the flood's time.
     assert!(cpu < (t1 - t0) / 2, "too much CPU: {figures}");
     assert!(took <= Duration::from_secs(5), "slow to stop: {figures}");
+    assert!(rss_kib < 64 * 1024, "agent RSS {rss_kib} KiB after 10 s of flood (bound: 64 MiB)");
     // The real probes were answered, at most 5 a second in all.
     assert!(replies >= 1, "no probe among the flood was answered: {figures}; logs:\n{}", a.log_text());
     assert!(replies <= 5 * secs, "over 5 probe replies a second: {figures}");

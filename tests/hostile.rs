@@ -712,6 +712,8 @@ fn slow_downloads_do_not_stop_the_api() {
         let r = a.post("/execute", &json!({"command": "true"}));
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(t0.elapsed() < Duration::from_secs(8), "an API round trip took {:?}", t0.elapsed());
+        let rss = common::proc_status_value(a.agent_pid(), "VmRSS").unwrap_or(0);
+        assert!(rss < 64 * 1024, "agent RSS {rss} KiB while downloads trickle (bound: 64 MiB)");
         answered += 1;
         std::thread::sleep(Duration::from_millis(300));
     }

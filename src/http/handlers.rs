@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::events::Stream;
 use crate::http::error::ApiError;
 use crate::http::execute;
 use crate::http::output::OutputStream;
@@ -15,9 +16,7 @@ use crate::http::task_list::TaskList;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
 use crate::tasks::job;
-use crate::tasks::output_log::{self, Stream};
-use crate::tasks::registry::Rejection;
-use crate::tasks::runner;
+use crate::tasks::output_log;
 use crate::tasks::task::{JobSpec, Task};
 
 /// Largest request body read (CONTRACT.md §2: over it is 413).
@@ -26,12 +25,12 @@ pub const MAX_BODY: u64 = 1 << 20;
 pub type Query = [(String, String)];
 
 pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
-    let snap = ctx.reg.monitor.snapshot();
+    let snap = ctx.monitor.snapshot();
     Ok(Reply::json(
         200,
         &Health {
             status: "healthy",
-            hostname: &ctx.reg.monitor.host.hostname,
+            hostname: &ctx.monitor.host.hostname,
             uptime: snap.uptime,
             version: env!("CARGO_PKG_VERSION"),
             agent_uptime: ctx.started.elapsed().as_secs(),
@@ -46,7 +45,7 @@ pub fn stats(ctx: &Ctx) -> Result<Reply, ApiError> {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
     let clients = ctx.hub.clients.load(std::sync::atomic::Ordering::Acquire);
-    let text = ctx.reg.metrics.render(&ctx.stats(), clients, &crate::procfs::SelfUsage::read());
+    let text = ctx.metrics.render(&ctx.stats(), clients, &crate::procfs::SelfUsage::read());
     Ok(Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -88,38 +87,11 @@ fn launch(
     q: &Query,
     started: impl FnOnce(u64) -> serde_json::Value,
 ) -> Result<Reply, ApiError> {
-    let task = admit(ctx, spec)?;
-    runner::start(&ctx.reg, &task);
+    let task = crate::tasks::launch(&ctx.reg, spec).map_err(ApiError::Rejected)?;
     if query::flag(q, "wait") {
         return Ok(Reply::when_done(task));
     }
     Ok(Reply::json(200, &started(task.id)))
-}
-
-/// Admits a task, logging a refusal.
-pub fn admit(ctx: &Ctx, spec: crate::tasks::task::TaskSpec) -> Result<Arc<Task>, ApiError> {
-    ctx.reg.admit(spec).map_err(|r| {
-        let m = &ctx.reg.metrics;
-        crate::metrics::inc(match &r {
-            Rejection::ShuttingDown => &m.rejected_shutdown,
-            Rejection::MaxTasks { .. } => &m.rejected_slots,
-            Rejection::Cpu { .. } => &m.rejected_cpu,
-            Rejection::Memory { .. } => &m.rejected_memory,
-        });
-        match &r {
-            Rejection::ShuttingDown => log::info!("refused a task: the agent is shutting down"),
-            Rejection::MaxTasks { running, max } => {
-                log::info!("refused a task: max concurrent tasks reached ({running}/{max})")
-            }
-            Rejection::Cpu { usage, limit } => {
-                log::info!("refused a task: CPU usage {usage:.1}% is over MAX_CPU_PERCENT={limit}")
-            }
-            Rejection::Memory { usage, limit } => {
-                log::info!("refused a task: memory usage {usage:.1}% is over MAX_MEMORY_PERCENT={limit}")
-            }
-        }
-        ApiError::Rejected(r)
-    })
 }
 
 fn find(ctx: &Ctx, id: u64) -> Result<Arc<Task>, ApiError> {
@@ -144,7 +116,7 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         }
     };
     let list = TaskList::new(ctx.reg.list(status, limit), ctx.reg.running(), ctx.reg.limits.max_tasks);
-    let body = match list.small(crate::http::server::SMALL_REPLY) {
+    let body = match list.small(crate::http::reply::SMALL_REPLY) {
         Ok(bytes) => Body::Bytes(bytes),
         Err(stream) => Body::Stream(stream),
     };

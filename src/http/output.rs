@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 
+use crate::events::Stream;
 use crate::protocol::TaskStatus;
-use crate::tasks::output_log::{LogReader, Next, Stream};
+use crate::tasks::output_log::{LogReader, Next};
 use crate::tasks::task::Task;
 
 /// How long a follower sleeps before looking again when nothing wakes it.

@@ -9,6 +9,11 @@ use tiny_http::{Header, Request, Response, StatusCode};
 use crate::http::error::ApiError;
 use crate::tasks::task::Task;
 
+/// A reply up to this size is written by the worker: it fits in a socket's send buffer, so a
+/// slow client cannot hold the worker. A larger one (an output log, a task with its tails) is
+/// written on a thread of its own, so four slow downloads cannot stop the API.
+pub const SMALL_REPLY: usize = 16 * 1024;
+
 pub enum Body {
     /// A body of known length (JSON, metrics text, an output tail).
     Bytes(Vec<u8>),

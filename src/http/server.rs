@@ -3,33 +3,26 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use tiny_http::Request;
 
 use crate::http::error::ApiError;
 use crate::http::handlers;
-use crate::http::reply::{respond, Body, Reply};
+use crate::http::reply::{respond, Body, Reply, SMALL_REPLY};
 use crate::http::router::{self, Route};
+use crate::http::upgrade;
 use crate::http::{auth, query, Ctx};
 use crate::tasks::task::Task;
+use crate::worker::Worker;
 
 /// Worker threads taking requests.
 pub const WORKERS: usize = 4;
 /// Requests with a thread of their own (`?follow=true`, large uploads, replies larger than
 /// [`SMALL_REPLY`]) open at once; more get 503.
 pub const MAX_LONG_REQUESTS: usize = 256;
-/// A reply up to this size is written by the worker: it fits in a socket's send buffer, so a
-/// slow client cannot hold the worker. A larger one (an output log, a task with its tails) is
-/// written on a thread of its own, so four slow downloads cannot stop the API.
-pub const SMALL_REPLY: usize = 16 * 1024;
 
-pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
-    pub port: u16,
-}
+/// The `http-N` workers (see [`HttpServer::start`]).
+pub struct HttpServer;
 
 /// Limits of the patched tiny_http: body size, slow and idle clients, connections.
 pub fn limits() -> tiny_http::Limits {
@@ -37,8 +30,9 @@ pub fn limits() -> tiny_http::Limits {
 }
 
 impl HttpServer {
-    /// Binds `BIND_ADDRESS:CLUSTER_PORT` and starts the workers.
-    pub fn start(ctx: Arc<Ctx>) -> Result<HttpServer, String> {
+    /// Binds `BIND_ADDRESS:CLUSTER_PORT` and starts the workers; returns the port bound.
+    /// Stopping the worker stops taking requests (tiny_http's threads end with the server).
+    pub fn start(ctx: Arc<Ctx>) -> Result<(u16, Worker), String> {
         let addr = (ctx.cfg.bind_address, ctx.cfg.cluster_port);
         let server = tiny_http::Server::http_with_limits(addr, limits())
             .map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
@@ -55,18 +49,14 @@ impl HttpServer {
                 .map_err(|e| format!("cannot start HTTP worker: {e}"))?;
             workers.push(handle);
         }
-        Ok(HttpServer { server, workers, stopping, port })
-    }
-
-    /// Stops taking requests and joins the workers.
-    pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for _ in &self.workers {
-            self.server.unblock();
-        }
-        for w in self.workers {
-            let _ = w.join();
-        }
+        let n = workers.len();
+        let stop = move || {
+            stopping.store(true, Ordering::SeqCst);
+            for _ in 0..n {
+                server.unblock();
+            }
+        };
+        Ok((port, Worker::new("http", stop, workers)))
     }
 }
 
@@ -95,8 +85,7 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
 /// downloads cannot pile up threads without limit (a follower notices within a second that
 /// its client left; a stalled download ends at the write timeout): past the bound, 503.
 fn on_long_thread(ctx: &Arc<Ctx>, rq: Request, work: impl FnOnce(Request) + Send + 'static) {
-    if ctx.long_requests.fetch_add(1, Ordering::AcqRel) >= MAX_LONG_REQUESTS {
-        ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
+    if !ctx.long_requests.try_add(MAX_LONG_REQUESTS) {
         log::warn!("refused a long request: {MAX_LONG_REQUESTS} already open");
         respond(rq, Reply::unavailable("Too many streaming requests", 5));
         return;
@@ -104,11 +93,11 @@ fn on_long_thread(ctx: &Arc<Ctx>, rq: Request, work: impl FnOnce(Request) + Send
     let ctx2 = Arc::clone(ctx);
     let spawned = std::thread::Builder::new().name("http-long".into()).stack_size(2 << 20).spawn(move || {
         work(rq);
-        ctx2.long_requests.fetch_sub(1, Ordering::AcqRel);
+        ctx2.long_requests.done();
     });
     if let Err(e) = spawned {
         // The request went down with the closure: tiny_http answers a dropped request 500.
-        ctx.long_requests.fetch_sub(1, Ordering::AcqRel);
+        ctx.long_requests.done();
         log::error!("cannot start a thread for a long request: {e}");
     }
 }
@@ -137,9 +126,9 @@ fn lasts(rq: &Request) -> bool {
 
 /// Answers one request.
 pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
-    ctx.reg.monitor.touch();
-    if crate::ws::is_upgrade(&rq) {
-        crate::ws::accept(ctx, &ctx.hub, rq);
+    ctx.monitor.touch();
+    if upgrade::is_upgrade(&rq) {
+        upgrade::accept(ctx, &ctx.hub, rq);
         return;
     }
     let method = rq.method().as_str().to_ascii_uppercase();
@@ -150,7 +139,7 @@ pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
     let routed = router::route(&method, path);
     let public = matches!(routed, Ok(r) if r.is_public(ctx.cfg.metrics_require_secret));
     let reply = if !public && !auth::is_authorized(&ctx.cfg, rq.remote_addr(), auth::presented(rq.headers())) {
-        crate::metrics::inc(&ctx.reg.metrics.refused_requests);
+        crate::metrics::inc(&ctx.metrics.refused_requests);
         log::warn!("refused {method} {path} from {from}: invalid or missing cluster secret");
         Err(ApiError::Forbidden)
     } else {

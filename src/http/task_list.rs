@@ -2,7 +2,7 @@
 //! serialised only when the reader gets to it. A list of `TASK_HISTORY` tasks is never held
 //! as one JSON value (that cost 1.7 GB for 30 tasks with 1 MiB requests): what is held is
 //! the list of tasks and one task's JSON at a time. A list that fits in
-//! [`crate::http::server::SMALL_REPLY`] is still sent whole, with a `Content-Length`.
+//! [`crate::http::reply::SMALL_REPLY`] is still sent whole, with a `Content-Length`.
 
 use std::io::{self, Read};
 use std::sync::Arc;

@@ -11,9 +11,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{Map, Value};
 
+use crate::events::Stream;
 use crate::protocol::TaskStatus;
 use crate::sync::Recover;
-use crate::tasks::output_log::Stream;
 
 /// Where a job's folder is, or why the request is refused (a 400).
 pub fn resolve(base: &Path, job_id: &str, job_path: Option<&str>) -> Result<PathBuf, String> {

@@ -10,42 +10,21 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Which pipe a chunk came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stream {
-    Stdout,
-    Stderr,
+use crate::events::Stream;
+
+/// A stream's tag in the log.
+fn tag(stream: Stream) -> u8 {
+    match stream {
+        Stream::Stdout => b'o',
+        Stream::Stderr => b'e',
+    }
 }
 
-impl Stream {
-    pub fn index(self) -> usize {
-        match self {
-            Stream::Stdout => 0,
-            Stream::Stderr => 1,
-        }
-    }
-
-    fn tag(self) -> u8 {
-        match self {
-            Stream::Stdout => b'o',
-            Stream::Stderr => b'e',
-        }
-    }
-
-    fn from_tag(tag: u8) -> Option<Stream> {
-        match tag {
-            b'o' => Some(Stream::Stdout),
-            b'e' => Some(Stream::Stderr),
-            _ => None,
-        }
-    }
-
-    /// The WebSocket event name of a chunk of this stream (compat: stderr is `error`).
-    pub fn event(self) -> &'static str {
-        match self {
-            Stream::Stdout => "output",
-            Stream::Stderr => "error",
-        }
+fn stream_of_tag(tag: u8) -> Option<Stream> {
+    match tag {
+        b'o' => Some(Stream::Stdout),
+        b'e' => Some(Stream::Stderr),
+        _ => None,
     }
 }
 
@@ -68,7 +47,7 @@ pub fn append(file: &mut File, stream: Stream, data: &[u8]) -> io::Result<()> {
 
 fn append_record(file: &mut File, stream: Stream, data: &[u8]) -> io::Result<()> {
     let len = u32::try_from(data.len()).expect("a record is at most MAX_RECORD bytes").to_le_bytes();
-    let head = [stream.tag(), len[0], len[1], len[2], len[3]];
+    let head = [tag(stream), len[0], len[1], len[2], len[3]];
     let total = HEADER + data.len();
     let written = crate::eintr::retry(|| file.write_vectored(&[io::IoSlice::new(&head), io::IoSlice::new(data)]))?;
     if written < total {
@@ -159,7 +138,7 @@ impl LogReader {
         if !read_full_at(&self.file, &mut head, at)? {
             return cut;
         }
-        let Some(stream) = Stream::from_tag(head[0]) else {
+        let Some(stream) = stream_of_tag(head[0]) else {
             return Ok(Next::Damaged(Damage { offset: at, why: "unknown record tag" }));
         };
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;

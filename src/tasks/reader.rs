@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use std::sync::Arc;
 
-use crate::tasks::output_log::Stream;
+use crate::events::Stream;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::Task;
 

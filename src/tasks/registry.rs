@@ -162,8 +162,8 @@ impl Registry {
     }
 
     /// Admits a task: checks shutdown, the slot count and the node's load, then takes a slot
-    /// and an id. The caller must start it (see [`crate::tasks::runner::start`]).
-    pub fn admit(&self, spec: TaskSpec) -> Result<Arc<Task>, Rejection> {
+    /// and an id. Only [`crate::tasks::launch`] calls it, and starts what it admits.
+    pub(super) fn admit(&self, spec: TaskSpec) -> Result<Arc<Task>, Rejection> {
         let mut inner = self.lock();
         if !inner.accepting {
             return Err(Rejection::ShuttingDown);
@@ -214,7 +214,7 @@ impl Registry {
         let next_id = self.next_id();
         let result = self.store.rewrite(next_id, |write| {
             let tasks: Vec<Arc<Task>> = self.lock().tasks.values().cloned().collect();
-            tasks.iter().try_for_each(|t| write(&t.lock().record))
+            tasks.iter().try_for_each(|t| write(&t.record()))
         });
         if let Err(e) = result {
             log::warn!("cannot rewrite the task journal: {e}");

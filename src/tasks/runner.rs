@@ -7,23 +7,23 @@
 //! grace to reach the end of the pipes: a grandchild that escaped the group and holds them open
 //! cannot hang the task.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
+use rustix::process::{waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::events::EventKind;
-use crate::protocol::{self, CompletedData, TaskEnd, TaskStatus};
+use crate::events::Stream;
+use crate::protocol::{self, CompletedData, TaskStatus};
 use crate::request::{self, Request};
 use crate::sync::Recover;
 use crate::task_files;
 use crate::tasks::job;
-use crate::tasks::output_log::Stream;
 use crate::tasks::reader;
 use crate::tasks::registry::Registry;
-use crate::tasks::task::Task;
+use crate::tasks::task::{Outcome, Settled, Task};
 use crate::tasks::timer::Action;
 
 /// How long the readers may take to reach the end of the pipes after the process group died.
@@ -31,29 +31,6 @@ pub const READER_GRACE: Duration = Duration::from_millis(1000);
 
 /// The variable a task must never see.
 pub const SECRET_VAR: &str = "CLUSTER_SECRET";
-
-/// How a task's process ended, or why it never ran.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub exit_code: Option<i32>,
-    pub signal: Option<String>,
-    /// Set when the program could not be started (or the agent ended it).
-    pub error: Option<String>,
-    pub spawn_failed: bool,
-    /// When the main process exited (ms since the epoch); the end is recorded at it, not
-    /// after the readers' grace.
-    pub exited_at: Option<u64>,
-}
-
-impl Outcome {
-    fn from_status(status: ExitStatus) -> Outcome {
-        Outcome { exit_code: status.code(), signal: status.signal().map(protocol::signal_name), ..Outcome::default() }
-    }
-
-    fn spawn_failure(error: String) -> Outcome {
-        Outcome { error: Some(error), spawn_failed: true, ..Outcome::default() }
-    }
-}
 
 /// Starts an admitted task: records it, emits `started`, spawns its process and threads.
 /// Never fails: a task that cannot start ends `failed`, and its slot is freed.
@@ -83,30 +60,14 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     };
     let pid = child.id();
     let pgid = i32::try_from(pid).ok().and_then(Pid::from_raw);
-    let stop_now = {
-        let mut st = task.lock();
-        st.record.pid = Some(pid);
-        st.pgid = pgid;
-        // A cancel (or the drain) that came while it was being spawned found no group to
-        // signal: act on it now.
-        st.cancelled || st.killed_because.is_some()
-    };
+    let stop_now = task.running_as(pid, pgid);
     drop(gate);
     if stop_now {
         task.signal_group(Signal::TERM);
         reg.timer.kill_after_grace(task);
     }
     persist(reg, task);
-    let started = task.events_wanted().then(|| task.to_json(false));
-    {
-        // Sent and marked under the task's lock, so a replay sees both or neither; before the
-        // readers start, so no output precedes it.
-        let mut st = task.lock();
-        if let Some(data) = started {
-            task.emit(EventKind::Started, "started", data);
-        }
-        st.started_sent = true;
-    }
+    task.announce_start(task.events_wanted().then(|| task.to_json(false)));
     log::info!("task {} started: pid {pid}, {described}", task.id);
 
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -168,14 +129,14 @@ fn prepare_job(reg: &Registry, task: &Task) -> Result<(), String> {
     let Some(job) = &task.job else { return Ok(()) };
     let (env, job_log) = job::prepare(&job.dir, &reg.monitor.host.hostname)?;
     task.set_env(env);
-    task.lock().output.job_log = Some(job_log);
+    task.set_job_log(job_log);
     Ok(())
 }
 
 /// A request too large for the record (which holds its summary) goes whole to its file,
 /// before the record is written. If it cannot be written, the summary is all that is kept.
 fn keep_request(task: &Task, request: &Request) {
-    if !task.lock().record.request_truncated {
+    if !task.record().request_truncated {
         return;
     }
     if let Err(e) = task_files::write_request(task.request_path(), request) {
@@ -223,13 +184,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
         }
     }
     let exited_at = protocol::now_ms();
-    {
-        let mut st = task.lock();
-        st.exited = true;
-        if let Some(pgid) = st.pgid.take() {
-            let _ = kill_process_group(pgid, Signal::KILL);
-        }
-    }
+    task.leader_exited();
     let outcome = match child.wait() {
         Ok(status) => Outcome { exited_at: Some(exited_at), ..Outcome::from_status(status) },
         Err(e) => Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() },
@@ -247,13 +202,7 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
 /// Reader threads could not start: kill the group, reap, end the task.
 fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: String) {
     log::error!("task {}: {error}; killing it", task.id);
-    {
-        let mut st = task.lock();
-        st.exited = true;
-        if let Some(pgid) = st.pgid.take() {
-            let _ = kill_process_group(pgid, Signal::KILL);
-        }
-    }
+    task.leader_exited();
     let _ = child.wait();
     finish(reg, task, Outcome { error: Some(error), ..Outcome::default() });
 }
@@ -263,64 +212,17 @@ fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: Strin
 pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     // Free the slot first: whoever sees the end may submit the next task at once.
     reg.release(task);
-    let (status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started, error) = {
-        let mut st = task.lock();
-        let job_started = st.output.job_log.is_some();
-        if st.record.status != TaskStatus::Running {
-            return; // ended already: `settled` was counted then
-        }
-        let now = outcome.exited_at.unwrap_or_else(protocol::now_ms);
-        let duration = now.saturating_sub(st.record.started_at);
-        let status = if st.cancelled {
-            TaskStatus::Cancelled
-        } else if outcome.error.is_none()
-            && st.killed_because.is_none()
-            && !st.record.timed_out
-            && outcome.exit_code == Some(0)
-        {
-            TaskStatus::Completed
-        } else {
-            TaskStatus::Failed
-        };
-        let error = outcome.error.clone().or_else(|| st.killed_because.clone()).or_else(|| {
-            st.record
-                .timed_out
-                .then(|| format!("timed out after {} ms", timeout_of(reg, task).map_or(0, |d| d.as_millis())))
-        });
-        st.record.status = status;
-        // Bounded: a journal line stays within `store::MAX_LINE` (a path in it may be long).
-        st.record.error = error.map(|e| request::cut(&e, 1024));
-        st.record.end =
-            Some(TaskEnd { exit_code: outcome.exit_code, signal: outcome.signal.clone(), completed_at: now, duration });
-        st.pgid = None;
-        let whole = Task::close_output(&mut st);
-        let error = st.record.error.clone();
-        (
-            status,
-            outcome.exit_code,
-            outcome.signal.clone(),
-            duration,
-            now,
-            st.record.timed_out,
-            whole,
-            job_started,
-            error,
-        )
+    let timeout_text = || timeout_of(reg, task).map_or(0, |d| d.as_millis()).to_string();
+    let Some(Settled { status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started, error }) =
+        task.settle(&outcome, timeout_text)
+    else {
+        return; // ended already: `settled` was counted then
     };
     if let (Some(job), true) = (&task.job, job_started) {
         let end = job::JobEnd { status, exit_code, completed_at, duration, error: error.as_deref() };
         job::finish(&job.dir, &end);
     }
-    let m = &reg.metrics;
-    crate::metrics::inc(match status {
-        TaskStatus::Completed => &m.tasks_completed,
-        TaskStatus::Cancelled => &m.tasks_cancelled,
-        _ => &m.tasks_failed,
-    });
-    if timed_out {
-        crate::metrics::inc(&m.tasks_timed_out);
-    }
-    m.observe_duration(duration);
+    count_end(&reg.metrics, status, timed_out, duration);
     task.notify();
     if !log_whole {
         log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);
@@ -349,6 +251,19 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     );
     reg.settled(task);
     reg.compact_if_needed();
+}
+
+/// A task's end in the `/metrics` counters.
+fn count_end(m: &crate::metrics::Metrics, status: TaskStatus, timed_out: bool, duration: u64) {
+    crate::metrics::inc(match status {
+        TaskStatus::Completed => &m.tasks_completed,
+        TaskStatus::Cancelled => &m.tasks_cancelled,
+        _ => &m.tasks_failed,
+    });
+    if timed_out {
+        crate::metrics::inc(&m.tasks_timed_out);
+    }
+    m.observe_duration(duration);
 }
 
 /// Writes the task's record; a failure is logged and the in-memory record stays.

@@ -6,21 +6,24 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::process::{kill_process_group, Pid, Signal};
 
+use crate::events::Stream;
 use crate::events::{Event, EventKind, EventTx};
-use crate::protocol::{self, TaskRecord, TaskStatus, TaskView};
+use crate::protocol::{self, TaskEnd, TaskRecord, TaskStatus, TaskView};
 use crate::request::Request;
 use crate::sync::Recover;
 use crate::task_files::{self, TaskPaths};
 use crate::tasks::job::JobLog;
 use crate::tasks::log_health::LogHealth;
-use crate::tasks::output_log::{self, LogReader, Next, Scan, Stream};
+use crate::tasks::output_log::{self, LogReader, Next, Scan};
 
 /// A validated request to run something.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,14 +84,14 @@ fn tail_text(bytes: &[u8]) -> String {
 }
 
 /// Where a running task's output goes.
-pub struct Output {
+struct Output {
     log: Option<File>,
     log_path: PathBuf,
     /// Set after the first failed write: later output stays in memory only.
     log_broken: bool,
     tails: [Tail; 2],
     /// A job's `logs/output.log`, for job tasks.
-    pub job_log: Option<JobLog>,
+    job_log: Option<JobLog>,
     /// Set when the task has ended: output arriving later is dropped, so `completed` stays last.
     closed: bool,
     /// What the last read of the ended task's log found; `None` until it is read.
@@ -98,25 +101,25 @@ pub struct Output {
 /// Called once with the task when it has ended.
 pub type OnEnd = Box<dyn FnOnce(&Task) + Send>;
 
-pub struct State {
-    pub record: TaskRecord,
+struct State {
+    record: TaskRecord,
     /// Run by the task's own thread once its end is recorded.
     on_end: Vec<OnEnd>,
     /// A cancel was asked for: the task ends `cancelled` whatever its exit.
-    pub cancelled: bool,
+    cancelled: bool,
     /// Why the agent ended it, when it did (shutdown).
-    pub killed_because: Option<String>,
+    killed_because: Option<String>,
     /// The process group, while it is safe to signal: cleared before the leader is reaped,
     /// so a signal can never reach a group that reused the id.
-    pub pgid: Option<Pid>,
+    pgid: Option<Pid>,
     /// The main process has exited: the task is only being wound up, and a cancel now would
     /// mislabel a clean run.
-    pub exited: bool,
+    exited: bool,
     /// Its `started` event is behind it: sent to the broadcaster under this lock (or skipped
     /// with no client connected), before any output. A replay then sends `started` first
     /// itself ([`crate::ws::replay`]).
-    pub started_sent: bool,
-    pub output: Output,
+    started_sent: bool,
+    output: Output,
     /// Pipe readers still reading.
     readers_open: u8,
     /// The whole request, from admission until its process is spawned; `None` after (and for
@@ -138,6 +141,44 @@ pub struct Task {
     changed: Condvar,
     slot_released: AtomicBool,
     events: EventTx,
+}
+
+/// How a task's process ended, or why it never ran.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    /// Set when the program could not be started (or the agent ended it).
+    pub error: Option<String>,
+    pub spawn_failed: bool,
+    /// When the main process exited (ms since the epoch); the end is recorded at it, not
+    /// after the readers' grace.
+    pub exited_at: Option<u64>,
+}
+
+impl Outcome {
+    pub fn from_status(status: ExitStatus) -> Outcome {
+        Outcome { exit_code: status.code(), signal: status.signal().map(protocol::signal_name), ..Outcome::default() }
+    }
+
+    pub fn spawn_failure(error: String) -> Outcome {
+        Outcome { error: Some(error), spawn_failed: true, ..Outcome::default() }
+    }
+}
+
+/// What [`Task::settle`] recorded, for the bookkeeping done after the task's lock.
+pub struct Settled {
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub duration: u64,
+    pub completed_at: u64,
+    pub timed_out: bool,
+    /// The output log holds everything (no write to it failed).
+    pub log_whole: bool,
+    /// A job's `job.json` was marked running (so its end must be written too).
+    pub job_started: bool,
+    pub error: Option<String>,
 }
 
 /// A `cancel` that came too late.
@@ -214,7 +255,7 @@ impl Task {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.state.lock().recover()
     }
@@ -317,6 +358,108 @@ impl Task {
             Some(pgid) if st.record.status == TaskStatus::Running => send_to_group(pgid, sig),
             _ => false,
         }
+    }
+
+    /// The process runs as `pid`, leading group `pgid`. True when a stop was asked for while
+    /// it was being spawned: the caller acts on it now (there was no group to signal then).
+    pub fn running_as(&self, pid: u32, pgid: Option<Pid>) -> bool {
+        let mut st = self.lock();
+        st.record.pid = Some(pid);
+        st.pgid = pgid;
+        st.cancelled || st.killed_because.is_some()
+    }
+
+    /// Sends `started` (when a client wants events: `data` is the task object) and marks it
+    /// sent, under the task's lock, so a replay sees both or neither; before the readers
+    /// start, so no output precedes it.
+    pub fn announce_start(&self, data: Option<serde_json::Value>) {
+        let mut st = self.lock();
+        if let Some(data) = data {
+            self.emit(EventKind::Started, "started", data);
+        }
+        st.started_sent = true;
+    }
+
+    /// The main process has exited and is not reaped yet: its zombie keeps the group id
+    /// ours, so the group (whatever the task left running in it) is killed now, and forgotten
+    /// before the leader is reaped, so no signal can reach a group that reused the id.
+    pub fn leader_exited(&self) {
+        let mut st = self.lock();
+        st.exited = true;
+        if let Some(pgid) = st.pgid.take() {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+    }
+
+    /// Its deadline passed: true (and marked timed out) when it still runs with a group to
+    /// stop.
+    pub fn time_out(&self) -> bool {
+        let mut st = self.lock();
+        if st.record.status == TaskStatus::Running && st.pgid.is_some() {
+            st.record.timed_out = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records the end once: the status by the rules of CONTRACT.md §2 (a cancel stays
+    /// `cancelled`; exit 0 without a timeout or a stop by the agent is `completed`; anything
+    /// else `failed`), the error, the exit; closes the output. `None` when it had ended
+    /// already. `timeout_text` says what the timeout was, for the error.
+    pub fn settle(&self, outcome: &Outcome, timeout_text: impl FnOnce() -> String) -> Option<Settled> {
+        let mut st = self.lock();
+        if st.record.status != TaskStatus::Running {
+            return None;
+        }
+        let job_started = st.output.job_log.is_some();
+        let now = outcome.exited_at.unwrap_or_else(protocol::now_ms);
+        let duration = now.saturating_sub(st.record.started_at);
+        let clean = outcome.error.is_none() && st.killed_because.is_none() && !st.record.timed_out;
+        let status = match (st.cancelled, clean && outcome.exit_code == Some(0)) {
+            (true, _) => TaskStatus::Cancelled,
+            (false, true) => TaskStatus::Completed,
+            (false, false) => TaskStatus::Failed,
+        };
+        let error = outcome
+            .error
+            .clone()
+            .or_else(|| st.killed_because.clone())
+            .or_else(|| st.record.timed_out.then(|| format!("timed out after {} ms", timeout_text())));
+        st.record.status = status;
+        // Bounded: a journal line stays within `store::MAX_LINE` (a path in it may be long).
+        st.record.error = error.map(|e| crate::request::cut(&e, 1024));
+        let signal = outcome.signal.clone();
+        let end = TaskEnd { exit_code: outcome.exit_code, signal: signal.clone(), completed_at: now, duration };
+        st.record.end = Some(end);
+        st.pgid = None;
+        let log_whole = Task::close_output(&mut st);
+        Some(Settled {
+            status,
+            exit_code: outcome.exit_code,
+            signal,
+            duration,
+            completed_at: now,
+            timed_out: st.record.timed_out,
+            log_whole,
+            job_started,
+            error: st.record.error.clone(),
+        })
+    }
+
+    pub fn set_job_log(&self, log: JobLog) {
+        self.lock().output.job_log = Some(log);
+    }
+
+    /// The record as it is now, and whether `started` has gone out (for a replay's cut).
+    pub fn record_and_started(&self) -> (TaskRecord, bool) {
+        let st = self.lock();
+        (st.record.clone(), st.started_sent)
+    }
+
+    /// The process id, once spawned.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().record.pid
     }
 
     /// Asks the task to stop: records why, sends SIGTERM to its group.
@@ -422,7 +565,7 @@ impl Task {
 
     /// Stops accepting output (the task has ended); returns whether its log is whole.
     /// The in-memory tails are dropped when the log has everything, to keep memory flat.
-    pub fn close_output(st: &mut State) -> bool {
+    fn close_output(st: &mut State) -> bool {
         st.output.closed = true;
         st.output.log = None;
         st.output.job_log = None;

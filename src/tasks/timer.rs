@@ -4,7 +4,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -12,6 +11,7 @@ use rustix::process::Signal;
 use crate::protocol::TaskStatus;
 use crate::sync::Recover;
 use crate::tasks::task::Task;
+use crate::worker::Worker;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -67,7 +67,7 @@ pub struct Timer {
 
 impl Timer {
     /// Starts the thread. `grace` is `KILL_GRACE`.
-    pub fn spawn(grace: Duration) -> std::io::Result<(Timer, JoinHandle<()>)> {
+    pub fn spawn(grace: Duration) -> std::io::Result<(Timer, Worker)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { heap: BinaryHeap::new(), seq: 0, purge_at: 64, stop: false }),
             wake: Condvar::new(),
@@ -77,7 +77,9 @@ impl Timer {
             .name("task-timer".into())
             .stack_size(128 * 1024)
             .spawn(move || run(&s, grace))?;
-        Ok((Timer { shared, grace }, handle))
+        let timer = Timer { shared, grace };
+        let t = timer.clone();
+        Ok((timer, Worker::new("task-timer", move || t.stop(), vec![handle])))
     }
 
     /// Adds a deadline. The thread is woken only when it becomes the earliest, so the usual
@@ -151,15 +153,7 @@ fn fire(task: Option<Arc<Task>>, action: Action, now: Instant, grace: Duration) 
     let task = task?;
     match action {
         Action::Timeout => {
-            let stopping = {
-                let mut st = task.lock();
-                if st.record.status == TaskStatus::Running && st.pgid.is_some() {
-                    st.record.timed_out = true;
-                    true
-                } else {
-                    false
-                }
-            };
+            let stopping = task.time_out();
             if !stopping {
                 return None;
             }

@@ -20,6 +20,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::ws::ctl::{self, Ctl};
+use crate::ws::hub::HubHandle;
 use crate::ws::queue::{
     Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, WRITE_TIMEOUT,
 };
@@ -64,9 +65,10 @@ pub fn start(
     leftover: Vec<u8>,
     queue_rx: Receiver<Out>,
     queue: Queue,
-    hub: Sender<Ctl>,
+    hub_handle: &HubHandle,
     ping_interval: Duration,
 ) -> io::Result<()> {
+    let (hub, threads) = (hub_handle.ctl.clone(), &hub_handle.threads);
     let silence = ping_interval * SILENT_INTERVALS;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(silence))?;
@@ -75,14 +77,20 @@ pub fn start(
     // The writer gets the queue's counters but no sender: it ends when every sender is gone.
     let side =
         WriterSide { queued: Arc::clone(&queue.queued), kicked: Arc::clone(&queue.kicked), pong: queue.pong_slot() };
-    std::thread::Builder::new()
-        .name(format!("ws-{id}-tx"))
-        .stack_size(64 * 1024)
-        .spawn(move || writer(id, write_half, queue_rx, side, ping_interval))?;
+    std::thread::Builder::new().name(format!("ws-{id}-tx")).stack_size(64 * 1024).spawn({
+        let alive = threads.enter();
+        move || {
+            let _alive = alive;
+            writer(id, write_half, queue_rx, side, ping_interval)
+        }
+    })?;
     let ws = WebSocket::from_partially_read(ReadHalf(stream), leftover, Role::Server, Some(ws_config()));
     let spawned = std::thread::Builder::new().name(format!("ws-{id}-rx")).stack_size(128 * 1024).spawn({
-        let hub = hub.clone();
-        move || reader(id, ws, queue, hub, silence)
+        let (hub, alive) = (hub.clone(), threads.enter());
+        move || {
+            let _alive = alive;
+            reader(id, ws, queue, hub, silence)
+        }
     });
     if let Err(e) = spawned {
         let _ = hub.send(Ctl::Leave { id });

@@ -7,12 +7,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::events::{Event, EventKind, EventRx};
+use crate::sync::Gauge;
 use crate::tasks::registry::Registry;
+use crate::worker::Worker;
 use crate::ws::ctl::Ctl;
 use crate::ws::queue::{Out, Queue, CLIENT_BUFFER_BYTES, CLOSE_GOING_AWAY, CLOSE_TOO_SLOW};
 use crate::ws::replay;
@@ -25,6 +26,9 @@ pub const MAX_CLIENTS: usize = 4096;
 pub struct HubHandle {
     pub ctl: Sender<Ctl>,
     pub clients: Arc<AtomicUsize>,
+    /// The clients' reader and writer threads and the replay threads alive; shutdown waits
+    /// (a little) for them after the broadcaster has closed every client.
+    pub threads: Arc<Gauge>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -102,22 +106,23 @@ struct Hub {
     count: Arc<AtomicUsize>,
     /// Numbers subscribes, so a cancelled replay's end is told from a later one's.
     generation: u64,
+    /// Counts the replay threads (see [`HubHandle::threads`]).
+    threads: Arc<Gauge>,
 }
 
 /// Starts the broadcaster. `count` is the client count the tasks' events are gated on.
-pub fn spawn(
-    reg: Arc<Registry>,
-    events: EventRx,
-    count: Arc<AtomicUsize>,
-) -> std::io::Result<(HubHandle, JoinHandle<()>)> {
+pub fn spawn(reg: Arc<Registry>, events: EventRx, count: Arc<AtomicUsize>) -> std::io::Result<(HubHandle, Worker)> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-    let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), next_id: Arc::new(AtomicU64::new(1)) };
-    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, generation: 0 };
+    let threads = Arc::new(Gauge::default());
+    let next_id = Arc::new(AtomicU64::new(1));
+    let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), threads: Arc::clone(&threads), next_id };
+    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, generation: 0, threads };
     let join = std::thread::Builder::new()
         .name("broadcaster".into())
         .stack_size(256 * 1024)
         .spawn(move || hub.run(events, ctl_rx))?;
-    Ok((handle, join))
+    let h = handle.clone();
+    Ok((handle, Worker::new("broadcaster", move || h.stop(), vec![join])))
 }
 
 impl Hub {
@@ -246,7 +251,7 @@ impl Hub {
             queue: c.queue.clone(),
             done: self.ctl_tx.clone(),
         };
-        if let Err(e) = replay::spawn(job) {
+        if let Err(e) = replay::spawn(job, self.threads.enter()) {
             log::warn!("websocket client {id}: cannot start a replay: {e}");
             c.pending.remove(&task_id);
         }

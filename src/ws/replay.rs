@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::protocol::{self, CompletedData, TaskStatus};
+use crate::sync::GaugeGuard;
 use crate::tasks::output_log::{LogReader, Next};
 use crate::tasks::registry::Registry;
 use crate::ws::ctl::Ctl;
@@ -30,8 +31,10 @@ pub struct Replay {
     pub done: Sender<Ctl>,
 }
 
-pub fn spawn(job: Replay) -> std::io::Result<()> {
+/// Starts the replay's thread; `alive` is held for as long as it runs.
+pub fn spawn(job: Replay, alive: GaugeGuard) -> std::io::Result<()> {
     std::thread::Builder::new().name("ws-replay".into()).stack_size(128 * 1024).spawn(move || {
+        let _alive = alive;
         let (done, client, task_id, generation) = (job.done.clone(), job.client, job.task_id, job.generation);
         let (cut, ended, started) = run(&job);
         let _ = done.send(Ctl::ReplayDone { id: client, task_id, generation, cut, ended, started });
@@ -75,10 +78,7 @@ fn run(job: &Replay) -> ([u64; 2], bool, bool) {
     };
     // Under the task's lock, its byte counts and its log agree: the log holds exactly the
     // chunks below the counts, and every later chunk comes live.
-    let (record, started_sent) = {
-        let st = task.lock();
-        (st.record.clone(), st.started_sent)
-    };
+    let (record, started_sent) = task.record_and_started();
     let ended = record.status != TaskStatus::Running;
     let cut = [record.stdout_bytes, record.stderr_bytes];
     let from = [job.from.0, job.from.1];
