@@ -1893,3 +1893,63 @@ fn the_4097th_websocket_client_gets_503() {
     let msgs = until_completed(&mut ws, id, Duration::from_secs(30));
     assert!(msgs.iter().any(|m| m["data"] == "after 4096 clients\n"), "{}", summary(&msgs));
 }
+
+/// The server frames in `bytes` (unmasked), as (opcode, payload); a cut last frame is left out.
+fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let (mut out, mut at) = (Vec::new(), 0usize);
+    while at + 2 <= bytes.len() {
+        let (op, len7) = (bytes[at] & 0x0f, (bytes[at + 1] & 0x7f) as usize);
+        let (len, head) = match len7 {
+            126 if at + 4 <= bytes.len() => (u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize, 4),
+            127 if at + 10 <= bytes.len() => {
+                (u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (n, 2),
+        };
+        if at + head + len > bytes.len() {
+            break;
+        }
+        out.push((op, bytes[at + head..at + head + len].to_vec()));
+        at += head + len;
+    }
+    out
+}
+
+/// A slow client that is closed for falling behind, then catches up (answering the pings it
+/// finds, as Node's `ws` does), gets the 1008 close frame, not a reset.
+#[test]
+fn a_slow_client_that_catches_up_gets_its_1008_close_frame() {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    // Pings every 2 s: a few are queued behind the flood (3 intervals of silence would close
+    // the client as idle before it falls behind).
+    let a = common::agent().env("WS_PING_INTERVAL", "2000").start();
+    let _g = common::logs_on_panic(&a);
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect(&SockAddr::from(a.addr().parse::<std::net::SocketAddr>().unwrap())).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Cluster-Secret: {SECRET}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 101"));
+    let flood = "for i in $(seq 20); do yes 0123456789abcdef | head -c 1048576; sleep 0.1; done";
+    a.run("sh", &["-c", flood]);
+    let kicked = |a: &Agent| a.get("/metrics").text().contains("codara_websocket_clients_closed_slow_total 1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !kicked(&a) {
+        assert!(Instant::now() < deadline, "the client was never closed as too slow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A pong, as a client's library answers the pings it finds on catching up.
+    s.write_all(&[0x8A, 0x80, 1, 2, 3, 4]).unwrap();
+    let (bytes, closed) = common::read_until_close(&mut s, Duration::from_secs(30));
+    assert!(closed, "the connection was not closed");
+    let frames = server_frames(&bytes);
+    let last = frames.last().expect("frames");
+    assert_eq!(last.0, 0x8, "the last frame is a close ({} frames, {} bytes)", frames.len(), bytes.len());
+    assert_eq!(&last.1[..2], &1008u16.to_be_bytes(), "close code");
+}

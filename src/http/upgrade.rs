@@ -102,15 +102,6 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
             return Ok(());
         }
     };
-    match stream.try_clone() {
-        Ok(kill) => {
-            let _ = hub.ctl.send(Ctl::Attach { id, stream: kill });
-        }
-        Err(_) => {
-            let _ = hub.ctl.send(Ctl::Leave { id });
-            return Ok(());
-        }
-    }
     if let Err(e) = client::start(id, stream, leftover, rx, queue, hub, ctx.cfg.ws_ping_interval) {
         log::warn!("websocket client {id} ({from}): cannot start its threads: {e}");
         let _ = hub.ctl.send(Ctl::Leave { id });

@@ -22,7 +22,7 @@ use tungstenite::{Message, WebSocket};
 use crate::ws::ctl::{self, Ctl};
 use crate::ws::hub::HubHandle;
 use crate::ws::queue::{
-    Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, WRITE_TIMEOUT,
+    Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_LINGER, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, WRITE_TIMEOUT,
 };
 
 /// A client that sends no frame (not even a pong) for this many ping intervals is closed.
@@ -75,8 +75,12 @@ pub fn start(
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;
     // The writer gets the queue's counters but no sender: it ends when every sender is gone.
-    let side =
-        WriterSide { queued: Arc::clone(&queue.queued), kicked: Arc::clone(&queue.kicked), pong: queue.pong_slot() };
+    let side = WriterSide {
+        queued: Arc::clone(&queue.queued),
+        kicked: Arc::clone(&queue.kicked),
+        closing: Arc::clone(&queue.closing),
+        pong: queue.pong_slot(),
+    };
     std::thread::Builder::new().name(format!("ws-{id}-tx")).stack_size(64 * 1024).spawn({
         let alive = threads.enter();
         move || {
@@ -125,8 +129,10 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
             Err(tungstenite::Error::Io(e))
                 if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
             {
-                log::info!("websocket client {id}: answered no ping for {} ms; closing", silence.as_millis());
-                queue.push_control(Out::Close(CLOSE_GOING_AWAY, "idle"));
+                if !queue.closing.load(Ordering::Acquire) {
+                    log::info!("websocket client {id}: answered no ping for {} ms; closing", silence.as_millis());
+                    queue.push_control(Out::Close(CLOSE_GOING_AWAY, "idle"));
+                }
                 break;
             }
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => break,
@@ -153,6 +159,7 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
 struct WriterSide {
     queued: Arc<AtomicUsize>,
     kicked: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
     pong: PongSlot,
 }
 
@@ -190,12 +197,22 @@ fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_
             w.flush()?;
         }
     })();
-    if let Err(e) = result {
-        log::debug!("websocket client {id}: write failed: {e}");
-    }
     drop(w);
-    // Wakes the reader too, if it is still waiting.
-    let _ = stream.shutdown(Shutdown::Both);
+    match result {
+        // The close frame is out: end our side, and let the reader take the client's answer
+        // (or whatever it still sends) for a moment; closing a socket with unread bytes would
+        // send a reset, and the client would lose the close frame.
+        Ok(()) => {
+            side.closing.store(true, Ordering::Release);
+            let _ = stream.set_read_timeout(Some(CLOSE_LINGER));
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        Err(e) => {
+            log::debug!("websocket client {id}: write failed: {e}");
+            // Wakes the reader too, if it is still waiting.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 /// Whether a client may send this close code (RFC 6455 §7.4.1 and the IANA registry):

@@ -1,8 +1,6 @@
 //! Messages to the broadcaster ([`super::hub`]) from clients, replays and the agent, and
 //! the parsing of a client's request into one.
 
-use std::net::TcpStream;
-
 use crate::ws::queue::Queue;
 
 /// Messages to the broadcaster from clients, replays and the agent.
@@ -15,11 +13,6 @@ pub enum Ctl {
         peer: String,
         /// `?subscribe=N,M&offset=O&errorOffset=E` from the URL: (task, offset, errorOffset).
         subscribe: Vec<(u64, u64, u64)>,
-    },
-    /// The upgraded socket, to shut down a client that falls behind.
-    Attach {
-        id: u64,
-        stream: TcpStream,
     },
     Leave {
         id: u64,

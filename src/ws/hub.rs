@@ -4,7 +4,6 @@
 //! while holding their task's lock); a client over its budget is closed instead.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -44,7 +43,6 @@ impl HubHandle {
 
 struct Client {
     queue: Queue,
-    stream: Option<TcpStream>,
     peer: String,
     /// `None`: every task (compat) but those in `excluded`. `Some`: only these.
     subs: Option<HashSet<u64>>,
@@ -214,12 +212,10 @@ impl Hub {
             );
             crate::metrics::inc(&self.reg.metrics.ws_kicked);
             c.queue.kicked.store(true, Ordering::Release);
+            // A client that stopped reading may never take even the close frame: the writer
+            // gives up after its write timeout and closes the socket. One that catches up gets
+            // it, and its reads go on until it answers (its pongs must not turn into a reset).
             c.queue.push_control(Out::Close(CLOSE_TOO_SLOW, "client too slow"));
-            // A client that stopped reading cannot take even the close frame; the writer
-            // gives up after its write timeout. Stop its reads now.
-            if let Some(s) = &c.stream {
-                let _ = s.shutdown(Shutdown::Read);
-            }
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -265,14 +261,9 @@ impl Hub {
                 // never sees a task's live output ahead of its replay.
                 let subs = (!subscribe.is_empty()).then(HashSet::new);
                 let (pending, covered, excluded) = (HashMap::new(), HashMap::new(), BTreeSet::new());
-                self.clients.insert(id, Client { queue, stream: None, peer, subs, excluded, pending, covered });
+                self.clients.insert(id, Client { queue, peer, subs, excluded, pending, covered });
                 for (task_id, offset, error_offset) in subscribe {
                     self.subscribe(id, task_id, offset, error_offset);
-                }
-            }
-            Ctl::Attach { id, stream } => {
-                if let Some(c) = self.clients.get_mut(&id) {
-                    c.stream = Some(stream);
                 }
             }
             Ctl::Leave { id } => {

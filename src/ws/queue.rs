@@ -12,6 +12,9 @@ use crate::sync::Recover;
 
 /// Bytes of messages a client may have queued before it is closed as too slow.
 pub const CLIENT_BUFFER_BYTES: usize = 8 << 20;
+/// After the agent's close frame, how long the client may take to answer it (its reads go on
+/// meanwhile, so what it sends does not turn the close into a reset).
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// A single write to a client may block this long before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,6 +51,9 @@ pub struct Queue {
     pub tx: Sender<Out>,
     pub queued: Arc<AtomicUsize>,
     pub kicked: Arc<AtomicBool>,
+    /// The writer has sent a close frame: the connection is in its closing handshake, and
+    /// the reader only waits (briefly) for the client's answer.
+    pub closing: Arc<AtomicBool>,
     /// The payload of the latest ping not yet answered. Only the latest needs an answer, so
     /// a client that pings without reading holds one pong (≤ 125 bytes) at most.
     pong: PongSlot,
@@ -59,6 +65,7 @@ impl Queue {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             kicked: Arc::new(AtomicBool::new(false)),
+            closing: Arc::new(AtomicBool::new(false)),
             pong: PongSlot::default(),
         }
     }
