@@ -26,6 +26,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     check_cwd()?;
     close_inherited_fds_on_exec();
     raise_fd_limit();
+    crate::alloc::limit_arenas();
     // Signals first, so a SIGTERM during start-up is not lost, and is not fatal.
     let mut workers = Workers::default();
     let (sig_rx, signals) = spawn_signal_thread()?;
