@@ -630,7 +630,15 @@ fn second_signal_during_the_kill_grace_kills_at_once() {
 /// still does nothing.
 #[test]
 fn sighup_drains_unless_it_was_ignored_at_start() {
-    let mut a = common::agent().env("SHUTDOWN_TIMEOUT", "300").env("KILL_GRACE", "300").start();
+    // SIGHUP's default disposition, whatever this test inherited (a CI job run under nohup
+    // ignores it, and so would the agent).
+    let dir = TempDir::new("hup");
+    let data = dir.path().join("data");
+    let mut env = Command::new("env");
+    env.args(["--default-signal=HUP", env!("CARGO_BIN_EXE_codara-agent")]);
+    let mut cmd = common::wrapped_command(env, dir.path(), &data);
+    cmd.env("SHUTDOWN_TIMEOUT", "300").env("KILL_GRACE", "300");
+    let mut a = common::spawn_agent(cmd, dir, data);
     let _g = common::logs_on_panic(&a);
     a.run("sleep", &["3018"]);
     assert!(common::wait_running("sleep 3018", Duration::from_secs(20)));
