@@ -74,9 +74,9 @@ fn worker(server: &tiny_http::Server, ctx: &Arc<Ctx>, stopping: &AtomicBool) {
         };
         if lasts(&rq) {
             let ctx2 = Arc::clone(ctx);
-            on_long_thread(ctx, rq, move |rq| handle_guarded(&ctx2, rq));
+            on_long_thread(ctx, rq, move |rq| handle_guarded(&ctx2, rq, Thread::OwnAlready));
         } else {
-            handle_guarded(ctx, rq);
+            handle_guarded(ctx, rq, Thread::Shared);
         }
     }
 }
@@ -104,10 +104,10 @@ fn on_long_thread(ctx: &Arc<Ctx>, rq: Request, work: impl FnOnce(Request) + Send
 
 /// [`handle`], with a panic (a bug) confined to its request: tiny_http answers a dropped
 /// request 500, and the worker goes on taking requests.
-fn handle_guarded(ctx: &Arc<Ctx>, rq: Request) {
+fn handle_guarded(ctx: &Arc<Ctx>, rq: Request, thread: Thread) {
     // The path only: a query may hold the secret (`?secret=` on a WebSocket upgrade).
     let url = rq.url().split('?').next().unwrap_or("").chars().take(200).collect::<String>();
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(ctx, rq))).is_err() {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(ctx, rq, thread))).is_err() {
         log::error!("the handler of {url} panicked (a bug; the panic message is above); answered 500");
     }
 }
@@ -125,7 +125,7 @@ fn lasts(rq: &Request) -> bool {
 }
 
 /// Answers one request.
-pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
+pub fn handle(ctx: &Arc<Ctx>, mut rq: Request, thread: Thread) {
     ctx.monitor.touch();
     if upgrade::is_upgrade(&rq) {
         upgrade::accept(ctx, &ctx.hub, rq);
@@ -151,32 +151,37 @@ pub fn handle(ctx: &Arc<Ctx>, mut rq: Request) {
         }
         Reply::error(&e)
     });
-    answer(ctx, rq, reply);
+    answer(ctx, rq, reply, thread);
+}
+
+/// The thread a reply is being answered on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Thread {
+    /// An `http-N` worker, or a task's thread (`?wait=true`): a long reply gets its own.
+    Shared,
+    /// An `http-long` thread already: it writes any reply itself.
+    OwnAlready,
 }
 
 /// Sends `reply`: a small one on this thread, a large one or a stream on a thread of its own
 /// (see [`SMALL_REPLY`]), a `?wait=true` one when its task ends.
-fn answer(ctx: &Arc<Ctx>, rq: Request, reply: Reply) {
+fn answer(ctx: &Arc<Ctx>, rq: Request, reply: Reply, thread: Thread) {
     let small = match &reply.body {
         Body::Bytes(b) => b.len() <= SMALL_REPLY,
         Body::Stream(_) => false,
         Body::WhenDone(task) => {
             let (ctx, task) = (Arc::clone(ctx), Arc::clone(task));
-            let done = Box::new(move |t: &Task| answer(&ctx, rq, Reply::raw_json(200, t.to_json_bytes(true))));
+            let done =
+                Box::new(move |t: &Task| answer(&ctx, rq, Reply::raw_json(200, t.to_json_bytes(true)), Thread::Shared));
             task.on_end(done);
             return;
         }
     };
-    if small || thread_is_long() {
+    if small || thread == Thread::OwnAlready {
         respond(rq, reply);
     } else {
         on_long_thread(ctx, rq, move |rq| respond(rq, reply));
     }
-}
-
-/// Whether this thread is already an `http-long` one (it then writes its own reply).
-fn thread_is_long() -> bool {
-    std::thread::current().name() == Some("http-long")
 }
 
 fn dispatch(ctx: &Ctx, route: Route, rq: &mut Request, q: &handlers::Query, from: &str) -> Result<Reply, ApiError> {
