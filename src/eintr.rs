@@ -14,9 +14,10 @@
 //! Socket calls with a timeout (`SO_RCVTIMEO`, `poll`) are never restarted by the kernel,
 //! whatever `SA_RESTART` says, so each such call site loops. The std helpers (`write_all`,
 //! `read_exact`, `read_to_end`, `BufRead::read_line`, `BufWriter::flush`) already retry;
-//! plain `read`/`write`/`recv_from`/`poll`/`waitid` do not: they go through this module.
+//! plain `read`/`write`/`recv_from`/`poll`/`waitid` do not: they go through this module (or
+//! loop on `Interrupted` where they are).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, Timespec};
@@ -45,28 +46,10 @@ pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> rustix::io::Re
     }
 }
 
-/// A reader or writer whose `read`/`write` never report `Interrupted`: for code that takes
-/// any error for the end (tungstenite, a parser).
-pub struct Retrying<S>(pub S);
-
-impl<S: Read> Read for Retrying<S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(|| self.0.read(buf))
-    }
-}
-
-impl<S: Write> Write for Retrying<S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        retry(|| self.0.write(buf))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        retry(|| self.0.flush())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// A reader that is interrupted `n` times before each read succeeds.
     struct Flaky {
@@ -88,10 +71,10 @@ mod tests {
 
     #[test]
     fn interrupted_reads_are_retried() {
-        let mut r = Retrying(Flaky { interruptions: 3, left: 3 });
+        let mut r = Flaky { interruptions: 3, left: 3 };
         let mut buf = [0u8; 4];
-        assert_eq!(r.read(&mut buf).unwrap(), 1);
-        assert_eq!(r.read(&mut buf).unwrap(), 1);
+        assert_eq!(retry(|| r.read(&mut buf)).unwrap(), 1);
+        assert_eq!(retry(|| r.read(&mut buf)).unwrap(), 1);
     }
 
     #[test]

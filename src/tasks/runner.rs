@@ -136,7 +136,7 @@ fn prepare_job(reg: &Registry, task: &Task) -> Result<(), String> {
 /// A request too large for the record (which holds its summary) goes whole to its file,
 /// before the record is written. If it cannot be written, the summary is all that is kept.
 fn keep_request(task: &Task, request: &Request) {
-    if !task.record().request_truncated {
+    if !task.request_truncated() {
         return;
     }
     if let Err(e) = task_files::write_request(task.request_path(), request) {

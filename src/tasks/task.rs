@@ -457,6 +457,11 @@ impl Task {
         (st.record.clone(), st.started_sent)
     }
 
+    /// Whether the record holds only a summary of the request (the whole is in its file).
+    pub fn request_truncated(&self) -> bool {
+        self.lock().record.request_truncated
+    }
+
     /// The process id, once spawned.
     pub fn pid(&self) -> Option<u32> {
         self.lock().record.pid

@@ -164,7 +164,8 @@ struct WriterSide {
 }
 
 fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_interval: Duration) {
-    let mut w = BufWriter::with_capacity(16 * 1024, crate::eintr::Retrying(&stream));
+    // Every write goes through write_all or flush, which retry an interrupted write.
+    let mut w = BufWriter::with_capacity(16 * 1024, &stream);
     let mut next_ping = Instant::now() + ping_interval;
     let result = (|| -> io::Result<()> {
         loop {
