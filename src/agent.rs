@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, SecretSource};
+use crate::contain::Isolation;
 use crate::discovery::{Discovery, NodeInfo};
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
@@ -40,18 +41,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     workers.push(timer_worker);
     let (events_tx, events_rx, listeners) = events::channel();
     // Before the history is read or anything runs; held until the agent exits.
-    let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir)
-        .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;
-    let reg = Arc::new(Registry::new(
-        Limits::from_config(&cfg),
-        store.clone(),
-        timer.clone(),
-        events_tx,
-        monitor,
-        Arc::default(),
-    ));
-    crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
+    let (_data_dir_lock, reg) = open_registry(&cfg, monitor, timer, events_tx)?;
     if let Some(reaper) =
         Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?
     {
@@ -90,6 +80,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         d.stop(); // sends cluster_leave
     }
     drain_tasks(&reg, &cfg, &sig_rx);
+    reg.isolation.shutdown();
     // Follow streams end with their tasks; give them a moment to send their last chunk.
     if !ctx.long_requests.wait_zero(Instant::now() + Duration::from_secs(2)) {
         log::info!("{} long request(s) still being answered at exit", ctx.long_requests.get());
@@ -106,6 +97,32 @@ pub fn run(cfg: Config) -> Result<(), String> {
     drop(reg);
     log::info!("stopped");
     Ok(())
+}
+
+/// Locks `DATA_DIR`, opens the journal, sets up the isolation of tasks, and builds the
+/// registry with the history (recovering what a crashed run left).
+fn open_registry(
+    cfg: &Config,
+    monitor: Arc<Monitor>,
+    timer: Timer,
+    events_tx: events::EventTx,
+) -> Result<(DataDirLock, Arc<Registry>), String> {
+    let lock = DataDirLock::acquire(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir)
+        .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;
+    let isolation = start_isolation(cfg)?;
+    let reg = Arc::new(Registry::new(
+        Limits::from_config(cfg),
+        store.clone(),
+        timer,
+        events_tx,
+        monitor,
+        Arc::default(),
+        isolation,
+    ));
+    crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
+    reg.isolation.sweep_leftovers();
+    Ok((lock, reg))
 }
 
 /// Tasks without a `cwd` run in the agent's: it must exist, and be text for the task object.
@@ -344,6 +361,34 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
         }
         reg.wait_idle(Instant::now() + Duration::from_secs(2));
     }
+}
+
+/// Sets up how tasks are contained (README, "Containing tasks"), logs it, and refuses a
+/// default limit the mode cannot apply.
+fn start_isolation(cfg: &Config) -> Result<Isolation, String> {
+    let iso = Isolation::setup(cfg.task_isolation, &cfg.data_dir)?;
+    if let Err(name) = iso.check(&cfg.task_limits) {
+        let var = match name {
+            "memoryBytes" => "TASK_MEMORY_LIMIT",
+            "cpus" => "TASK_CPU_LIMIT",
+            _ => "TASK_PIDS_LIMIT",
+        };
+        return Err(format!(
+            "{var} cannot be applied: tasks run with isolation {} here (see README, \"Containing tasks\")",
+            iso.mode().as_str()
+        ));
+    }
+    let limits = if iso.limits().is_empty() { "none".to_string() } else { iso.limits().join(", ") };
+    log::info!(
+        "isolation: {} (TASK_ISOLATION={}); limits a task may set: {limits}{}",
+        iso.mode().as_str(),
+        cfg.task_isolation.as_str(),
+        if iso.resets_oom_score() { "; tasks reset their OOM score to 0" } else { "" }
+    );
+    for dir in iso.subtrees() {
+        log::info!("isolation: task groups under {}", dir.display());
+    }
+    Ok(iso)
 }
 
 fn log_summary(cfg: &Config, port: u16, next_id: u64) {

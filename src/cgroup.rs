@@ -92,19 +92,19 @@ impl MemoryGroup {
     }
 }
 
-/// A cgroup mount from `/proc/self/mountinfo`.
-struct Mount {
-    v2: bool,
+/// A cgroup mount from `/proc/self/mountinfo` (also used by [`crate::contain`]).
+pub(crate) struct Mount {
+    pub v2: bool,
     /// Super options (v1: the controllers).
-    options: String,
+    pub options: String,
     /// The group of the hierarchy shown at the mount point.
     root: String,
-    point: PathBuf,
+    pub point: PathBuf,
 }
 
 impl Mount {
     /// `id parent major:minor root point options [optional...] - fstype source superoptions`
-    fn parse(line: &str) -> Option<Mount> {
+    pub fn parse(line: &str) -> Option<Mount> {
         let fields: Vec<&str> = line.split(' ').collect();
         let sep = fields.iter().position(|f| *f == "-")?;
         let v2 = match *fields.get(sep + 1)? {
@@ -121,7 +121,7 @@ impl Mount {
     }
 
     /// Where group `path` (from `/proc/self/cgroup`) is under this mount.
-    fn dir_of(&self, path: &str) -> Option<PathBuf> {
+    pub fn dir_of(&self, path: &str) -> Option<PathBuf> {
         let rel = if self.root == "/" { path } else { path.strip_prefix(self.root.as_str())? };
         Some(self.point.join(rel.trim_start_matches('/')))
     }
@@ -149,12 +149,12 @@ fn unescape(s: &str) -> String {
 }
 
 /// A file holding one number (`max` and unreadable files give `None`).
-fn read_number(p: &Path) -> Option<u64> {
+pub(crate) fn read_number(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 /// The value of `key` in a `memory.stat` file.
-fn stat_value(stat: &str, key: &str) -> Option<u64> {
+pub(crate) fn stat_value(stat: &str, key: &str) -> Option<u64> {
     stat.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

@@ -69,6 +69,10 @@ pub struct Config {
     pub trusted_addresses: Vec<Cidr>,
     /// Which `.env` file was read, if any (for the start-up summary).
     pub env_file: Option<PathBuf>,
+    /// How tasks are contained (`TASK_ISOLATION`).
+    pub task_isolation: crate::contain::Choice,
+    /// Default limits of every task (`TASK_MEMORY_LIMIT`, `TASK_CPU_LIMIT`, `TASK_PIDS_LIMIT`).
+    pub task_limits: crate::protocol::TaskLimits,
 }
 
 impl fmt::Debug for Config {
@@ -153,6 +157,12 @@ pub struct Setting {
     /// The effective value for `check-config`; `None` for a setting not kept in [`Config`].
     show: Option<fn(&Config) -> String>,
 }
+
+/// The smallest memory limit: less would kill a task before it could run anything.
+pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+/// The bounds of a CPU limit: 1 ms of CPU per 100 ms period, and far beyond any machine.
+pub const MIN_CPUS: f64 = 0.01;
+pub const MAX_CPUS: f64 = 4096.0;
 
 /// Upper bound of every duration in ms: 30 days, far beyond any sane value, and safe for
 /// `Instant` arithmetic.
@@ -323,6 +333,34 @@ pub const SETTINGS: &[Setting] = &[
         show: Some(Config::trusted_list),
     },
     Setting {
+        name: "TASK_ISOLATION",
+        default: "auto",
+        help: "how tasks are contained: auto (a control group when one can be made, else process), cgroup (required), process",
+        load: |v, c| crate::contain::Choice::parse(v.raw.trim()).ok_or_else(|| v.invalid("auto, cgroup or process")).map(|x| c.task_isolation = x),
+        show: Some(|c| c.task_isolation.as_str().to_string()),
+    },
+    Setting {
+        name: "TASK_MEMORY_LIMIT",
+        default: "",
+        help: "default memory limit of a task in bytes (empty = none); a task's limits.memoryBytes overrides it",
+        load: |v, c| v.optional(|v| v.int(MIN_MEMORY_LIMIT, u64::MAX >> 2)).map(|x| c.task_limits.memory_bytes = x),
+        show: Some(|c| c.task_limits.memory_bytes.map_or(String::new(), |n| n.to_string())),
+    },
+    Setting {
+        name: "TASK_CPU_LIMIT",
+        default: "",
+        help: "default CPU limit of a task in CPUs, such as 1.5 (empty = none); limits.cpus overrides it",
+        load: |v, c| v.optional(Value::cpus).map(|x| c.task_limits.cpus = x),
+        show: Some(|c| c.task_limits.cpus.map_or(String::new(), |n| n.to_string())),
+    },
+    Setting {
+        name: "TASK_PIDS_LIMIT",
+        default: "",
+        help: "default limit of a task's processes and threads (empty = none); limits.pids overrides it",
+        load: |v, c| v.optional(|v| v.int(1, 1 << 22)).map(|x| c.task_limits.pids = x),
+        show: Some(|c| c.task_limits.pids.map_or(String::new(), |n| n.to_string())),
+    },
+    Setting {
         name: "RUST_LOG",
         default: "info",
         help: "log level",
@@ -352,6 +390,22 @@ impl Value<'_> {
         match self.raw.trim().parse::<T>() {
             Ok(n) if n >= min && n <= max => Ok(n),
             _ => Err(self.invalid(&format!("an integer from {min} to {max}"))),
+        }
+    }
+
+    /// `None` for an empty value, else what `parse` makes of it.
+    fn optional<T>(&self, parse: impl FnOnce(&Self) -> Result<T, ConfigError>) -> Result<Option<T>, ConfigError> {
+        if self.raw.trim().is_empty() {
+            return Ok(None);
+        }
+        parse(self).map(Some)
+    }
+
+    /// A number of CPUs, at least 0.01 (a quota of 1 ms per 100 ms period).
+    fn cpus(&self) -> Result<f64, ConfigError> {
+        match self.raw.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && (MIN_CPUS..=MAX_CPUS).contains(&n) => Ok(n),
+            _ => Err(self.invalid(&format!("a number of CPUs from {MIN_CPUS} to {MAX_CPUS}"))),
         }
     }
 
@@ -593,6 +647,8 @@ impl Config {
             metrics_require_secret: false,
             trusted_addresses: Vec::new(),
             env_file,
+            task_isolation: crate::contain::Choice::Auto,
+            task_limits: crate::protocol::TaskLimits::default(),
         }
     }
 

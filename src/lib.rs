@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod cidr;
 pub mod cli_discover;
 pub mod config;
+pub mod contain;
 pub mod discovery;
 pub mod eintr;
 pub mod events;

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::procfs::SelfUsage;
-use crate::protocol::Stats;
+use crate::protocol::{Stats, TaskUsage};
 
 /// Upper bounds (seconds) of the task duration histogram's buckets.
 pub const DURATION_BUCKETS: [f64; 12] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
@@ -28,6 +28,10 @@ pub struct Metrics {
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_count: AtomicU64,
     duration_sum_ms: AtomicU64,
+    task_cpu_user_ms: AtomicU64,
+    task_cpu_system_ms: AtomicU64,
+    tasks_oom_killed: AtomicU64,
+    task_forks_refused: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -47,12 +51,37 @@ impl Metrics {
         self.duration_sum_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
+    /// What an ended task used (`usage` of the task object).
+    pub fn observe_usage(&self, u: &TaskUsage) {
+        self.task_cpu_user_ms.fetch_add(u.cpu_user_ms, Ordering::Relaxed);
+        self.task_cpu_system_ms.fetch_add(u.cpu_system_ms, Ordering::Relaxed);
+        if u.oom_killed {
+            inc(&self.tasks_oom_killed);
+        }
+        self.task_forks_refused.fetch_add(u.forks_refused.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn render_usage(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let name = "codara_task_cpu_seconds_total";
+        family(out, name, "counter", "CPU time used by ended tasks (all their processes), by mode.");
+        let _ = writeln!(out, "{name}{{mode=\"user\"}} {}", get(&self.task_cpu_user_ms) as f64 / 1000.0);
+        let _ = writeln!(out, "{name}{{mode=\"system\"}} {}", get(&self.task_cpu_system_ms) as f64 / 1000.0);
+        let name = "codara_tasks_oom_killed_total";
+        family(out, name, "counter", "Ended tasks a process of which the kernel killed for memory.");
+        let _ = writeln!(out, "{name} {}", get(&self.tasks_oom_killed));
+        let name = "codara_task_forks_refused_total";
+        family(out, name, "counter", "Forks refused to tasks by their pids limit.");
+        let _ = writeln!(out, "{name} {}", get(&self.task_forks_refused));
+    }
+
     /// The whole exposition, with the gauges of the moment and this process's `usage`.
     pub fn render(&self, stats: &Stats, ws_clients: usize, usage: &SelfUsage) -> String {
         let mut out = String::with_capacity(6144);
         self.render_counters(&mut out);
         render_gauges(&mut out, stats, ws_clients);
         self.render_histogram(&mut out);
+        self.render_usage(&mut out);
         render_process(&mut out, usage);
         family(&mut out, "codara_build_info", "gauge", "The agent's version, as a label; the value is always 1.");
         let _ = writeln!(out, "codara_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));

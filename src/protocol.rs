@@ -84,6 +84,55 @@ pub struct TaskRecord {
     /// whole one is in the task's request file, and `GET /task/:id` shows it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub request_truncated: bool,
+    /// The limits the task runs under (its own, else the `TASK_*_LIMIT` defaults), when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TaskLimits>,
+    /// What it used, once it has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TaskUsage>,
+}
+
+/// `limits` of `/execute` and of the task object: each absent (or 0 in a request) = none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl TaskLimits {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpus.is_none() && self.pids.is_none()
+    }
+
+    /// A request's limits over the `defaults`: each given one wins, 0 meaning none.
+    pub fn over(self, defaults: TaskLimits) -> TaskLimits {
+        TaskLimits {
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes).filter(|n| *n > 0),
+            cpus: self.cpus.or(defaults.cpus).filter(|n| *n > 0.0),
+            pids: self.pids.or(defaults.pids).filter(|n| *n > 0),
+        }
+    }
+}
+
+/// What a task used: from its control group, or `wait4`'s rusage without one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskUsage {
+    pub cpu_user_ms: u64,
+    pub cpu_system_ms: u64,
+    /// The group's peak (with a group); without one, the largest resident set of the main
+    /// process and the processes it waited for.
+    pub memory_peak_bytes: u64,
+    /// The kernel killed a process of the task for going over its memory limit.
+    pub oom_killed: bool,
+    /// Forks refused by its `pids` limit (present with a `pids` limit only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forks_refused: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -143,6 +192,10 @@ pub struct Health<'a> {
     pub uptime: u64,
     pub version: &'static str,
     pub agent_uptime: u64,
+    /// How tasks are contained: `cgroup-v2`, `cgroup-hybrid`, `cgroup-v1` or `process`.
+    pub isolation: &'a str,
+    /// The `limits` a task may ask for in this mode.
+    pub isolation_limits: &'a [&'static str],
 }
 
 /// `data` of a `completed` event.
@@ -153,6 +206,8 @@ pub struct CompletedData<'a> {
     pub exit_code: Option<i32>,
     pub signal: Option<&'a str>,
     pub duration: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TaskUsage>,
 }
 
 /// One WebSocket message: `{"type":"task_update","taskId","event","data","timestamp"}`.
@@ -263,6 +318,8 @@ mod tests {
             stdout_bytes: 0,
             stderr_bytes: 0,
             request_truncated: false,
+            limits: None,
+            usage: None,
         }
     }
 

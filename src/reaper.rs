@@ -17,6 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustix::process::{waitpid, Pid, WaitOptions};
 
+use crate::contain::Mode;
 use crate::procfs::Stat;
 use crate::sync::Recover;
 use crate::tasks::registry::Registry;
@@ -30,13 +31,18 @@ const SOON: Duration = Duration::from_millis(200);
 pub struct Reaper;
 
 impl Reaper {
-    /// Starts the thread if this process is PID 1; otherwise orphans go to the real init.
+    /// Starts the thread if this process is PID 1, or a child subreaper (isolation
+    /// `process`: orphans of tasks come to the agent); otherwise orphans go to the real init.
     /// Stopping it reaps once more (orphans of the last tasks) and ends the thread.
     pub fn start_if_pid1(reg: Arc<Registry>) -> std::io::Result<Option<Worker>> {
-        if !rustix::process::getpid().is_init() {
+        let what = if rustix::process::getpid().is_init() {
+            "running as PID 1"
+        } else if reg.isolation.mode() == Mode::Process {
+            "a child subreaper"
+        } else {
             return Ok(None);
-        }
-        log::info!("running as PID 1: orphaned processes left by tasks are reaped every {} s", EVERY.as_secs());
+        };
+        log::info!("{what}: orphaned processes left by tasks are reaped every {} s", EVERY.as_secs());
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("reaper".into())

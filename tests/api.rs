@@ -64,7 +64,14 @@ fn health_without_secret_has_exact_fields() {
     let v = r.json();
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["agentUptime", "hostname", "status", "uptime", "version"], "the README's /health fields: {v}");
+    assert_eq!(
+        keys,
+        ["agentUptime", "hostname", "isolation", "isolationLimits", "status", "uptime", "version"],
+        "the README's /health fields: {v}"
+    );
+    let modes = ["cgroup-v2", "cgroup-hybrid", "cgroup-v1", "process"];
+    assert!(v["isolation"].as_str().is_some_and(|m| modes.contains(&m)), "{v}");
+    assert!(v["isolationLimits"].is_array(), "{v}");
     assert_eq!(v["status"], "healthy", "{v}");
     assert!(v["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{v}");
     assert!(v["uptime"].is_number(), "{v}");

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::config::{MAX_CPUS, MIN_CPUS, MIN_MEMORY_LIMIT};
 use crate::http::error::ApiError;
+use crate::protocol::TaskLimits;
 use crate::tasks::task::TaskSpec;
 
 /// Largest per-task `timeout`: 30 days in ms.
@@ -67,7 +69,40 @@ pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<Tas
     };
     let env = parse_env(body.get("env"))?;
     let timeout_ms = parse_timeout(body.get("timeout"))?;
-    Ok(TaskSpec { command, args, cwd, env, timeout_ms, job: None })
+    let limits = parse_limits(body.get("limits"))?;
+    Ok(TaskSpec { command, args, cwd, env, timeout_ms, job: None, limits })
+}
+
+/// `limits`: `{"memoryBytes": N, "cpus": F, "pids": N}`, each optional, 0 = none (over a
+/// `TASK_*_LIMIT` default). Not yet merged with the defaults nor checked against the mode.
+pub fn parse_limits(v: Option<&Value>) -> Result<TaskLimits, ApiError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(TaskLimits::default()),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(bad("limits must be an object: {\"memoryBytes\": N, \"cpus\": F, \"pids\": N}")),
+    };
+    let mut l = TaskLimits::default();
+    for (k, v) in obj {
+        let off = |what: &str| bad(format!("limits.{k} must be {what} (0 = no limit)"));
+        match (k.as_str(), v) {
+            (_, Value::Null) => {}
+            ("memoryBytes", v) => {
+                let n = v.as_u64().filter(|n| *n == 0 || (MIN_MEMORY_LIMIT..=u64::MAX >> 2).contains(n));
+                l.memory_bytes =
+                    Some(n.ok_or_else(|| off(&format!("a whole number of bytes, at least {MIN_MEMORY_LIMIT}")))?);
+            }
+            ("cpus", v) => {
+                let n = v.as_f64().filter(|n| *n == 0.0 || (MIN_CPUS..=MAX_CPUS).contains(n));
+                l.cpus = Some(n.ok_or_else(|| off(&format!("a number of CPUs from {MIN_CPUS} to {MAX_CPUS}")))?);
+            }
+            ("pids", v) => {
+                let n = v.as_u64().filter(|n| *n <= 1 << 22);
+                l.pids = Some(n.ok_or_else(|| off("a whole number of processes up to 4194304"))?);
+            }
+            _ => return Err(bad(format!("limits.{k} is not a limit (memoryBytes, cpus, pids)"))),
+        }
+    }
+    Ok(l)
 }
 
 /// The optional per-task `timeout` in ms (`0` = no limit).
@@ -146,9 +181,28 @@ mod tests {
             json!({"command": "x", "timeout": "5"}),
             json!({"command": "x\u{0}"}),
             json!({"command": "x", "args": ["a\u{0}"]}),
+            json!({"command": "x", "limits": 5}),
+            json!({"command": "x", "limits": {"memoryBytes": "64M"}}),
+            json!({"command": "x", "limits": {"memoryBytes": 100}}),
+            json!({"command": "x", "limits": {"memoryBytes": -1}}),
+            json!({"command": "x", "limits": {"cpus": "1"}}),
+            json!({"command": "x", "limits": {"cpus": 0.001}}),
+            json!({"command": "x", "limits": {"pids": 1.5}}),
+            json!({"command": "x", "limits": {"pids": true}}),
+            json!({"command": "x", "limits": {"disk": 1}}),
         ] {
             assert!(matches!(spec(v.clone()), Err(ApiError::BadRequest(_))), "{v}");
         }
+    }
+
+    #[test]
+    fn limits_parse_and_merge_over_the_defaults() {
+        let s = spec(json!({"command": "x", "limits": {"memoryBytes": 67108864, "cpus": 0.5, "pids": 0}})).unwrap();
+        assert_eq!(s.limits, TaskLimits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(0) });
+        let defaults = TaskLimits { memory_bytes: Some(1 << 30), cpus: None, pids: Some(100) };
+        assert_eq!(s.limits.over(defaults), TaskLimits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: None });
+        let none = spec(json!({"command": "x", "limits": {"cpus": null}})).unwrap();
+        assert_eq!(none.limits.over(defaults), defaults);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
             uptime: snap.uptime,
             version: env!("CARGO_PKG_VERSION"),
             agent_uptime: ctx.started.elapsed().as_secs(),
+            isolation: ctx.reg.isolation.mode().as_str(),
+            isolation_limits: ctx.reg.isolation.limits(),
         },
     ))
 }
@@ -83,10 +85,20 @@ pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
 /// `?wait=true`, the final task object once it has ended.
 fn launch(
     ctx: &Ctx,
-    spec: crate::tasks::task::TaskSpec,
+    mut spec: crate::tasks::task::TaskSpec,
     q: &Query,
     started: impl FnOnce(u64) -> serde_json::Value,
 ) -> Result<Reply, ApiError> {
+    // The request's limits over the defaults, refused if this mode cannot apply one.
+    spec.limits = spec.limits.over(ctx.cfg.task_limits);
+    let iso = &ctx.reg.isolation;
+    if let Err(name) = iso.check(&spec.limits) {
+        return Err(ApiError::BadRequest(format!(
+            "limits.{name} cannot be applied: tasks run with isolation {} here, which applies {}",
+            iso.mode().as_str(),
+            if iso.limits().is_empty() { "no limits".to_string() } else { iso.limits().join(", ") }
+        )));
+    }
     let task = crate::tasks::launch(&ctx.reg, spec).map_err(ApiError::Rejected)?;
     if query::flag(q, "wait") {
         return Ok(Reply::when_done(task));
@@ -195,6 +207,7 @@ pub fn execute_job(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError>
         env: Default::default(), // from job.json, read when the task starts
         timeout_ms: execute::parse_timeout(obj.get("timeout"))?,
         job: Some(JobSpec { id: job_id.clone(), dir }),
+        limits: execute::parse_limits(obj.get("limits"))?,
     };
     launch(ctx, spec, q, |id| json!({ "taskId": id, "jobId": job_id, "status": "started" }))
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::contain::Isolation;
 use crate::events::EventTx;
 use crate::metrics::{self, Metrics};
 use crate::monitor::Monitor;
@@ -80,6 +81,8 @@ pub struct Registry {
     /// Held (shared) from a task's spawn until its pid is recorded; the PID-1 reaper takes it
     /// exclusively to list the tasks' pids, so no task's child is ever taken for an orphan.
     pub spawn_gate: RwLock<()>,
+    /// How tasks are contained (control groups, or process groups and a mark).
+    pub isolation: Isolation,
 }
 
 impl Registry {
@@ -90,6 +93,7 @@ impl Registry {
         events: EventTx,
         monitor: Arc<Monitor>,
         metrics: Arc<Metrics>,
+        isolation: Isolation,
     ) -> Registry {
         Registry {
             limits,
@@ -109,6 +113,7 @@ impl Registry {
             }),
             idle: Condvar::new(),
             spawn_gate: RwLock::new(()),
+            isolation,
         }
     }
 

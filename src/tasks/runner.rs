@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{waitid, Pid, Signal, WaitId, WaitIdOptions};
 
+use crate::contain::reap::reap;
+use crate::contain::Contained;
 use crate::events::EventKind;
 use crate::events::Stream;
 use crate::protocol::{self, CompletedData, TaskStatus};
@@ -40,12 +42,17 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let prepared = prepare_job(reg, task);
     let request = task.request().expect("a task is started once, with its request");
     keep_request(task, &request);
-    let child = prepared.and_then(|()| spawn_process(&request));
+    // Its group first (a failure removes what was made, with `Contained`'s drop).
+    let spawned = prepared
+        .and_then(|()| {
+            reg.isolation.contain(task.id, task.limits()).map_err(|e| format!("cannot create its control group: {e}"))
+        })
+        .and_then(|contained| spawn_process(&request, &contained).map(|child| (child, contained)));
     let described = describe(&request.command, &request.args);
     // The child has its own copy: from here on, the task holds at most a summary.
     drop(request);
     task.spawned();
-    let mut child = match child {
+    let (mut child, contained) = match spawned {
         Ok(c) => c,
         Err(error) => {
             drop(gate);
@@ -75,16 +82,17 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let started = reader::spawn(&reg.pool, Arc::clone(task), Stream::Stdout, stdout)
         .and_then(|_| reader::spawn(&reg.pool, Arc::clone(task), Stream::Stderr, stderr));
     if let Err(e) = started {
-        abandon(reg, task, child, format!("cannot start a reader thread: {e}"));
+        abandon(reg, task, child, contained, format!("cannot start a reader thread: {e}"));
         return;
     }
     if let Some(timeout) = timeout_of(reg, task) {
         reg.timer.schedule(Instant::now() + timeout, task, Action::Timeout);
     }
     let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
-    let waiter = reg.pool.spawn(format!("task-{}", task.id), move || supervise(&reg2, &task2, child));
+    let waiter = reg.pool.spawn(format!("task-{}", task.id), move || supervise(&reg2, &task2, child, contained));
     if let Err(e) = waiter {
-        // The child was dropped with the job; the group is still ours to kill.
+        // The child was dropped with the job (its control group killed and removed with it);
+        // the process group is still ours to kill.
         log::error!("task {}: cannot start its waiter thread: {e}; killing it", task.id);
         task.signal_group(Signal::KILL);
         // Its `Child` went with the job; reap it by pid, or it stays a zombie. Bounded: a
@@ -148,9 +156,10 @@ fn keep_request(task: &Task, request: &Request) {
     }
 }
 
-/// Spawns the process in its own group, or says why it could not (in a message of bounded
-/// size: the command and `cwd` may be huge).
-fn spawn_process(req: &Request) -> Result<Child, String> {
+/// Spawns the process in its own process group and in its containment (control group or
+/// mark), or says why it could not (in a message of bounded size: the command and `cwd` may
+/// be huge).
+fn spawn_process(req: &Request, contained: &Contained) -> Result<Child, String> {
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
@@ -165,11 +174,13 @@ fn spawn_process(req: &Request) -> Result<Child, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    contained.configure(&mut cmd).map_err(|e| format!("cannot open its control group: {e}"))?;
     cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&req.command, 300)))
 }
 
-/// Waits for the process, cleans up its group, waits for the readers, and ends the task.
-fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
+/// Waits for the process, kills what is left of the task (its process group, then its control
+/// group or marked processes), reaps it, waits for the readers, and ends the task.
+fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained: Contained) {
     let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
     // Wait for the exit without reaping: the zombie keeps the group id ours while we kill
     // whatever the task left running in it.
@@ -185,10 +196,15 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
     }
     let exited_at = protocol::now_ms();
     task.leader_exited();
-    let outcome = match child.wait() {
-        Ok(status) => Outcome { exited_at: Some(exited_at), ..Outcome::from_status(status) },
-        Err(e) => Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() },
+    let (mut outcome, rusage) = match reap(child.id()) {
+        Ok((status, rusage)) => (Outcome { exited_at: Some(exited_at), ..Outcome::from_status(status) }, Some(rusage)),
+        Err(e) => (Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() }, None),
     };
+    let (usage, note) = contained.finish(rusage);
+    if let Some(note) = note {
+        log::info!("task {}: {note}", task.id);
+    }
+    outcome.usage = Some(usage);
     if !task.wait_readers(READER_GRACE) {
         log::warn!(
             "task {}: its output pipes are still open {} ms after it exited (a process outside its group holds them); later output is dropped",
@@ -200,10 +216,12 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child) {
 }
 
 /// Reader threads could not start: kill the group, reap, end the task.
-fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, error: String) {
+fn abandon(reg: &Arc<Registry>, task: &Arc<Task>, mut child: Child, contained: Contained, error: String) {
     log::error!("task {}: {error}; killing it", task.id);
     task.leader_exited();
+    contained.kill();
     let _ = child.wait();
+    drop(contained);
     finish(reg, task, Outcome { error: Some(error), ..Outcome::default() });
 }
 
@@ -213,8 +231,18 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     // Free the slot first: whoever sees the end may submit the next task at once.
     reg.release(task);
     let timeout_text = || timeout_of(reg, task).map_or(0, |d| d.as_millis()).to_string();
-    let Some(Settled { status, exit_code, signal, duration, completed_at, timed_out, log_whole, job_started, error }) =
-        task.settle(&outcome, timeout_text)
+    let Some(Settled {
+        status,
+        exit_code,
+        signal,
+        duration,
+        completed_at,
+        timed_out,
+        log_whole,
+        job_started,
+        error,
+        usage,
+    }) = task.settle(&outcome, timeout_text)
     else {
         return; // ended already: `settled` was counted then
     };
@@ -223,6 +251,9 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
         job::finish(&job.dir, &end);
     }
     count_end(&reg.metrics, status, timed_out, duration);
+    if let Some(u) = &usage {
+        reg.metrics.observe_usage(u);
+    }
     task.notify();
     if !log_whole {
         log::warn!("task {}: its output log is incomplete; its output tails stay in memory", task.id);
@@ -237,7 +268,7 @@ pub fn finish(reg: &Arc<Registry>, task: &Arc<Task>, outcome: Outcome) {
     task.emit(
         EventKind::Completed,
         "completed",
-        CompletedData { status, exit_code, signal: signal.as_deref(), duration },
+        CompletedData { status, exit_code, signal: signal.as_deref(), duration, usage },
     );
     // Replies waiting for the end (`?wait=true`) go out before the log line: they wait on it.
     task.run_on_end();

@@ -17,7 +17,7 @@ use rustix::process::{kill_process_group, Pid, Signal};
 
 use crate::events::Stream;
 use crate::events::{Event, EventKind, EventTx};
-use crate::protocol::{self, TaskEnd, TaskRecord, TaskStatus, TaskView};
+use crate::protocol::{self, TaskEnd, TaskLimits, TaskRecord, TaskStatus, TaskUsage, TaskView};
 use crate::request::Request;
 use crate::sync::Recover;
 use crate::task_files::{self, TaskPaths};
@@ -36,6 +36,8 @@ pub struct TaskSpec {
     /// Overrides `TASK_TIMEOUT`; `Some(0)` = no limit.
     pub timeout_ms: Option<u64>,
     pub job: Option<JobSpec>,
+    /// Effective once admitted (the request's over the defaults).
+    pub limits: TaskLimits,
 }
 
 /// A job folder run (`POST /execute-job`).
@@ -154,6 +156,9 @@ pub struct Outcome {
     /// When the main process exited (ms since the epoch); the end is recorded at it, not
     /// after the readers' grace.
     pub exited_at: Option<u64>,
+    /// What it used (its group's counts, or `wait4`'s); a process of it killed for memory
+    /// makes the task `failed`.
+    pub usage: Option<TaskUsage>,
 }
 
 impl Outcome {
@@ -179,6 +184,7 @@ pub struct Settled {
     /// A job's `job.json` was marked running (so its end must be written too).
     pub job_started: bool,
     pub error: Option<String>,
+    pub usage: Option<TaskUsage>,
 }
 
 /// A `cancel` that came too late.
@@ -187,7 +193,7 @@ pub struct AlreadyEnded;
 
 impl Task {
     pub fn new(id: u64, spec: TaskSpec, paths: TaskPaths, max_output: usize, events: EventTx) -> Task {
-        let TaskSpec { command, args, cwd, env, timeout_ms, job } = spec;
+        let TaskSpec { command, args, cwd, env, timeout_ms, job, limits } = spec;
         let request = Request { command, args, cwd, env };
         let mut record = TaskRecord {
             id,
@@ -206,6 +212,8 @@ impl Task {
             stdout_bytes: 0,
             stderr_bytes: 0,
             request_truncated: false,
+            limits: (!limits.is_empty()).then_some(limits),
+            usage: None,
         };
         set_request(&mut record, &request);
         let mut task = Task::from_record(record, paths, max_output, events, false);
@@ -415,7 +423,8 @@ impl Task {
         let job_started = st.output.job_log.is_some();
         let now = outcome.exited_at.unwrap_or_else(protocol::now_ms);
         let duration = now.saturating_sub(st.record.started_at);
-        let clean = outcome.error.is_none() && st.killed_because.is_none() && !st.record.timed_out;
+        let oom = outcome.usage.is_some_and(|u| u.oom_killed);
+        let clean = outcome.error.is_none() && st.killed_because.is_none() && !st.record.timed_out && !oom;
         let status = match (st.cancelled, clean && outcome.exit_code == Some(0)) {
             (true, _) => TaskStatus::Cancelled,
             (false, true) => TaskStatus::Completed,
@@ -425,13 +434,15 @@ impl Task {
             .error
             .clone()
             .or_else(|| st.killed_because.clone())
-            .or_else(|| st.record.timed_out.then(|| format!("timed out after {} ms", timeout_text())));
+            .or_else(|| st.record.timed_out.then(|| format!("timed out after {} ms", timeout_text())))
+            .or_else(|| oom.then(|| oom_text(st.record.limits)));
         st.record.status = status;
         // Bounded: a journal line stays within `store::MAX_LINE` (a path in it may be long).
         st.record.error = error.map(|e| crate::request::cut(&e, 1024));
         let signal = outcome.signal.clone();
         let end = TaskEnd { exit_code: outcome.exit_code, signal: signal.clone(), completed_at: now, duration };
         st.record.end = Some(end);
+        st.record.usage = outcome.usage;
         st.pgid = None;
         let log_whole = Task::close_output(&mut st);
         Some(Settled {
@@ -444,6 +455,7 @@ impl Task {
             log_whole,
             job_started,
             error: st.record.error.clone(),
+            usage: outcome.usage,
         })
     }
 
@@ -460,6 +472,11 @@ impl Task {
     /// Whether the record holds only a summary of the request (the whole is in its file).
     pub fn request_truncated(&self) -> bool {
         self.lock().record.request_truncated
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> TaskLimits {
+        self.lock().record.limits.unwrap_or_default()
     }
 
     /// The process id, once spawned.
@@ -738,6 +755,16 @@ fn read_tails(path: &std::path::Path, cap: usize, record: &TaskRecord) -> ((Stri
 }
 
 pub type TaskRef = Arc<Task>;
+
+/// The error of a task a process of which the kernel killed for memory.
+fn oom_text(limits: Option<TaskLimits>) -> String {
+    match limits.and_then(|l| l.memory_bytes) {
+        Some(n) => {
+            format!("out of memory: a process of the task went over its memory limit ({n} bytes) and was killed")
+        }
+        None => "out of memory: the kernel killed a process of the task".to_string(),
+    }
+}
 
 /// Sends `sig` to a process group. SIGTERM is followed by SIGCONT: a stopped process (one
 /// that stopped itself, or got SIGTTIN reading a terminal) would otherwise only see the

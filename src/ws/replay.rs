@@ -129,6 +129,7 @@ fn run(job: &Replay) -> ([u64; 2], bool, bool) {
             exit_code: end.exit_code,
             signal: end.signal.as_deref(),
             duration: end.duration,
+            usage: record.usage,
         };
         push(job, protocol::task_update(job.task_id, "completed", data, None));
     }

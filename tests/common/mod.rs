@@ -268,6 +268,29 @@ impl Drop for Agent {
                 let _ = self.child.wait();
             }
         }
+        remove_agent_cgroups(&self.log_text());
+    }
+}
+
+/// The control group subtrees an agent logged at start (`isolation: task groups under …`).
+pub fn agent_cgroups(log: &str) -> Vec<PathBuf> {
+    log.lines().filter_map(|l| l.split("isolation: task groups under ").nth(1)).map(PathBuf::from).collect()
+}
+
+/// Removes what an agent that did not stop cleanly (killed, or a failed test) left of its
+/// control group subtrees: its task groups that no process is in any more, and the subtree.
+/// Nothing is killed here: the same `DATA_DIR` may be in use by a later agent of the test.
+pub fn remove_agent_cgroups(log: &str) {
+    for dir in agent_cgroups(log) {
+        if let Ok(list) = std::fs::read_dir(&dir) {
+            for g in list.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("task-")) {
+                let procs = std::fs::read_to_string(g.path().join("cgroup.procs")).unwrap_or_default();
+                if procs.trim().is_empty() {
+                    let _ = std::fs::remove_dir(g.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
     }
 }
 
