@@ -376,16 +376,18 @@ fn a_prompt_without_newline_shows_while_the_task_waits() {
 }
 
 /// A daemon that escaped the task's group and holds its pipes neither hangs the task nor
-/// keeps the agent's reader threads and pipe ends once the task has ended.
+/// keeps the agent's reader threads and pipe ends once the task has ended. Only the fallback
+/// isolation lets one escape (a control group kills it with its task): one that also drops
+/// the environment mark (`env -i`, see README, "Containing tasks").
 #[test]
 fn an_escaped_daemon_holds_no_fd_of_the_agent() {
     const M: &str = "sleep 3019";
-    let a = common::agent().start();
+    let a = common::agent().env("TASK_ISOLATION", "process").start();
     // Settle the pool and tiny_http's threads before counting.
     a.run_wait(json!({"command": "true"}));
     std::thread::sleep(Duration::from_millis(300));
     let before = a.fd_count();
-    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "setsid sleep 3019 & sleep 0.3; echo started"]}));
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", "setsid env -i sleep 3019 & sleep 0.3; echo started"]}));
     assert_eq!(t["status"], "completed", "{t}");
     assert!(t["duration"].as_u64().unwrap() < 1000, "duration runs to the main process's exit: {t}");
     assert!(common::process_running(M), "the escaped daemon should still run");
