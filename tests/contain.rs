@@ -69,15 +69,21 @@ fn escapees_die_with_their_task(a: &Agent, tag: &str) {
 fn a_setsid_escapee_dies_with_its_task_in_a_control_group() {
     let Some(a) = cgroup_agent("a_setsid_escapee_dies_with_its_task_in_a_control_group") else { return };
     escapees_die_with_their_task(&a, "cg");
-    // The task groups are gone with their tasks.
+    // The task groups are gone with their tasks (removed just after the end is reported).
     for dir in common::agent_cgroups(&a.log_text()) {
-        let left: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("task-")))
-            .collect();
-        assert!(left.is_empty(), "task groups left: {left:?}");
+        let groups = || -> Vec<PathBuf> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("task-")))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !groups().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(groups().is_empty(), "task groups left: {:?}", groups());
     }
 }
 

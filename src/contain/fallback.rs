@@ -2,14 +2,14 @@
 //! in their environment, and the agent is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so a
 //! process that left the task's process group (`setsid`, a daemon) is re-parented to the
 //! agent instead of init when its parent dies, and stays the agent's descendant. At the end
-//! of the task, the agent's descendants are read from `/proc/*/stat`, those whose
-//! `/proc/<pid>/environ` holds the mark are killed, and this is repeated until none is left.
+//! of the task, the agent's descendants are walked (`/proc/<pid>/task/*/children`), those
+//! whose `/proc/<pid>/environ` holds the mark are killed, and this is repeated until none is
+//! left.
 //!
 //! What it cannot find: a process that replaced its environment when it started another
 //! program (`env -i`, a daemon that `exec`s itself with a clean one), or whose environment
 //! the agent's user may not read (one that became another user).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
@@ -42,13 +42,15 @@ struct Found {
     start_ticks: u64,
 }
 
-/// Kills the descendants of `agent` that carry `mark`, until none is left or `deadline`;
-/// returns how many were killed.
-pub fn kill_marked(agent: u32, mark: &str, deadline: Instant) -> usize {
+/// Kills the descendants of `agent` that carry `mark` and are not in process group
+/// `killed_group` (which got its SIGKILL already), until none is left or `deadline`;
+/// returns how many were killed. The subtrees of `others` (the main processes of the other
+/// running tasks) are not walked.
+pub fn kill_marked(agent: u32, mark: &str, killed_group: Option<u32>, others: &[u32], deadline: Instant) -> usize {
     let needle = format!("{MARK_VAR}={mark}\0").into_bytes();
     let mut killed = 0;
     loop {
-        let found = marked(agent, &needle);
+        let found = marked(agent, &needle, killed_group, others);
         if found.is_empty() {
             return killed;
         }
@@ -65,42 +67,44 @@ pub fn kill_marked(agent: u32, mark: &str, deadline: Instant) -> usize {
     }
 }
 
-/// The live descendants of `agent` whose environment holds `needle`.
-fn marked(agent: u32, needle: &[u8]) -> Vec<Found> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut parent = HashMap::new();
-    let mut live = Vec::new();
-    for pid in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+/// The live descendants of `agent` outside process group `skip_group` whose environment
+/// holds `needle`, found by walking `/proc/<pid>/task/*/children` down from the agent (far
+/// cheaper than reading every process of the machine), not into the subtrees of `others`.
+fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) -> Vec<Found> {
+    let mut out = Vec::new();
+    let mut todo = children(agent);
+    let mut walked = 0;
+    while let Some(pid) = todo.pop() {
+        walked += 1;
+        if others.contains(&pid) || walked > 1_000_000 {
+            continue;
+        }
         let Some(stat) = Stat::read(pid) else { continue };
-        let (Some(ppid), Some(state), Some(start)) = (
-            stat.field(4).and_then(|p| p.parse::<u32>().ok()),
+        let (Some(state), Some(pgrp), Some(start)) = (
             stat.field(3),
+            stat.field(5).and_then(|p| p.parse::<u32>().ok()),
             stat.field(22).and_then(|s| s.parse::<u64>().ok()),
         ) else {
             continue;
         };
-        parent.insert(pid, ppid);
-        if state != "Z" && state != "X" {
-            live.push(Found { pid, start_ticks: start });
+        todo.extend(children(pid));
+        let live = state != "Z" && state != "X" && Some(pgrp) != skip_group;
+        if live && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| holds(&env, needle)) {
+            out.push(Found { pid, start_ticks: start });
         }
     }
-    live.into_iter()
-        .filter(|f| descends_from(f.pid, agent, &parent))
-        .filter(|f| std::fs::read(format!("/proc/{}/environ", f.pid)).is_ok_and(|env| holds(&env, needle)))
-        .collect()
+    out
 }
 
-/// Whether `pid`'s chain of parents reaches `agent` (at most 64 steps up).
-fn descends_from(pid: u32, agent: u32, parent: &HashMap<u32, u32>) -> bool {
-    let mut at = pid;
-    for _ in 0..64 {
-        match parent.get(&at) {
-            Some(&p) if p == agent => return true,
-            Some(&p) if p > 1 => at = p,
-            _ => return false,
-        }
+/// The children of every thread of `pid` (a subreaper's orphans go to any of its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for t in threads.flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
     }
-    false
+    out
 }
 
 /// Whether the NUL-separated `environ` holds the entry `needle` (which ends in NUL).
@@ -129,17 +133,6 @@ mod tests {
         assert!(!holds(b"XCODARA_TASK=1-2\0", needle));
     }
 
-    #[test]
-    fn ancestry_is_followed_to_the_agent() {
-        let parent: HashMap<u32, u32> = [(10, 5), (11, 10), (12, 1), (5, 1)].into_iter().collect();
-        assert!(descends_from(11, 5, &parent));
-        assert!(descends_from(10, 5, &parent));
-        assert!(!descends_from(12, 5, &parent));
-        assert!(!descends_from(99, 5, &parent));
-        let looped: HashMap<u32, u32> = [(20, 21), (21, 20)].into_iter().collect();
-        assert!(!descends_from(20, 5, &looped));
-    }
-
     /// A marked child of this test process (which plays the agent) is found and killed.
     #[test]
     fn a_marked_descendant_is_killed() {
@@ -149,7 +142,7 @@ mod tests {
         let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
         // Killed but not reaped here: a zombie counts as gone.
-        assert_eq!(kill_marked(me, &m, deadline), 1);
+        assert_eq!(kill_marked(me, &m, None, &[], deadline), 1);
         assert!(child.wait().is_ok());
         assert!(other.try_wait().unwrap().is_none(), "an unmarked process is left alone");
         let _ = other.kill();

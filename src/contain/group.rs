@@ -4,9 +4,11 @@
 //!
 //! Which directories a task gets: the v2 one whenever there is a v2 subtree (it tracks, kills
 //! with `cgroup.kill`, and counts CPU time in `cpu.stat` with no controller at all); v1
-//! `memory` always (the peak and the OOM count); v1 `cpu` and `pids` only with a limit of
-//! theirs; v1 `cpuacct` and `freezer` only without v2 (CPU time, and a kill that no fork can
-//! outrun). Each directory costs a `mkdir`, a write in the child and an `rmdir`.
+//! `memory`, `cpu` and `pids` only with a limit of theirs (without a memory group, the peak
+//! comes from `wait4`); v1 `cpuacct` and `freezer` only without v2 (CPU time, and a kill that
+//! no fork can outrun). Each directory costs a `mkdir`, the child's write into it (which takes
+//! the kernel's cgroup locks: the dearest part) and an `rmdir`, so none is made that is not
+//! needed.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -39,7 +41,7 @@ impl TaskGroup {
         let v2 = tree.v2.as_ref().map(|v| (v.dir.join(&name), v.controllers.clone()));
         let v2_has = |c: &str| v2.as_ref().is_some_and(|(_, ctls)| ctls.contains(&c));
         let wanted = |ctl: &str| match ctl {
-            "memory" => !v2_has("memory"),
+            "memory" => limits.memory_bytes.is_some() && !v2_has("memory"),
             "cpu" => limits.cpus.is_some() && !v2_has("cpu"),
             "pids" => limits.pids.is_some() && !v2_has("pids"),
             _ => v2.is_none(), // cpuacct, freezer
@@ -199,12 +201,12 @@ impl TaskGroup {
     pub fn end(&self, deadline: Instant) -> bool {
         let mut pause = Duration::from_micros(200);
         loop {
-            self.kill();
             if !self.populated() {
                 return true;
             }
+            self.kill();
             if Instant::now() >= deadline {
-                return false;
+                return !self.populated();
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
@@ -392,9 +394,9 @@ mod tests {
         std::fs::write(at("memory", "memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n").unwrap();
         let u = g.usage();
         assert_eq!((u.cpu_ms, u.memory_peak, u.oom_killed), (Some((1003, 5)), Some(4096), false));
-        // Without limits only memory (usage), cpuacct and freezer are used.
+        // Without limits only cpuacct (usage) and freezer (the kill) are used.
         let plain = TaskGroup::plan(&tree, 4, TaskLimits::default());
-        assert_eq!(plain.dirs().len(), 3);
+        assert_eq!(plain.dirs(), [root.join("cpuacct/task-4"), root.join("freezer/task-4")]);
         let _ = std::fs::remove_dir_all(root);
     }
 

@@ -279,6 +279,11 @@ impl Contained {
         Ok(())
     }
 
+    /// Whether the end of the task walks the agent's descendants (the fallback).
+    pub fn walks_processes(&self) -> bool {
+        matches!(self.how, How::Marked { .. })
+    }
+
     /// SIGKILL to everything of the task now (a group's `cgroup.kill`; with a mark, the
     /// marked processes are found at the end).
     pub fn kill(&self) {
@@ -288,18 +293,25 @@ impl Contained {
     }
 
     /// The task's main process has exited: kills whatever is left of the task and waits until
-    /// it is gone (up to [`EMPTY_WAIT`]), reads what the task used, and removes its group.
-    /// `rusage` is `wait4`'s for the main process, used where the group counted nothing.
+    /// it is gone (up to [`EMPTY_WAIT`]) and reads what the task used; the group is removed
+    /// when this is dropped (after the task's end is reported: an `rmdir` costs more than the
+    /// rest). `rusage` is `wait4`'s for the main process, used where the group counted
+    /// nothing; `group` is the task's process group, killed already; `others` are the main
+    /// processes of the other running tasks (whose subtrees the fallback need not walk).
     /// Returns the usage and, for the log, what had to be killed (or could not be).
-    pub fn finish(&mut self, rusage: Option<TaskUsage>) -> (TaskUsage, Option<String>) {
+    pub fn finish(
+        &mut self,
+        rusage: Option<TaskUsage>,
+        group: Option<u32>,
+        others: &[u32],
+    ) -> (TaskUsage, Option<String>) {
         self.done = true;
         let deadline = Instant::now() + EMPTY_WAIT;
         match &self.how {
             How::Group(g) => {
-                let left = g.procs().len();
+                let left = if g.populated() { g.procs().len() } else { 0 };
                 let emptied = g.end(deadline);
                 let usage = g.usage().with_rusage(rusage);
-                g.remove();
                 let note = if !emptied {
                     Some(format!("{} process(es) in its control group would not die", g.procs().len()))
                 } else {
@@ -308,7 +320,7 @@ impl Contained {
                 (usage, note)
             }
             How::Marked { agent, mark } => {
-                let killed = fallback::kill_marked(*agent, mark, deadline);
+                let killed = fallback::kill_marked(*agent, mark, group, others, deadline);
                 let note = (killed > 0).then(|| format!("{killed} process(es) that had left its process group killed"));
                 (rusage.unwrap_or_default(), note)
             }
@@ -319,7 +331,10 @@ impl Contained {
 impl Drop for Contained {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.finish(None);
+            let _ = self.finish(None, None, &[]);
+        }
+        if let How::Group(g) = &self.how {
+            g.remove();
         }
     }
 }

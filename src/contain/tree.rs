@@ -109,8 +109,7 @@ fn v1_path<'a>(line: &'a str, ctl: &str) -> Option<&'a str> {
 /// The v2 subtree, with the limit controllers enabled for it when the start group offers
 /// them (see [`enable`]).
 fn v2_tree(mounts: &[Mount], path: &str, name: &str, pid: u32, notes: &mut Vec<String>) -> Option<V2Tree> {
-    let (mount, start) =
-        mounts.iter().rev().filter(|m| m.v2).find_map(|m| Some((m, m.dir_of(path).filter(|d| d.is_dir())?)))?;
+    let start = mounts.iter().rev().filter(|m| m.v2).find_map(|m| m.dir_of(path).filter(|d| d.is_dir()))?;
     let dir = start.join(name);
     if let Err(e) = make_dir(&dir) {
         notes.push(format!("v2: cannot create {}: {e}", dir.display()));
@@ -119,8 +118,7 @@ fn v2_tree(mounts: &[Mount], path: &str, name: &str, pid: u32, notes: &mut Vec<S
     let offered = std::fs::read_to_string(start.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<&'static str> =
         LIMIT_CONTROLLERS.into_iter().filter(|c| offered.split_whitespace().any(|o| o == *c)).collect();
-    let is_root = start == mount.point;
-    let controllers = match enable(&start, &dir, &wanted, is_root, pid) {
+    let controllers = match enable(&start, &dir, &wanted, pid) {
         Ok(()) => wanted,
         Err(e) => {
             notes.push(format!("v2: cannot enable {} for the task groups: {e}", wanted.join(", ")));
@@ -131,10 +129,11 @@ fn v2_tree(mounts: &[Mount], path: &str, name: &str, pid: u32, notes: &mut Vec<S
 }
 
 /// Enables `wanted` in `start` (if not yet) and in `dir`. v2 lets a group with processes
-/// enable nothing for its children (the root excepted): if the agent is alone in `start`
-/// (a unit with `Delegate=yes`), it moves to the leaf `start/agent` first; if others are
-/// there too, nothing is enabled (the tasks are still tracked and killed).
-fn enable(start: &Path, dir: &Path, wanted: &[&str], is_root: bool, pid: u32) -> io::Result<()> {
+/// enable nothing for its children (EBUSY; the real root excepted): if the agent is alone in
+/// `start` (a unit with `Delegate=yes`, a container's own cgroup namespace), it moves to the
+/// leaf `start/agent` first; if others are there too, nothing is enabled (the tasks are still
+/// tracked and killed).
+fn enable(start: &Path, dir: &Path, wanted: &[&str], pid: u32) -> io::Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
@@ -142,7 +141,7 @@ fn enable(start: &Path, dir: &Path, wanted: &[&str], is_root: bool, pid: u32) ->
     if !wanted.iter().all(|c| enabled.split_whitespace().any(|e| e == *c)) {
         if let Err(e) = subtree_control(start, wanted) {
             let busy = e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error());
-            if !busy || is_root || !alone_in(start, pid) {
+            if !busy || !alone_in(start, pid) {
                 return Err(e);
             }
             let leaf = start.join("agent");

@@ -200,7 +200,12 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained:
         Ok((status, rusage)) => (Outcome { exited_at: Some(exited_at), ..Outcome::from_status(status) }, Some(rusage)),
         Err(e) => (Outcome { error: Some(format!("cannot collect the exit status: {e}")), ..Outcome::default() }, None),
     };
-    let (usage, note) = contained.finish(rusage);
+    // The other tasks' main processes (this one's pid is free again: it is reaped).
+    let others: Vec<u32> = match contained.walks_processes() {
+        true => reg.running_tasks().iter().filter_map(|t| t.pid()).filter(|p| *p != child.id()).collect(),
+        false => Vec::new(),
+    };
+    let (usage, note) = contained.finish(rusage, Some(child.id()), &others);
     if let Some(note) = note {
         log::info!("task {}: {note}", task.id);
     }
@@ -213,6 +218,8 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained:
         );
     }
     finish(reg, task, outcome);
+    // Its control group goes once the end is out (see `Contained::finish`).
+    drop(contained);
 }
 
 /// Reader threads could not start: kill the group, reap, end the task.
