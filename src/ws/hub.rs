@@ -185,10 +185,10 @@ impl Hub {
                 }
             }
             if let Some(p) = c.pending.get_mut(&ev.task_id) {
-                if c.queue.is_over(ev.json.len()) {
+                if c.queue.budget.is_over(ev.json.len()) {
                     kick.push(*id);
                 } else {
-                    c.queue.queued.fetch_add(ev.json.len(), Ordering::AcqRel);
+                    c.queue.budget.add(ev.json.len());
                     p.events.push(ev.clone());
                 }
                 continue;
@@ -211,7 +211,8 @@ impl Hub {
                 CLIENT_BUFFER_BYTES >> 20
             );
             crate::metrics::inc(&self.reg.metrics.ws_kicked);
-            c.queue.kicked.store(true, Ordering::Release);
+            c.queue.kicked.store(true, Ordering::SeqCst);
+            c.queue.budget.wake();
             // A client that stopped reading may never take even the close frame: the writer
             // gives up after its write timeout and closes the socket. One that catches up gets
             // it, and its reads go on until it answers (its pongs must not turn into a reset).
@@ -289,9 +290,9 @@ impl Hub {
                     }
                     c.covered.remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
-                        p.cancel.store(true, Ordering::Release);
+                        p.cancel.store(true, Ordering::SeqCst);
                         let bytes: usize = p.events.iter().map(|e| e.json.len()).sum();
-                        c.queue.queued.fetch_sub(bytes, Ordering::AcqRel);
+                        c.queue.budget.release(bytes);
                     }
                 }
             }
@@ -307,7 +308,7 @@ impl Hub {
                     last_seen |= matches!(ev.kind, EventKind::Completed);
                     // Counted in `queued` when it was held back.
                     if cv.covers(&ev.kind) {
-                        c.queue.queued.fetch_sub(ev.json.len(), Ordering::AcqRel);
+                        c.queue.budget.release(ev.json.len());
                     } else {
                         let _ = c.queue.tx.send(Out::Text(ev.json));
                     }
