@@ -11,12 +11,14 @@ use crate::config::{Config, SecretSource};
 use crate::discovery::{Discovery, NodeInfo};
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
+use crate::metrics::Metrics;
 use crate::monitor::Monitor;
 use crate::reaper::Reaper;
 use crate::store::{DataDirLock, Store};
 use crate::sync::Gauge;
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::timer::Timer;
+use crate::tasks::Stop;
 use crate::worker::{Worker, Workers};
 use crate::{events, ws};
 
@@ -87,29 +89,30 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir).map_err(|why| StartError::DataDir { why })?;
     let store =
         Store::open(&cfg.data_dir).map_err(|source| StartError::Journal { dir: cfg.data_dir.clone(), source })?;
+    let metrics: Arc<Metrics> = Arc::default();
     let reg = Arc::new(Registry::new(
         Limits::from_config(&cfg),
         store.clone(),
         timer.clone(),
         events_tx,
-        monitor,
-        Arc::default(),
+        Arc::clone(&monitor),
+        Arc::clone(&metrics),
     ));
     crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
     if let Some(reaper) = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(StartError::part("the reaper"))? {
         workers.push(reaper);
     }
 
-    let (hub, hub_worker) =
-        ws::hub::spawn(Arc::clone(&reg), events_rx, listeners).map_err(StartError::part("the broadcaster"))?;
+    let (hub, hub_worker) = ws::hub::spawn(Arc::clone(&reg), Arc::clone(&metrics), events_rx, listeners)
+        .map_err(StartError::part("the broadcaster"))?;
     workers.push(hub_worker);
     warn_about_open_access(&cfg);
 
     let ctx = Arc::new(Ctx {
         cfg: Arc::clone(&cfg),
         reg: Arc::clone(&reg),
-        monitor: Arc::clone(&reg.monitor),
-        metrics: Arc::clone(&reg.metrics),
+        monitor,
+        metrics,
         hub: hub.clone(),
         started: Instant::now(),
         long_requests: Gauge::default(),
@@ -361,13 +364,7 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
     log::warn!("stopping {} task(s) still running", running.len());
     let why = "the agent shut down while the task was running".to_string();
     for task in &running {
-        if task.request_stop(false, Some(why.clone())).is_ok() {
-            if hurry {
-                task.signal_group(Signal::KILL);
-            } else {
-                reg.timer.kill_after_grace(task);
-            }
-        }
+        let _ = crate::tasks::stop(reg, task, Stop::Shutdown { why: why.clone(), hurry });
     }
     let grace_end = Instant::now() + if hurry { Duration::ZERO } else { cfg.kill_grace } + Duration::from_secs(2);
     // A second signal during the grace ends it.

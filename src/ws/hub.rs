@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::events::{Event, EventKind, EventRx};
+use crate::metrics::Metrics;
 use crate::sync::Gauge;
 use crate::tasks::registry::Registry;
 use crate::worker::Worker;
@@ -98,6 +99,7 @@ pub const MAX_REPLAYS_PER_CLIENT: usize = 16;
 
 struct Hub {
     reg: Arc<Registry>,
+    metrics: Arc<Metrics>,
     ctl_tx: Sender<Ctl>,
     clients: HashMap<u64, Client>,
     /// Connected clients; raised by the upgrade before `Join`, lowered here.
@@ -109,12 +111,17 @@ struct Hub {
 }
 
 /// Starts the broadcaster. `count` is the client count the tasks' events are gated on.
-pub fn spawn(reg: Arc<Registry>, events: EventRx, count: Arc<AtomicUsize>) -> std::io::Result<(HubHandle, Worker)> {
+pub fn spawn(
+    reg: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    events: EventRx,
+    count: Arc<AtomicUsize>,
+) -> std::io::Result<(HubHandle, Worker)> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let threads = Arc::new(Gauge::default());
     let next_id = Arc::new(AtomicU64::new(1));
     let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), threads: Arc::clone(&threads), next_id };
-    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, generation: 0, threads };
+    let hub = Hub { reg, metrics, ctl_tx, clients: HashMap::new(), count, generation: 0, threads };
     let join = std::thread::Builder::new()
         .name("broadcaster".into())
         .stack_size(256 * 1024)
@@ -210,7 +217,7 @@ impl Hub {
                 c.peer,
                 CLIENT_BUFFER_BYTES >> 20
             );
-            crate::metrics::inc(&self.reg.metrics.ws_kicked);
+            crate::metrics::inc(&self.metrics.ws_kicked);
             c.queue.kicked.store(true, Ordering::SeqCst);
             c.queue.budget.wake();
             // A client that stopped reading may never take even the close frame: the writer
