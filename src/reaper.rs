@@ -19,7 +19,6 @@ use rustix::process::{waitpid, Pid, WaitOptions};
 
 use crate::contain::Mode;
 use crate::procfs::Stat;
-use crate::sync::Recover;
 use crate::tasks::registry::Registry;
 use crate::worker::Worker;
 
@@ -85,7 +84,7 @@ fn reap_orphans(reg: &Registry) -> usize {
         return 0;
     }
     let tasks: HashSet<u32> = {
-        let _gate = reg.spawn_gate.write().recover();
+        let _paused = reg.pause_spawns();
         reg.running_tasks().iter().filter_map(|t| t.pid()).collect()
     };
     let mut reaped = 0;
