@@ -144,6 +144,20 @@ fn over_its_memory_limit_a_task_is_killed_and_nothing_else() {
     assert!(metrics.contains("codara_tasks_oom_killed_total 1"), "{metrics}");
 }
 
+/// Over its memory limit the whole task goes, not only the process that allocated (v2's
+/// `memory.oom.group`; on v1 the agent kills the group when the kernel signals the OOM).
+#[test]
+fn over_its_memory_limit_the_whole_task_is_killed() {
+    let Some(a) = cgroup_agent("over_its_memory_limit_the_whole_task_is_killed") else { return };
+    let _g = common::logs_on_panic(&a);
+    let t0 = Instant::now();
+    let script = "perl -e '$x = \"a\" x (200 * 1024 * 1024)'; sleep 30; echo survived";
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", script], "limits": {"memoryBytes": 64 << 20}}));
+    assert_eq!((t["status"].as_str(), t["usage"]["oomKilled"].as_bool()), (Some("failed"), Some(true)), "{t}");
+    assert!(!t["stdout"].as_str().unwrap().contains("survived"), "{t}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "the shell outlived the OOM kill: {t}");
+}
+
 #[test]
 fn forks_past_the_pids_limit_fail_and_are_reported() {
     let Some(a) = cgroup_agent("forks_past_the_pids_limit_fail_and_are_reported") else { return };

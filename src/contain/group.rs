@@ -11,7 +11,7 @@
 //! needed.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,21 @@ impl TaskGroup {
                     .map_err(io::Error::from)
             })
             .collect()
+    }
+
+    /// v1 only, with a memory limit: an eventfd the kernel signals when the group hits its
+    /// limit (`cgroup.event_control` on `memory.oom_control`). v1 has no `memory.oom.group`:
+    /// the kernel would kill one process and leave the rest of the task running, so the
+    /// agent kills the whole group on this signal, as v2 does by itself.
+    pub fn oom_eventfd(&self) -> io::Result<Option<OwnedFd>> {
+        let Some(d) = self.v1_dir("memory").filter(|_| self.limits.memory_bytes.is_some()) else {
+            return Ok(None);
+        };
+        let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
+        let ctl = rustix::fs::open(d.join("memory.oom_control"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let line = format!("{} {}", efd.as_raw_fd(), ctl.as_raw_fd());
+        std::fs::write(d.join("cgroup.event_control"), line)?;
+        Ok(Some(efd))
     }
 
     /// The pids in the group (from the first directory: each holds every process).

@@ -279,6 +279,17 @@ impl Contained {
         Ok(())
     }
 
+    /// What the task's waiter watches besides the exit: on v1 with a memory limit, the
+    /// group's OOM signal (see [`TaskGroup::oom_eventfd`]); `None` elsewhere, or if it cannot
+    /// be set up (logged: the task then runs with the kernel's v1 behaviour).
+    pub fn oom_watch(&self, id: u64) -> Option<OwnedFd> {
+        let How::Group(g) = &self.how else { return None };
+        g.oom_eventfd()
+            .inspect_err(|e| log::warn!("task {id}: cannot watch its memory group for OOM: {e}"))
+            .ok()
+            .flatten()
+    }
+
     /// Whether the end of the task walks the agent's descendants (the fallback).
     pub fn walks_processes(&self) -> bool {
         matches!(self.how, How::Marked { .. })

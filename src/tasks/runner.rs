@@ -182,6 +182,7 @@ fn spawn_process(req: &Request, contained: &Contained) -> Result<Child, String> 
 /// group or marked processes), reaps it, waits for the readers, and ends the task.
 fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained: Contained) {
     let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
+    let oom_killed = contained.oom_watch(task.id).is_some_and(|oom| watch_oom(task, pid, &oom, &contained));
     // Wait for the exit without reaping: the zombie keeps the group id ours while we kill
     // whatever the task left running in it.
     loop {
@@ -205,7 +206,9 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained:
         true => reg.running_tasks().iter().filter_map(|t| t.pid()).filter(|p| *p != child.id()).collect(),
         false => Vec::new(),
     };
-    let (usage, note) = contained.finish(rusage, Some(child.id()), &others);
+    let (mut usage, note) = contained.finish(rusage, Some(child.id()), &others);
+    // Killed by the agent on the group's OOM signal, maybe before the kernel killed any.
+    usage.oom_killed |= oom_killed;
     if let Some(note) = note {
         log::info!("task {}: {note}", task.id);
     }
@@ -220,6 +223,30 @@ fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained:
     finish(reg, task, outcome);
     // Its control group goes once the end is out (see `Contained::finish`).
     drop(contained);
+}
+
+/// Until the main process exits: when the task's v1 memory group signals OOM, kills the
+/// whole group (v2's `memory.oom.group`, which v1 lacks). Returns at the exit (or if the
+/// process cannot be watched; the caller's `waitid` then waits): whether it killed the task.
+fn watch_oom(task: &Task, pid: Pid, oom: &std::os::fd::OwnedFd, contained: &Contained) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let Ok(exit) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else { return false };
+    let mut killed = false;
+    loop {
+        let mut fds = [PollFd::new(&exit, PollFlags::IN), PollFd::new(oom, PollFlags::IN)];
+        if crate::eintr::poll(&mut fds, None).is_err() || !fds[0].revents().is_empty() {
+            return killed;
+        }
+        if !fds[1].revents().is_empty() {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(oom, &mut count);
+            if !killed {
+                log::info!("task {}: out of memory in its group: killing the whole task", task.id);
+            }
+            contained.kill();
+            killed = true;
+        }
+    }
 }
 
 /// Reader threads could not start: kill the group, reap, end the task.
