@@ -69,6 +69,10 @@ pub struct Config {
     pub trusted_addresses: Vec<Cidr>,
     /// Which `.env` file was read, if any (for the start-up summary).
     pub env_file: Option<PathBuf>,
+    /// `REDACT_VARS`: glob patterns of `env` names whose values are secret (masked, never kept).
+    pub redact_vars: Vec<String>,
+    /// `TASK_USER`: the user (name or uid) tasks run as; `None` = the agent's own.
+    pub task_user: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -323,6 +327,28 @@ pub const SETTINGS: &[Setting] = &[
         show: Some(Config::trusted_list),
     },
     Setting {
+        name: "REDACT_VARS",
+        default: crate::tasks::mask::DEFAULT_REDACT_VARS,
+        help: "env names (globs, comma-separated, any case) whose values are secret: masked in output, never kept",
+        load: |v, c| parse_redact_vars(v).map(|x| c.redact_vars = x),
+        show: Some(|c| c.redact_vars.join(",")),
+    },
+    Setting {
+        name: "TASK_USER",
+        default: "",
+        help:
+            "user (name or uid) tasks run as, with its group and HOME; needs root or CAP_SETUID, CAP_SETGID, CAP_KILL",
+        load: |v, c| {
+            let name = v.raw.trim();
+            if name.contains(['\0', ':', '\n']) {
+                return Err(v.invalid("a user name or uid"));
+            }
+            c.task_user = (!name.is_empty()).then(|| name.to_string());
+            Ok(())
+        },
+        show: Some(|c| c.task_user.clone().unwrap_or_default()),
+    },
+    Setting {
         name: "RUST_LOG",
         default: "info",
         help: "log level",
@@ -430,6 +456,18 @@ fn parse_targets(v: &Value, port: u16) -> Result<Vec<DiscoveryTarget>, ConfigErr
 fn parse_trusted(v: &Value) -> Result<Vec<Cidr>, ConfigError> {
     cidr::parse_list(v.raw)
         .map_err(|why| v.invalid(&format!("IP addresses or CIDRs (address/prefix), comma-separated ({why})")))
+}
+
+/// `REDACT_VARS`: comma-separated glob patterns (`*` and `?`), each a variable name otherwise.
+fn parse_redact_vars(v: &Value) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for p in v.raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '*' | '?' | '.' | '-')) {
+            return Err(v.invalid("name patterns (letters, digits, _, * and ?), comma-separated"));
+        }
+        out.push(p.to_string());
+    }
+    Ok(out)
 }
 
 /// Looks a variable up: the real environment wins over the `.env` file.
@@ -593,6 +631,8 @@ impl Config {
             metrics_require_secret: false,
             trusted_addresses: Vec::new(),
             env_file,
+            redact_vars: Vec::new(),
+            task_user: None,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
 use crate::sync::Recover;
+use crate::tasks::mask::Secrets;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::{Task, TaskSpec};
 use crate::tasks::timer::Timer;
@@ -36,6 +37,10 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// The agent's own working directory, the default `cwd` of a task.
     pub default_cwd: String,
+    /// What every task's output is masked for: the cluster secret.
+    pub secrets: Arc<Secrets>,
+    /// `REDACT_VARS`: `env` names whose values are secret.
+    pub redact_vars: Vec<String>,
 }
 
 impl Limits {
@@ -48,6 +53,8 @@ impl Limits {
             history: cfg.task_history,
             max_output_bytes: cfg.max_output_bytes,
             default_cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into()),
+            secrets: Secrets::shared([cfg.secret.as_bytes()]),
+            redact_vars: cfg.redact_vars.clone(),
         }
     }
 }
@@ -184,8 +191,8 @@ impl Registry {
         inner.running += 1;
         inner.unsettled.insert(id);
         self.monitor.tasks_running(1);
-        let task =
-            Arc::new(Task::new(id, spec, self.store.paths(id), self.limits.max_output_bytes, self.events.clone()));
+        let (paths, events) = (self.store.paths(id), self.events.clone());
+        let task = Arc::new(Task::new(id, spec, paths, self.limits.max_output_bytes, events, &self.limits.secrets));
         inner.tasks.insert(id, Arc::clone(&task));
         metrics::inc(&self.metrics.tasks_started);
         Ok(task)
