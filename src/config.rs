@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::secret::check_secret;
+use crate::task_user::TaskUser;
 
 use crate::cidr::{self, Cidr};
 
@@ -71,8 +72,8 @@ pub struct Config {
     pub env_file: Option<PathBuf>,
     /// `REDACT_VARS`: glob patterns of `env` names whose values are secret (masked, never kept).
     pub redact_vars: Vec<String>,
-    /// `TASK_USER`: the user (name or uid) tasks run as; `None` = the agent's own.
-    pub task_user: Option<String>,
+    /// `TASK_USER`: the user tasks run as (from `/etc/passwd`); `None` = the agent's own.
+    pub task_user: Option<TaskUser>,
 }
 
 impl fmt::Debug for Config {
@@ -106,6 +107,8 @@ pub enum ConfigError {
     SecretFile { why: String },
     /// `DATA_DIR` cannot be created or written.
     DataDir { path: PathBuf, why: String },
+    /// `TASK_USER` is set, and the agent may not run tasks as another user.
+    TaskUser { user: String, why: String },
 }
 
 impl ConfigError {
@@ -118,7 +121,8 @@ impl ConfigError {
             | ConfigError::EnvFileSyntax { .. }
             | ConfigError::Secret { .. }
             | ConfigError::SecretFile { .. }
-            | ConfigError::DataDir { .. } => 2,
+            | ConfigError::DataDir { .. }
+            | ConfigError::TaskUser { .. } => 2,
         }
     }
 }
@@ -133,6 +137,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Secret { why } => write!(f, "invalid CLUSTER_SECRET: {why}"),
             ConfigError::SecretFile { why } => f.write_str(why),
             ConfigError::DataDir { path, why } => write!(f, "invalid DATA_DIR={:?}: {why}", path.display().to_string()),
+            ConfigError::TaskUser { user, why } => write!(f, "TASK_USER={user:?} cannot be used: {why}"),
         }
     }
 }
@@ -340,13 +345,15 @@ pub const SETTINGS: &[Setting] = &[
             "user (name or uid) tasks run as, with its group and HOME; needs root or CAP_SETUID, CAP_SETGID, CAP_KILL",
         load: |v, c| {
             let name = v.raw.trim();
-            if name.contains(['\0', ':', '\n']) {
-                return Err(v.invalid("a user name or uid"));
+            if name.is_empty() {
+                return Ok(());
             }
-            c.task_user = (!name.is_empty()).then(|| name.to_string());
+            let user = crate::task_user::resolve(name)
+                .map_err(|why| v.invalid(&format!("a user (name or uid) other than root: {why}")))?;
+            c.task_user = Some(user);
             Ok(())
         },
-        show: Some(|c| c.task_user.clone().unwrap_or_default()),
+        show: Some(|c| c.task_user.as_ref().map_or(String::new(), |u| u.name.clone())),
     },
     Setting {
         name: "RUST_LOG",
@@ -639,6 +646,10 @@ impl Config {
     /// Reads the configuration, prepares `DATA_DIR`, and reads or generates the secret.
     pub fn load(src: &Source) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(src)?;
+        if let Some(user) = &cfg.task_user {
+            crate::task_user::check_privilege()
+                .map_err(|why| ConfigError::TaskUser { user: user.name.clone(), why })?;
+        }
         crate::store::prepare_data_dir(&cfg.data_dir)
             .map_err(|e| ConfigError::DataDir { path: cfg.data_dir.clone(), why: e.to_string() })?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {

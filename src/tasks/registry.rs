@@ -12,6 +12,7 @@ use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
 use crate::sync::Recover;
+use crate::task_user::TaskUser;
 use crate::tasks::mask::Secrets;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::{Task, TaskSpec};
@@ -41,6 +42,8 @@ pub struct Limits {
     pub secrets: Arc<Secrets>,
     /// `REDACT_VARS`: `env` names whose values are secret.
     pub redact_vars: Vec<String>,
+    /// `TASK_USER`: whom tasks run as.
+    pub task_user: Option<TaskUser>,
 }
 
 impl Limits {
@@ -52,10 +55,20 @@ impl Limits {
             task_timeout: cfg.task_timeout,
             history: cfg.task_history,
             max_output_bytes: cfg.max_output_bytes,
-            default_cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into()),
+            default_cwd: default_cwd(cfg),
             secrets: Secrets::shared([cfg.secret.as_bytes()]),
             redact_vars: cfg.redact_vars.clone(),
+            task_user: cfg.task_user.clone(),
         }
+    }
+}
+
+/// A task's `cwd` when it names none: the agent's own, or with a `TASK_USER` that user's home
+/// (the agent's directory is usually closed to it).
+fn default_cwd(cfg: &Config) -> String {
+    match &cfg.task_user {
+        Some(user) => user.home.display().to_string(),
+        None => std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into()),
     }
 }
 

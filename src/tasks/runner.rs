@@ -21,6 +21,7 @@ use crate::protocol::{self, CompletedData, TaskStatus};
 use crate::request::{self, Request};
 use crate::sync::Recover;
 use crate::task_files;
+use crate::task_user::TaskUser;
 use crate::tasks::job;
 use crate::tasks::mask;
 use crate::tasks::reader;
@@ -44,7 +45,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let secret_env = task.take_secret_env();
     let shown = task::masked_request(&request, task.secrets().as_deref());
     keep_request(task, &shown);
-    let child = prepared.and_then(|()| spawn_process(&request, &secret_env));
+    let child = prepared.and_then(|()| spawn_process(&request, &secret_env, reg.limits.task_user.as_ref()));
     let described = describe(&shown.command, &shown.args);
     // The child has its own copy: from here on, the task holds at most a summary.
     drop((request, secret_env));
@@ -53,6 +54,8 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         Ok(c) => c,
         Err(error) => {
             drop(gate);
+            // It names the command, which may hold a secret value.
+            let error = task.secrets().map_or_else(|| error.clone(), |s| s.mask_str(&error).into_owned());
             persist(reg, task);
             if task.events_wanted() {
                 task.emit(EventKind::Started, "started", task.to_json(false));
@@ -156,17 +159,22 @@ fn keep_request(task: &Task, request: &Request) {
 /// Spawns the process in its own group, or says why it could not (in a message of bounded
 /// size: the command and `cwd` may be huge). `secret_env` goes over `env` (where `env` holds
 /// `[REDACTED]` in their place).
-fn spawn_process(req: &Request, secret_env: &BTreeMap<String, String>) -> Result<Child, String> {
+fn spawn_process(
+    req: &Request,
+    secret_env: &BTreeMap<String, String>,
+    user: Option<&TaskUser>,
+) -> Result<Child, String> {
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
         Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
     }
     let mut cmd = Command::new(&req.command);
-    cmd.args(&req.args)
-        .current_dir(&req.cwd)
-        .env_remove(SECRET_VAR)
-        .envs(&req.env)
+    cmd.args(&req.args).current_dir(&req.cwd).env_remove(SECRET_VAR);
+    if let Some(user) = user {
+        crate::task_user::apply(&mut cmd, user);
+    }
+    cmd.envs(&req.env)
         .envs(secret_env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
