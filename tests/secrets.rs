@@ -279,3 +279,18 @@ fn job_output_log_is_masked() {
     assert!(t["error"].as_str().unwrap().starts_with("job.json: env value of X_SECRET"), "{t}");
     assert_eq!(std::fs::read_to_string(dir.join("job.json")).map(|j| j.contains("\"failed\"")).ok(), Some(true));
 }
+
+/// Every task's output is watched for the cluster secret (`test-secret-…`). A partial line
+/// ending in its first byte still goes out when the task pauses, as any partial line does;
+/// one ending in its first 3 bytes waits for what follows (here, the rest of the secret).
+#[test]
+fn a_partial_line_ending_like_a_secret_still_shows_when_the_task_pauses() {
+    let a = common::agent().start();
+    let mut ws = ws_connect(&a);
+    let script = "printf 'prompt'; sleep 0.6; printf ' done\\ntes'; sleep 0.6; printf 't-secret-0123456789abcdef\\n'";
+    let id = a.run("sh", &["-c", script]);
+    let (events, _) = ws_until_completed(&mut ws, id);
+    let chunks: Vec<&str> =
+        events.iter().filter(|e| e["event"] == "output").map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(chunks, ["prompt", " done\n", "[REDACTED]\n"], "{events:?}");
+}

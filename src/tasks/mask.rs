@@ -6,9 +6,12 @@
 //! The output comes in pieces (pipe reads), and a value may be cut between two of them, or
 //! span lines. A [`Masker`] holds back the end of a piece only while it could be the start of
 //! a value: the longest end that is a proper prefix of some value (at most the longest value
-//! less one byte), and passes on everything else at once. What it holds waits for the next
-//! piece or the end of the pipe, not for a quiet timer: a task that prints the first half of
-//! a token, pauses, then prints the rest must not show the first half.
+//! less one byte), and passes on everything else at once. When the task goes quiet
+//! ([`Masker::quiet`]), an end of one or two bytes goes out like a partial line (so a prompt
+//! or a progress figure that happens to end with a value's first byte is not held up), and
+//! is still watched: should the value go on, the rest of it is masked. An end of
+//! [`QUIET_HOLD`] bytes or more waits for the next piece or the end of the pipe: a task that
+//! prints the first part of a token, pauses, then prints the rest shows none of it.
 //!
 //! Values may overlap (`abcdef`, `cdefgh`): the bytes covered by any occurrence of any value
 //! are masked, and a run of overlapping or adjacent occurrences becomes one `[REDACTED]`.
@@ -23,6 +26,9 @@ use aho_corasick::{AhoCorasick, MatchKind};
 pub const REDACTED: &str = "[REDACTED]";
 /// A value shorter than this cannot be a secret: masking it would destroy ordinary output.
 pub const MIN_VALUE: usize = 6;
+/// A held-back end this long or longer is not passed on when the task goes quiet: by then
+/// it is most likely a value being printed.
+pub const QUIET_HOLD: usize = 3;
 /// The longest value masked (a PEM private key or a kubeconfig fits); longer ones are refused.
 pub const MAX_VALUE: usize = 64 * 1024;
 
@@ -233,6 +239,24 @@ impl Masker {
         self.run(buf, false)
     }
 
+    /// The task has gone quiet: passes on what is held if it is shorter than [`QUIET_HOLD`]
+    /// (see the module); it stays held for matching, so a value it begins is masked from
+    /// where it goes on.
+    pub fn quiet(&mut self) -> &[u8] {
+        self.out.clear();
+        if self.held.len() < QUIET_HOLD && self.shown < self.held.len() {
+            self.out.extend_from_slice(&self.held[self.shown..]);
+            self.shown = self.held.len();
+            self.open = false;
+        }
+        &self.out
+    }
+
+    /// Bytes held back and not yet passed on.
+    pub fn unsent(&self) -> usize {
+        self.held.len() - self.shown
+    }
+
     /// The end of the stream: passes on what is held, masked.
     pub fn finish(&mut self) -> &[u8] {
         let buf = std::mem::take(&mut self.held);
@@ -251,7 +275,13 @@ impl Masker {
                 continue;
             }
             if a < cursor || (a == cursor && self.open) {
-                cursor = b; // continues the `[REDACTED]` passed on last
+                // Begun in bytes passed on already: inside the last `[REDACTED]`, or (after
+                // a quiet time) plain, and then the rest of it is masked.
+                if !self.open {
+                    self.out.extend_from_slice(REDACTED.as_bytes());
+                    self.open = true;
+                }
+                cursor = b;
                 continue;
             }
             self.out.extend_from_slice(&buf[cursor..a]);
@@ -340,6 +370,26 @@ mod tests {
         // A prefix left at the end of the stream is passed on as it is.
         assert_eq!(m.feed(b"token-valu"), b"");
         assert_eq!(m.finish(), b"token-valu");
+    }
+
+    #[test]
+    fn a_quiet_time_passes_on_one_or_two_held_bytes_and_keeps_watching_them() {
+        let mut m = masker(&["tok-123456"]);
+        assert_eq!(m.feed(b"50 t"), b"50 ");
+        assert_eq!(m.quiet(), b"t");
+        assert_eq!(m.quiet(), b"");
+        assert_eq!(m.feed(b"ok-123456 t"), b"[REDACTED] ");
+        assert_eq!(m.quiet(), b"t");
+        assert_eq!(m.feed(b"here"), b"here");
+        // Three bytes or more of a value wait for what comes next.
+        assert_eq!(m.feed(b" tok-1"), b" ");
+        assert_eq!(m.quiet(), b"");
+        assert_eq!(m.unsent(), 5);
+        assert_eq!(m.feed(b"23456\n"), b"[REDACTED]\n");
+        assert_eq!(m.feed(b"to"), b"");
+        assert_eq!(m.quiet(), b"to");
+        assert_eq!(m.feed(b"p"), b"p");
+        assert_eq!(m.finish(), b"");
     }
 
     #[test]

@@ -56,7 +56,8 @@ fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 /// Reads `pipe` to its end, handing `emit` chunks that end at a line end where possible.
 /// `mask` masks secret values first (see [`Masker`]), so the line ends, the chunks and their
 /// offsets are those of the masked output; what it holds back (the start of a value cut by
-/// the read) waits for the next read, not for the quiet time. `wait(fd, timeout)` says whether the pipe has something to read within `timeout`;
+/// the read) goes out at the quiet time only when it is one or two bytes ([`Masker::quiet`]).
+/// `wait(fd, timeout)` says whether the pipe has something to read within `timeout`;
 /// `abandoned()` whether the task has ended without this reader (it then stops, closing its
 /// end of the pipe: later output is dropped).
 pub fn read_loop<R: Read + AsFd>(
@@ -69,7 +70,11 @@ pub fn read_loop<R: Read + AsFd>(
     let mut buf = vec![0u8; READ_BLOCK];
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        if !carry.is_empty() && !wait(pipe.as_fd(), IDLE_FLUSH) {
+        let unsent = mask.as_ref().is_some_and(|m| m.unsent() > 0);
+        if (!carry.is_empty() || unsent) && !wait(pipe.as_fd(), IDLE_FLUSH) {
+            if let Some(m) = mask.as_mut() {
+                carry.extend_from_slice(m.quiet());
+            }
             // A character cut by the pause stays whole: its first bytes wait for the rest
             // (or for the end of the pipe).
             let cut = utf8_boundary(&carry);
@@ -252,6 +257,22 @@ mod tests {
             || false,
         );
         assert_eq!(out, vec![b"a: ".to_vec(), b"[REDACTED] b: [REDACTED] c\n".to_vec()]);
+    }
+
+    /// A partial line ending in a value's first byte still goes out when the task is quiet.
+    #[test]
+    fn a_prompt_ending_like_a_value_is_not_held_up() {
+        let secrets = crate::tasks::mask::Secrets::shared(["5ecret-value"]);
+        let mut quiet = vec![false];
+        let mut out = Vec::new();
+        read_loop(
+            pieces(vec![b"progress 45".to_vec(), b"%\n".to_vec()]),
+            Some(Masker::new(secrets)),
+            |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
+            |c| out.push(c.to_vec()),
+            || false,
+        );
+        assert_eq!(out, vec![b"progress 45".to_vec(), b"%\n".to_vec()]);
     }
 
     #[test]
