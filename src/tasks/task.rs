@@ -751,7 +751,9 @@ impl Task {
 /// `requestTruncated` (the whole one then goes to the task's request file); a secret value
 /// in it (an argument that repeats a token) masked.
 pub fn set_request(record: &mut TaskRecord, req: &Request, secrets: &Secrets) {
-    let kept = masked_request(&if req.fits_inline() { req.clone() } else { req.summary() }, Some(secrets));
+    // Masked before it is cut: a summary's cut could leave a value's first bytes.
+    let masked = masked_request(req, Some(secrets));
+    let kept = if req.fits_inline() { masked } else { masked.summary() };
     record.request_truncated = !req.fits_inline();
     (record.command, record.args, record.cwd, record.env) = (kept.command, kept.args, kept.cwd, kept.env);
 }
@@ -832,6 +834,23 @@ mod tests {
         let mut z = Tail::new(0);
         z.push(b"abc");
         assert_eq!(z.to_text(), "");
+    }
+
+    /// A value the summary's cut would split is masked whole first.
+    #[test]
+    fn a_summary_holds_no_part_of_a_secret() {
+        let value = "tok-0123456789abcdefghij";
+        let arg = format!("{}{value}", "x".repeat(185));
+        let req = Request { command: "c".into(), args: vec![arg; 100], cwd: "/".into(), env: BTreeMap::new() };
+        let mut record: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": 1, "command": "", "args": [], "cwd": "", "env": {}, "status": "running", "startedAt": 1
+        }))
+        .unwrap();
+        set_request(&mut record, &req, &Secrets::new([value]));
+        assert!(record.request_truncated);
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(!text.contains("tok-0123"), "{text}");
+        assert!(record.args[0].starts_with(&"x".repeat(185)), "{:?}", record.args[0]);
     }
 
     #[test]
