@@ -139,8 +139,10 @@ fn tasks_run_as_the_task_user_and_cannot_read_the_agents_files() {
     let err = t["stderr"].as_str().unwrap();
     assert_eq!(err.matches("Permission denied").count(), 4, "{err}");
     assert!(!t.to_string().contains(SECRET));
-    // The agent itself still reads and writes its files (it is root here).
-    assert!(a.get("/tasks").status == 200);
+    // Without a cwd, a task starts in the user's home (the agent's directory may be closed).
+    let t = a.run_wait(json!({"command": "pwd"}));
+    assert_eq!(t["stdout"], format!("{}\n", user.home()), "{t}");
+    assert_eq!(t["cwd"], user.home());
 }
 
 #[test]
