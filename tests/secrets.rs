@@ -294,3 +294,31 @@ fn a_partial_line_ending_like_a_secret_still_shows_when_the_task_pauses() {
         events.iter().filter(|e| e["event"] == "output").map(|e| e["data"].as_str().unwrap()).collect();
     assert_eq!(chunks, ["prompt", " done\n", "[REDACTED]\n"], "{events:?}");
 }
+
+/// History an older agent wrote keeps `env` values in clear: at start they become
+/// `[REDACTED]` in the journal (rewritten at start) and in a large request's file.
+#[test]
+fn history_kept_in_clear_by_an_older_agent_is_scrubbed_at_start() {
+    let keep = common::TempDir::new("secrets-history");
+    let data = keep.path().join("data");
+    let tasks = data.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let t = 1_790_000_000_000u64;
+    let record = |id: u64, env: Value, truncated: bool| {
+        json!({"id": id, "command": "make", "args": [], "cwd": "/", "env": env, "status": "completed",
+               "startedAt": t, "exitCode": 0, "signal": null, "completedAt": t + 100, "duration": 100,
+               "stdoutBytes": 0, "stderrBytes": 0, "requestTruncated": truncated})
+    };
+    let journal = format!(
+        "{}\n{}\n",
+        record(1, json!({"API_TOKEN": "old-token-in-clear", "CI": "1"}), false),
+        record(2, json!({"CI": "1"}), true)
+    );
+    std::fs::write(tasks.join("journal.jsonl"), journal).unwrap();
+    let whole = json!({"command": "make", "args": ["all"], "cwd": "/", "env": {"DB_PASSWORD": "old-password-in-clear", "CI": "1"}});
+    std::fs::write(tasks.join("2.request.json"), whole.to_string()).unwrap();
+    let a = common::agent().data_dir(&data).start();
+    assert_eq!(a.get("/task/1").json()["env"], json!({"API_TOKEN": "[REDACTED]", "CI": "1"}));
+    assert_eq!(a.get("/task/2").json()["env"], json!({"DB_PASSWORD": "[REDACTED]", "CI": "1"}));
+    assert_nowhere_under(&data, &["old-token-in-clear", "old-password-in-clear"]);
+}

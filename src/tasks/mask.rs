@@ -96,6 +96,19 @@ pub fn split_env(env: &mut BTreeMap<String, String>, patterns: &[String]) -> Res
     Ok(secret)
 }
 
+/// Replaces the values of `env` whose names match a pattern by `[REDACTED]` (empty ones and
+/// ones replaced already stay); whether any was replaced. For history kept in clear.
+pub fn redact_names(env: &mut BTreeMap<String, String>, patterns: &[String]) -> bool {
+    let mut changed = false;
+    for (name, value) in env.iter_mut() {
+        if !value.is_empty() && value != REDACTED && patterns.iter().any(|p| glob_match(p, name)) {
+            *value = REDACTED.to_string();
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// A set of secret values and the automaton that finds them.
 pub struct Secrets {
     finder: AhoCorasick,
