@@ -113,6 +113,17 @@ fn drop_capabilities() -> std::io::Result<()> {
 /// Whether `user` can read `path` (a directory: list or enter it), by the mode bits of the
 /// path and of every directory above it. ACLs are not looked at.
 pub fn can_read(path: &Path, user: &TaskUser) -> bool {
+    allowed(path, user, if path.is_dir() { 0o5 } else { 0o4 })
+}
+
+/// Whether `user` can make the directory `path` its working directory (by the mode bits).
+pub fn can_enter(path: &Path, user: &TaskUser) -> bool {
+    allowed(path, user, 0o1)
+}
+
+/// Whether every directory above `path` lets `user` through and `path` grants it one of
+/// `bits` (4 read, 2 write, 1 search/execute).
+fn allowed(path: &Path, user: &TaskUser, bits: u32) -> bool {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(path) = path.canonicalize() else { return false };
     let allows = |p: &Path, bits: u32| {
@@ -128,8 +139,7 @@ pub fn can_read(path: &Path, user: &TaskUser) -> bool {
             (mode >> shift) & bits != 0
         })
     };
-    let reachable = path.ancestors().skip(1).all(|dir| allows(dir, 0o1));
-    reachable && if path.is_dir() { allows(&path, 0o5) } else { allows(&path, 0o4) }
+    path.ancestors().skip(1).all(|dir| allows(dir, 0o1)) && allows(&path, bits)
 }
 
 /// Warns once for each of `paths` (what it is, where) that `user` can read.

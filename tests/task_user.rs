@@ -139,6 +139,10 @@ fn tasks_run_as_the_task_user_and_cannot_read_the_agents_files() {
     let err = t["stderr"].as_str().unwrap();
     assert_eq!(err.matches("Permission denied").count(), 4, "{err}");
     assert!(!t.to_string().contains(SECRET));
+    // A cwd the user cannot enter: the task fails saying so.
+    let t = a.run_wait(json!({"command": "true", "cwd": a.data_dir}));
+    let want = format!("cwd {} cannot be entered by TASK_USER {} (permission denied)", data, user.name);
+    assert_eq!((t["status"].as_str(), t["error"].as_str()), (Some("failed"), Some(want.as_str())), "{t}");
     // Without a cwd, a task starts in the user's home (the agent's directory may be closed).
     let t = a.run_wait(json!({"command": "pwd"}));
     assert_eq!(t["stdout"], format!("{}\n", user.home()), "{t}");

@@ -169,6 +169,10 @@ fn spawn_process(
         Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
         Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
     }
+    if let Some(user) = user.filter(|u| !crate::task_user::can_enter(std::path::Path::new(&req.cwd), u)) {
+        let cwd = request::cut(&req.cwd, 300);
+        return Err(format!("cwd {cwd} cannot be entered by TASK_USER {} (permission denied)", user.name));
+    }
     let mut cmd = Command::new(&req.command);
     cmd.args(&req.args).current_dir(&req.cwd).env_remove(SECRET_VAR);
     if let Some(user) = user {
