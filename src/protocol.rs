@@ -84,6 +84,9 @@ pub struct TaskRecord {
     /// whole one is in the task's request file, and `GET /task/:id` shows it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub request_truncated: bool,
+    /// The names of the task's `secretEnv` (new); their values are never kept or shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// The limits the task runs under (its own, else the `TASK_*_LIMIT` defaults), when any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<TaskLimits>,
@@ -320,6 +323,7 @@ mod tests {
             request_truncated: false,
             limits: None,
             usage: None,
+            secret_env: Vec::new(),
         }
     }
 
