@@ -132,7 +132,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         d.stop(); // sends cluster_leave
     }
     drain_tasks(&reg, &cfg, &sig_rx);
-    reg.isolation.shutdown();
+    reg.isolation().shutdown();
     // Follow streams end with their tasks; give them a moment to send their last chunk.
     if !ctx.long_requests.wait_zero(Instant::now() + Duration::from_secs(2)) {
         log::info!("{} long request(s) still being answered at exit", ctx.long_requests.get());
@@ -168,7 +168,7 @@ fn open_registry(
     let limits = Limits::from_config(cfg);
     let reg = Arc::new(Registry::new(limits, store.clone(), timer, events_tx, monitor, metrics, isolation));
     crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
-    reg.isolation.sweep_leftovers();
+    reg.isolation().sweep_leftovers();
     Ok((lock, reg))
 }
 

@@ -303,6 +303,25 @@ pub fn signal_name(n: i32) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn completed_carries_the_usage_when_there_is_one() {
+        let usage = TaskUsage { cpu_user_ms: 1000, cpu_system_ms: 5, memory_peak_bytes: 4096, ..TaskUsage::default() };
+        let data = CompletedData {
+            status: TaskStatus::Completed,
+            exit_code: Some(0),
+            signal: None,
+            duration: 7,
+            usage: Some(usage),
+        };
+        assert_eq!(
+            serde_json::to_value(&data).unwrap(),
+            serde_json::json!({"status": "completed", "exitCode": 0, "signal": null, "duration": 7,
+                "usage": {"cpuUserMs": 1000, "cpuSystemMs": 5, "memoryPeakBytes": 4096, "oomKilled": false}})
+        );
+        let none = CompletedData { usage: None, ..data };
+        assert!(serde_json::to_value(&none).unwrap().get("usage").is_none());
+    }
+
     fn record() -> TaskRecord {
         TaskRecord {
             id: 7,

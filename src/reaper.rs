@@ -36,7 +36,7 @@ impl Reaper {
     pub fn start_if_pid1(reg: Arc<Registry>) -> std::io::Result<Option<Worker>> {
         let what = if rustix::process::getpid().is_init() {
             "running as PID 1"
-        } else if reg.isolation.mode() == Mode::Process {
+        } else if reg.isolation().mode() == Mode::Process {
             "a child subreaper"
         } else {
             return Ok(None);

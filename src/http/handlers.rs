@@ -34,8 +34,8 @@ pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
             uptime: snap.uptime,
             version: env!("CARGO_PKG_VERSION"),
             agent_uptime: ctx.started.elapsed().as_secs(),
-            isolation: ctx.reg.isolation.mode().as_str(),
-            isolation_limits: ctx.reg.isolation.limits(),
+            isolation: ctx.reg.isolation().mode().as_str(),
+            isolation_limits: ctx.reg.isolation().limits(),
         },
     ))
 }
@@ -92,7 +92,7 @@ fn launch(
 ) -> Result<Reply, ApiError> {
     // The request's limits over the defaults, refused if this mode cannot apply one.
     spec.limits = spec.limits.over(ctx.cfg.task_limits);
-    let iso = &ctx.reg.isolation;
+    let iso = ctx.reg.isolation();
     if let Err(name) = iso.check(&spec.limits) {
         return Err(ApiError::BadRequest(format!(
             "limits.{name} cannot be applied: tasks run with isolation {} here, which applies {}",

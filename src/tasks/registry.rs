@@ -101,9 +101,8 @@ pub struct Registry {
     /// Held (shared) from a task's spawn until its pid is recorded; the PID-1 reaper takes it
     /// exclusively to list the tasks' pids, so no task's child is ever taken for an orphan.
     pub(super) spawn_gate: RwLock<()>,
-    /// How tasks are contained (control groups, or process groups and a mark); the HTTP
-    /// layer reads its mode and checks a request's limits against it.
-    pub isolation: Isolation,
+    /// How tasks are contained (control groups, or process groups and a mark).
+    pub(super) isolation: Isolation,
 }
 
 impl Registry {
@@ -136,6 +135,12 @@ impl Registry {
             spawn_gate: RwLock::new(()),
             isolation,
         }
+    }
+
+    /// How tasks are contained: the HTTP layer reads its mode and checks a request's limits
+    /// against it; the agent sweeps and removes its groups at start and shutdown.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
