@@ -48,12 +48,26 @@ struct Found {
 /// running tasks) are not walked.
 pub fn kill_marked(agent: u32, mark: &str, killed_group: Option<u32>, others: &[u32], deadline: Instant) -> usize {
     let needle = format!("{MARK_VAR}={mark}\0").into_bytes();
+    let unsure_until = Instant::now() + UNSURE_WAIT;
     let mut killed = 0;
+    let mut empty_walks = 0;
     loop {
-        let found = marked(agent, &needle, killed_group, others);
+        let (found, unsure) = marked(agent, &needle, killed_group, others);
         if found.is_empty() {
-            return killed;
+            // A `children` file read while that thread gains or loses a child (another task
+            // starting or ending, a thread exiting) may skip an entry: done after two empty
+            // walks in a row. A process in the middle of an `exec` shows no environment yet:
+            // looked at again for a moment.
+            empty_walks += 1;
+            if empty_walks >= 2 && (unsure == 0 || Instant::now() >= unsure_until) {
+                return killed;
+            }
+            if unsure > 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            continue;
         }
+        empty_walks = 0;
         for f in found {
             if kill_if_same(f) {
                 killed += 1;
@@ -67,11 +81,17 @@ pub fn kill_marked(agent: u32, mark: &str, killed_group: Option<u32>, others: &[
     }
 }
 
+/// How long a descendant with an empty environment (one in the middle of an `exec`, or one
+/// started with none) is looked at again before the end of a task goes on without it.
+const UNSURE_WAIT: Duration = Duration::from_millis(100);
+
 /// The live descendants of `agent` outside process group `skip_group` whose environment
 /// holds `needle`, found by walking `/proc/<pid>/task/*/children` down from the agent (far
-/// cheaper than reading every process of the machine), not into the subtrees of `others`.
-fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) -> Vec<Found> {
+/// cheaper than reading every process of the machine), not into the subtrees of `others`;
+/// and how many showed an empty environment.
+fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) -> (Vec<Found>, usize) {
     let mut out = Vec::new();
+    let mut unsure = 0;
     let mut todo = children(agent);
     let mut walked = 0;
     while let Some(pid) = todo.pop() {
@@ -88,12 +108,16 @@ fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) ->
             continue;
         };
         todo.extend(children(pid));
-        let live = state != "Z" && state != "X" && Some(pgrp) != skip_group;
-        if live && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| holds(&env, needle)) {
-            out.push(Found { pid, start_ticks: start });
+        if state == "Z" || state == "X" || Some(pgrp) == skip_group {
+            continue;
+        }
+        match std::fs::read(format!("/proc/{pid}/environ")) {
+            Ok(env) if holds(&env, needle) => out.push(Found { pid, start_ticks: start }),
+            Ok(env) if env.is_empty() => unsure += 1,
+            _ => {}
         }
     }
-    out
+    (out, unsure)
 }
 
 /// The children of every thread of `pid` (a subreaper's orphans go to any of its threads).
