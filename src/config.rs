@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::secret::check_secret;
 
 use crate::cidr::{self, Cidr};
+use crate::tls::TlsFiles;
 
 /// Name of the generated secret's file inside `DATA_DIR`.
 pub const SECRET_FILE: &str = "cluster-secret";
@@ -69,6 +70,14 @@ pub struct Config {
     pub trusted_addresses: Vec<Cidr>,
     /// Which `.env` file was read, if any (for the start-up summary).
     pub env_file: Option<PathBuf>,
+    /// `TLS_CERT`, `TLS_KEY`, `TLS_CLIENT_CA` as given (`tls` is built from them).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// HTTPS and `wss://` on `CLUSTER_PORT` (checked loadable at start).
+    pub tls: Option<TlsFiles>,
+    /// Discovery packets carry `sig` (HMAC-SHA256, see `discovery_sig`).
+    pub discovery_sign: bool,
 }
 
 impl fmt::Debug for Config {
@@ -102,6 +111,8 @@ pub enum ConfigError {
     SecretFile { why: String },
     /// `DATA_DIR` cannot be created or written.
     DataDir { path: PathBuf, why: String },
+    /// The TLS files do not load (`why` names the file).
+    Tls { why: String },
 }
 
 impl ConfigError {
@@ -114,7 +125,8 @@ impl ConfigError {
             | ConfigError::EnvFileSyntax { .. }
             | ConfigError::Secret { .. }
             | ConfigError::SecretFile { .. }
-            | ConfigError::DataDir { .. } => 2,
+            | ConfigError::DataDir { .. }
+            | ConfigError::Tls { .. } => 2,
         }
     }
 }
@@ -129,6 +141,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Secret { why } => write!(f, "invalid CLUSTER_SECRET: {why}"),
             ConfigError::SecretFile { why } => f.write_str(why),
             ConfigError::DataDir { path, why } => write!(f, "invalid DATA_DIR={:?}: {why}", path.display().to_string()),
+            ConfigError::Tls { why } => write!(f, "invalid TLS configuration: {why}"),
         }
     }
 }
@@ -323,6 +336,34 @@ pub const SETTINGS: &[Setting] = &[
         show: Some(Config::trusted_list),
     },
     Setting {
+        name: "TLS_CERT",
+        default: "",
+        help: "PEM certificate chain: with TLS_KEY, HTTPS and wss:// on CLUSTER_PORT (reloaded when changed)",
+        load: |v, c| v.opt_path().map(|x| c.tls_cert = x),
+        show: Some(|c| show_path(&c.tls_cert)),
+    },
+    Setting {
+        name: "TLS_KEY",
+        default: "",
+        help: "PEM private key of TLS_CERT (both or neither)",
+        load: |v, c| v.opt_path().map(|x| c.tls_key = x),
+        show: Some(|c| show_path(&c.tls_key)),
+    },
+    Setting {
+        name: "TLS_CLIENT_CA",
+        default: "",
+        help: "PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS)",
+        load: |v, c| v.opt_path().map(|x| c.tls_client_ca = x),
+        show: Some(|c| show_path(&c.tls_client_ca)),
+    },
+    Setting {
+        name: "DISCOVERY_SIGN",
+        default: "false",
+        help: "true: discovery packets carry sig, an HMAC-SHA256 keyed from the cluster secret",
+        load: |v, c| v.bool().map(|x| c.discovery_sign = x),
+        show: Some(|c| c.discovery_sign.to_string()),
+    },
+    Setting {
         name: "RUST_LOG",
         default: "info",
         help: "log level",
@@ -367,6 +408,14 @@ impl Value<'_> {
         }
     }
 
+    /// A path, or `None` when empty.
+    fn opt_path(&self) -> Result<Option<PathBuf>, ConfigError> {
+        if self.raw.trim().is_empty() {
+            return Ok(None);
+        }
+        self.path().map(Some)
+    }
+
     fn path(&self) -> Result<PathBuf, ConfigError> {
         if self.raw.trim().is_empty() {
             return Err(self.invalid("a path"));
@@ -402,6 +451,33 @@ fn show_secret(c: &Config) -> String {
         }
         SecretSource::File { path, .. } => format!("******** ({} bytes, from {})", c.secret.len(), path.display()),
     }
+}
+
+fn show_path(p: &Option<PathBuf>) -> String {
+    p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// `TLS_CERT` and `TLS_KEY` together (or neither), `TLS_CLIENT_CA` only with them; and the
+/// files load (a missing or bad file stops the agent at start, exit 2).
+fn tls_files(c: &Config) -> Result<Option<TlsFiles>, ConfigError> {
+    let (cert, key) = match (&c.tls_cert, &c.tls_key) {
+        (None, None) => {
+            if let Some(ca) = &c.tls_client_ca {
+                return Err(invalid("TLS_CLIENT_CA", &ca.display().to_string(), "TLS_CERT and TLS_KEY set too"));
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (Some(cert), None) => {
+            return Err(invalid("TLS_CERT", &cert.display().to_string(), "TLS_KEY set too (both or neither)"))
+        }
+        (None, Some(key)) => {
+            return Err(invalid("TLS_KEY", &key.display().to_string(), "TLS_CERT set too (both or neither)"))
+        }
+    };
+    let files = TlsFiles { cert, key, client_ca: c.tls_client_ca.clone() };
+    crate::tls::load(&files).map_err(|why| ConfigError::Tls { why })?;
+    Ok(Some(files))
 }
 
 /// `DATA_DIR`; when unset, systemd's `$STATE_DIRECTORY` if given, else the default.
@@ -561,6 +637,7 @@ impl Config {
         if let SecretSource::File { path, .. } = &mut cfg.secret_source {
             *path = cfg.data_dir.join(SECRET_FILE);
         }
+        cfg.tls = tls_files(&cfg)?;
         Ok(cfg)
     }
 
@@ -593,6 +670,11 @@ impl Config {
             metrics_require_secret: false,
             trusted_addresses: Vec::new(),
             env_file,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls: None,
+            discovery_sign: false,
         }
     }
 

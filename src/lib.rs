@@ -38,5 +38,6 @@ pub mod store;
 pub mod sync;
 pub mod task_files;
 pub mod tasks;
+pub mod tls;
 pub mod worker;
 pub mod ws;
