@@ -1,6 +1,6 @@
 //! One WebSocket client: a `ws-N-rx` thread reading its frames (tungstenite) and a `ws-N-tx`
 //! thread writing its queue. Each owns one handle on the connection (`NetStream::try_clone`:
-//! a plain socket, or TLS split between the two, see tiny_http's PATCHES.md item 15), so
+//! a plain socket, or TLS split between the two, see tiny_http's PATCHES.md item 14), so
 //! pings and close frames are answered while the writer is busy. The queue is bounded in
 //! bytes ([`CLIENT_BUFFER_BYTES`]); the hub closes a client that falls further behind.
 //!

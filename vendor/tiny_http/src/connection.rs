@@ -49,7 +49,7 @@ impl From<unix_net::UnixListener> for Listener {
 #[derive(Debug)]
 pub(crate) enum Connection {
     Tcp(TcpStream),
-    /// A TCP connection after its TLS handshake (PATCHES.md item 15).
+    /// A TCP connection after its TLS handshake (PATCHES.md item 14).
     Tls(crate::tls::TlsStream),
     #[cfg(unix)]
     Unix(unix_net::UnixStream),

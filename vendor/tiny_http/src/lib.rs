@@ -318,7 +318,7 @@ impl Server {
     /// accept (like a request head), and a connection whose first byte is not a TLS
     /// handshake record (plain HTTP) gets a plain `400` saying the port speaks TLS, and is
     /// closed. `tls` is asked for a configuration at each connection (see
-    /// [`TlsConfigSource`]). See PATCHES.md item 15.
+    /// [`TlsConfigSource`]). See PATCHES.md item 14.
     pub fn from_listener_with_tls<L: Into<Listener>>(
         listener: L,
         limits: Limits,

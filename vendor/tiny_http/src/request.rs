@@ -534,7 +534,7 @@ impl Request {
 
     /// Like [`Request::upgrade_tcp`], for a plain or a TLS connection: the returned
     /// [`NetStream`] can be cloned, and its clones read and written by different threads at
-    /// once (over TLS too: see PATCHES.md item 15).
+    /// once (over TLS too: see PATCHES.md item 14).
     pub fn upgrade_stream<R: Read>(
         mut self,
         protocol: &str,

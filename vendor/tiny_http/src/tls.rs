@@ -1,5 +1,5 @@
 //! TLS (rustls) on a connection that two threads read and write independently
-//! (PATCHES.md item 15).
+//! (PATCHES.md item 14).
 //!
 //! A `rustls::ServerConnection` is one state machine for both directions, so it lives behind
 //! a mutex; but the mutex is never held during blocking socket I/O:
@@ -43,8 +43,8 @@ const MAX_RAW: usize = 256 * 1024;
 
 /// The answer to a client that speaks plain HTTP to the TLS port.
 pub(crate) const NOT_TLS_REPLY: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-Content-Type: text/plain; charset=utf-8\r\nContent-Length: 56\r\nConnection: close\r\n\r\n\
-This port speaks TLS only: use https:// (or wss://).\r\n\r\n";
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 54\r\nConnection: close\r\n\r\n\
+This port speaks TLS only: use https:// (or wss://).\r\n";
 
 struct State {
     conn: ServerConnection,
