@@ -23,6 +23,7 @@ pub mod cidr;
 pub mod cli_discover;
 pub mod config;
 pub mod discovery;
+pub mod discovery_sig;
 pub mod eintr;
 pub mod events;
 pub mod http;
