@@ -227,9 +227,9 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
 
 /// The agents heard as an aligned table.
 pub fn table(heard: &[Heard]) -> String {
-    let mut rows = vec![
-        ["HOST", "ADDRESS", "PLATFORM", "CPUS", "MEM%", "LOAD", "FREE SLOTS", "SEEN", "SIGNATURE"].map(String::from)
-    ];
+    let mut rows =
+        vec![["HOST", "ADDRESS", "PLATFORM", "CPUS", "MEM%", "LOAD", "FREE SLOTS", "SEEN", "SIGNATURE"]
+            .map(String::from)];
     for h in heard {
         let dash = || "-".to_string();
         rows.push([

@@ -82,7 +82,11 @@ pub fn verify(key: Option<&SigningKey>, packet: &[u8], has_sig: bool, timestamp:
     let framed = n > SUFFIX_LEN + 1 && packet[n - SUFFIX_LEN..].starts_with(PREFIX) && packet.ends_with(b"\"}");
     let tag = framed.then(|| hex32(&packet[n - 66..n - 2])).flatten();
     let Some(tag) = tag else {
-        return if has_sig { Verdict::Bad("sig is not a last member of 64 lowercase hex digits".into()) } else { Verdict::Unsigned };
+        return if has_sig {
+            Verdict::Bad("sig is not a last member of 64 lowercase hex digits".into())
+        } else {
+            Verdict::Unsigned
+        };
     };
     let Some(key) = key else { return Verdict::Unchecked };
     let mut unsigned = packet[..n - SUFFIX_LEN].to_vec();
@@ -138,7 +142,8 @@ mod tests {
         assert_eq!(verify(None, SIGNED, true, Some(T), T), Verdict::Unchecked);
         let upper = String::from_utf8(SIGNED.to_vec()).unwrap().replace("fa779f", "FA779F");
         assert!(matches!(verify(Some(&key), upper.as_bytes(), true, Some(T), T), Verdict::Bad(_)));
-        let moved = br#"{"sig":"fa779f405292bbb0b586454d828d12bcf739c8ae72d99fbdc1acc0fca64ea07a","type":"cluster_leave"}"#;
+        let moved =
+            br#"{"sig":"fa779f405292bbb0b586454d828d12bcf739c8ae72d99fbdc1acc0fca64ea07a","type":"cluster_leave"}"#;
         assert!(matches!(verify(Some(&key), moved, true, Some(T), T), Verdict::Bad(_)));
         for junk in [&b""[..], b"}", b"\"}", &SIGNED[SIGNED.len() - SUFFIX_LEN..]] {
             let _ = verify(Some(&key), junk, true, None, T);

@@ -123,29 +123,38 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
         }
         Cmd::Discover => {
             let cfg = Config::from_source(&src).map_err(config_fail)?;
-            let key = codara_agent::cli_discover::verify_key(&cfg);
-            if require_signed && key.is_none() {
-                return Err(Fail("--require-signed needs the cluster secret (CLUSTER_SECRET, or DATA_DIR/cluster-secret)".into(), 2));
-            }
-            let mut heard = codara_agent::cli_discover::discover(&cfg, timeout, key.as_ref()).map_err(|e| Fail(e, 1))?;
-            if require_signed {
-                heard.retain(|h| h.signature == codara_agent::cli_discover::VERIFIED);
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
-            } else if heard.is_empty() {
-                println!(
-                    "no agents heard in {} s on UDP port {} (probed {})",
-                    timeout.as_secs_f64(),
-                    cfg.discovery_port,
-                    cfg.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
-                );
-            } else {
-                print!("{}", codara_agent::cli_discover::table(&heard));
-            }
-            Ok(())
+            run_discover(&cfg, timeout, json, require_signed)
         }
     }
+}
+
+/// `codara-agent discover`: listens, checks signatures when it has the secret, prints.
+fn run_discover(cfg: &Config, timeout: Duration, json: bool, require_signed: bool) -> Result<(), Fail> {
+    use codara_agent::cli_discover;
+    let key = cli_discover::verify_key(cfg);
+    if require_signed && key.is_none() {
+        return Err(Fail(
+            "--require-signed needs the cluster secret (CLUSTER_SECRET, or DATA_DIR/cluster-secret)".into(),
+            2,
+        ));
+    }
+    let mut heard = cli_discover::discover(cfg, timeout, key.as_ref()).map_err(|e| Fail(e, 1))?;
+    if require_signed {
+        heard.retain(|h| h.signature == cli_discover::VERIFIED);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
+    } else if heard.is_empty() {
+        println!(
+            "no agents heard in {} s on UDP port {} (probed {})",
+            timeout.as_secs_f64(),
+            cfg.discovery_port,
+            cfg.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    } else {
+        print!("{}", cli_discover::table(&heard));
+    }
+    Ok(())
 }
 
 /// A configuration error, printed as it is, with its own exit code.

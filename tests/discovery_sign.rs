@@ -164,7 +164,10 @@ fn signed_packets_verify_and_discover_tells_forged_and_replayed_ones() {
     assert!(row("old-agent").contains("unsigned"), "{table}");
     assert!(table.lines().any(|l| l.starts_with(&host) && l.contains("verified")), "{table}");
     let only = entries(&discover(disc_port, Some(common::SECRET), &["--timeout", "2", "--json", "--require-signed"]));
-    assert!(!only.is_empty() && only.iter().all(|e| e["signature"] == "verified" && e["hostname"] == host), "{only:#?}");
+    assert!(
+        !only.is_empty() && only.iter().all(|e| e["signature"] == "verified" && e["hostname"] == host),
+        "{only:#?}"
+    );
 
     // Without the secret: nothing verified, and --require-signed is refused.
     let blind = entries(&discover(disc_port, None, &["--timeout", "2", "--json"]));
