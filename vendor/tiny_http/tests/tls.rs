@@ -198,7 +198,7 @@ fn plain_http_gets_a_400_and_a_stalled_handshake_is_cut_off() {
         "{:?}",
         got
     );
-    let n = got.splitn(2, "\r\n\r\n").nth(1).map_or(0, str::len);
+    let n = got.split_once("\r\n\r\n").map_or(0, |(_, body)| body.len());
     assert!(
         got.contains(&format!("Content-Length: {}\r\n", n)),
         "{:?}",
