@@ -168,6 +168,49 @@ impl State {
     }
 }
 
+/// Bounds one `read` call that needs several socket reads (a record arriving in pieces) to
+/// the socket's read timeout in all: from the second socket read on, the timeout is set to
+/// what is left of it, and put back when the call returns.
+struct Stretch<'a> {
+    sock: &'a TcpStream,
+    entered: Instant,
+    /// The socket's own timeout, once changed (`Some(None)`: none).
+    original: Option<Option<Duration>>,
+    reads: u32,
+}
+
+impl Stretch<'_> {
+    fn before_read(&mut self) -> io::Result<()> {
+        self.reads += 1;
+        if self.reads == 1 {
+            return Ok(());
+        }
+        if self.original.is_none() {
+            self.original = Some(self.sock.read_timeout()?);
+        }
+        if let Some(Some(limit)) = self.original {
+            let spent = self.entered.elapsed();
+            if spent >= limit {
+                return Err(io::Error::new(
+                    ErrorKind::WouldBlock,
+                    "TLS record not complete within the read timeout",
+                ));
+            }
+            self.sock
+                .set_read_timeout(Some(cmp::max(limit - spent, Duration::from_millis(1))))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Stretch<'_> {
+    fn drop(&mut self) {
+        if let Some(original) = self.original {
+            let _ = self.sock.set_read_timeout(original);
+        }
+    }
+}
+
 /// Why a handshake did not complete.
 #[derive(Debug)]
 pub(crate) enum HandshakeError {
@@ -220,9 +263,30 @@ fn check_first_byte(sock: &TcpStream, deadline: Instant) -> Result<(), Handshake
     }
     if first[0] != 0x16 {
         let _ = write_raw(sock, NOT_TLS_REPLY);
+        linger(sock);
         return Err(HandshakeError::NotTls);
     }
     Ok(())
+}
+
+/// After the plain-HTTP refusal: FIN, then what the client sent is read and dropped for a
+/// moment (at most 500 ms, 64 KiB), so closing does not reset the connection before the
+/// client has read the answer.
+fn linger(sock: &TcpStream) {
+    let _ = sock.shutdown(Shutdown::Write);
+    let until = Instant::now() + Duration::from_millis(500);
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < 64 * 1024 {
+        let now = Instant::now();
+        if now >= until || sock.set_read_timeout(Some(until - now)).is_err() {
+            break;
+        }
+        match retry_eintr(|| (&*sock).read(&mut buf)) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
 }
 
 impl TlsStream {
@@ -284,12 +348,19 @@ impl TlsStream {
     }
 
     /// Reads plaintext; blocks in the socket read (with the socket's read timeout) holding
-    /// no lock.
+    /// no lock. Like a plain socket read, one call blocks at most the read timeout in all:
+    /// a client trickling a record's bytes cannot stretch it (see [`Stretch`]).
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         let mut net = [0u8; READ_CHUNK];
+        let mut stretch = Stretch {
+            sock: &self.sock,
+            entered: Instant::now(),
+            original: None,
+            reads: 0,
+        };
         loop {
             let got = lock(&self.shared.state).plaintext(buf);
             match got {
@@ -300,6 +371,7 @@ impl TlsStream {
                     return Err(e);
                 }
             }
+            stretch.before_read()?;
             let n = retry_eintr(|| (&*self.sock).read(&mut net))?;
             let fed = lock(&self.shared.state).feed(&net[..n]);
             // rustls may have something to send now (an alert, a key update's answer)

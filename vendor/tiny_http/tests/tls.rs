@@ -219,3 +219,55 @@ fn plain_http_gets_a_400_and_a_stalled_handshake_is_cut_off() {
     let (_, took) = read_until_close(&mut s, Duration::from_secs(10));
     assert!(took < Duration::from_secs(5), "garbage held for {:?}", took);
 }
+
+/// A record trickled a byte at a time cannot stretch the head deadline: one read of the TLS
+/// connection blocks at most the socket's timeout in all, as on a plain socket.
+#[test]
+fn a_trickled_record_does_not_stretch_the_head_deadline() {
+    let limits = Limits {
+        request_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let (_server, port) = server(limits);
+    let mut c = client(port);
+    while c.conn.is_handshaking() {
+        c.conn.complete_io(&mut c.sock).unwrap();
+    }
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    c.conn.writer().write_all(head.as_bytes()).unwrap();
+    let mut record = Vec::new();
+    while c.conn.wants_write() {
+        c.conn.write_tls(&mut record).unwrap();
+    }
+    let mut sock = c.sock.try_clone().unwrap();
+    let start = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for b in record {
+            if sock.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    // the server closes long before the ~20 s the trickle would take
+    let mut raw = c.sock;
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match raw.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "a trickled record held the connection {:?}",
+        took
+    );
+    let _ = raw.shutdown(std::net::Shutdown::Both);
+    let _ = trickle.join();
+}
