@@ -188,6 +188,10 @@ impl NetStream {
     pub fn set_read_timeout(&self, dur: Option<std::time::Duration>) -> io::Result<()> {
         self.0.set_read_timeout(dur)
     }
+    /// The socket's read timeout.
+    pub fn read_timeout(&self) -> io::Result<Option<std::time::Duration>> {
+        self.0.tcp().map_or(Ok(None), |s| s.read_timeout())
+    }
     /// The socket's write timeout.
     pub fn set_write_timeout(&self, dur: Option<std::time::Duration>) -> io::Result<()> {
         self.0.set_write_timeout(dur)

@@ -176,6 +176,8 @@ struct Stretch<'a> {
     entered: Instant,
     /// The socket's own timeout, once changed (`Some(None)`: none).
     original: Option<Option<Duration>>,
+    /// The timeout this call set last.
+    set: Option<Duration>,
     reads: u32,
 }
 
@@ -196,8 +198,9 @@ impl Stretch<'_> {
                     "TLS record not complete within the read timeout",
                 ));
             }
-            self.sock
-                .set_read_timeout(Some(cmp::max(limit - spent, Duration::from_millis(1))))?;
+            let left = cmp::max(limit - spent, Duration::from_millis(1));
+            self.sock.set_read_timeout(Some(left))?;
+            self.set = Some(left);
         }
         Ok(())
     }
@@ -205,8 +208,14 @@ impl Stretch<'_> {
 
 impl Drop for Stretch<'_> {
     fn drop(&mut self) {
-        if let Some(original) = self.original {
-            let _ = self.sock.set_read_timeout(original);
+        // unless another thread (a writer closing the connection) set its own meanwhile
+        if let (Some(original), Some(set)) = (self.original, self.set) {
+            // (the kernel keeps the timeout in clock ticks: compare within 20 ms)
+            let now = self.sock.read_timeout().ok().flatten();
+            let same = now.is_some_and(|d| d.max(set) - d.min(set) <= Duration::from_millis(20));
+            if same {
+                let _ = self.sock.set_read_timeout(original);
+            }
         }
     }
 }
@@ -359,6 +368,7 @@ impl TlsStream {
             sock: &self.sock,
             entered: Instant::now(),
             original: None,
+            set: None,
             reads: 0,
         };
         loop {

@@ -271,3 +271,47 @@ fn a_trickled_record_does_not_stretch_the_head_deadline() {
     let _ = raw.shutdown(std::net::Shutdown::Both);
     let _ = trickle.join();
 }
+
+/// A record read in pieces leaves the socket's read timeout as it was (the bound of one
+/// read sets it only for the time of that read).
+#[test]
+fn a_record_in_pieces_leaves_the_read_timeout_as_it_was() {
+    let (server, port) = server(Limits::default());
+    let srv = std::thread::spawn(move || {
+        let rq = server.recv().unwrap();
+        let (stream, _) = rq.upgrade_stream("test", Response::empty(101)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(7)))
+            .unwrap();
+        let mut buf = [0u8; 5];
+        (&stream).read_exact(&mut buf).unwrap();
+        (buf, stream.read_timeout().unwrap())
+    });
+    let mut c = client(port);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: test\r\nConnection: upgrade\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    c.conn.writer().write_all(b"hello").unwrap();
+    let mut record = Vec::new();
+    while c.conn.wants_write() {
+        c.conn.write_tls(&mut record).unwrap();
+    }
+    // three pieces: the third socket read of one call runs with what is left of the 7 s
+    for piece in [&record[..3], &record[3..6], &record[6..]] {
+        c.sock.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let (got, timeout) = srv.join().unwrap();
+    assert_eq!(&got, b"hello");
+    let t = timeout.expect("a read timeout");
+    assert!(
+        t > Duration::from_millis(6900) && t < Duration::from_millis(7100),
+        "{:?}",
+        t
+    );
+}
