@@ -11,17 +11,63 @@ use crate::config::{Config, SecretSource};
 use crate::discovery::{Discovery, NodeInfo};
 use crate::http::server::HttpServer;
 use crate::http::Ctx;
+use crate::metrics::Metrics;
 use crate::monitor::Monitor;
 use crate::reaper::Reaper;
 use crate::store::{DataDirLock, Store};
 use crate::sync::Gauge;
 use crate::tasks::registry::{Limits, Registry};
 use crate::tasks::timer::Timer;
+use crate::tasks::Stop;
 use crate::worker::{Worker, Workers};
 use crate::{events, ws};
 
+/// Why the agent could not start: one line for the operator, and the exit code.
+#[derive(Debug)]
+pub enum StartError {
+    /// The working directory (a task's default `cwd`) is gone or not UTF-8.
+    WorkingDir { why: String },
+    /// A part's thread (or its signal handling) could not be set up.
+    Part { part: &'static str, source: std::io::Error },
+    /// `DATA_DIR` is held by another agent, or its lock file cannot be opened.
+    DataDir { why: String },
+    /// The task journal cannot be opened.
+    Journal { dir: std::path::PathBuf, source: std::io::Error },
+    /// The HTTP port cannot be bound, or its workers started.
+    Http { why: String },
+}
+
+impl StartError {
+    /// Every start failure is a runtime failure, 1 (bad settings, 2, are caught before).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::WorkingDir { .. }
+            | StartError::Part { .. }
+            | StartError::DataDir { .. }
+            | StartError::Journal { .. }
+            | StartError::Http { .. } => 1,
+        }
+    }
+
+    fn part(part: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+        move |source| StartError::Part { part, source }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::WorkingDir { why } | StartError::DataDir { why } | StartError::Http { why } => f.write_str(why),
+            StartError::Part { part, source } => write!(f, "cannot start {part}: {source}"),
+            StartError::Journal { dir, source } => {
+                write!(f, "cannot open the task journal in {}: {source}", dir.display())
+            }
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP; returns when every task has ended.
-pub fn run(cfg: Config) -> Result<(), String> {
+pub fn run(cfg: Config) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
     check_cwd()?;
     close_inherited_fds_on_exec();
@@ -34,45 +80,44 @@ pub fn run(cfg: Config) -> Result<(), String> {
     detach_from_terminal();
     make_non_dumpable();
 
-    let (monitor, monitor_worker) = Monitor::start().map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let (monitor, monitor_worker) = Monitor::start().map_err(StartError::part("the monitor"))?;
     workers.push(monitor_worker);
-    let (timer, timer_worker) = Timer::spawn(cfg.kill_grace).map_err(|e| format!("cannot start the timer: {e}"))?;
+    let (timer, timer_worker) = Timer::spawn(cfg.kill_grace).map_err(StartError::part("the timer"))?;
     workers.push(timer_worker);
     let (events_tx, events_rx, listeners) = events::channel();
     // Before the history is read or anything runs; held until the agent exits.
-    let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir)
-        .map_err(|e| format!("cannot open the task journal in {}: {e}", cfg.data_dir.display()))?;
+    let _data_dir_lock = DataDirLock::acquire(&cfg.data_dir).map_err(|why| StartError::DataDir { why })?;
+    let store =
+        Store::open(&cfg.data_dir).map_err(|source| StartError::Journal { dir: cfg.data_dir.clone(), source })?;
+    let metrics: Arc<Metrics> = Arc::default();
     let reg = Arc::new(Registry::new(
         Limits::from_config(&cfg),
         store.clone(),
         timer.clone(),
         events_tx,
-        monitor,
-        Arc::default(),
+        Arc::clone(&monitor),
+        Arc::clone(&metrics),
     ));
     crate::tasks::recovery::recover(&reg, &store, &cfg.jobs_base_path);
-    if let Some(reaper) =
-        Reaper::start_if_pid1(Arc::clone(&reg)).map_err(|e| format!("cannot start the reaper: {e}"))?
-    {
+    if let Some(reaper) = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(StartError::part("the reaper"))? {
         workers.push(reaper);
     }
 
-    let (hub, hub_worker) = ws::hub::spawn(Arc::clone(&reg), events_rx, listeners)
-        .map_err(|e| format!("cannot start the broadcaster: {e}"))?;
+    let (hub, hub_worker) = ws::hub::spawn(Arc::clone(&reg), Arc::clone(&metrics), events_rx, listeners)
+        .map_err(StartError::part("the broadcaster"))?;
     workers.push(hub_worker);
     warn_about_open_access(&cfg);
 
     let ctx = Arc::new(Ctx {
         cfg: Arc::clone(&cfg),
         reg: Arc::clone(&reg),
-        monitor: Arc::clone(&reg.monitor),
-        metrics: Arc::clone(&reg.metrics),
+        monitor,
+        metrics,
         hub: hub.clone(),
         started: Instant::now(),
         long_requests: Gauge::default(),
     });
-    let (port, http) = HttpServer::start(Arc::clone(&ctx))?;
+    let (port, http) = HttpServer::start(Arc::clone(&ctx)).map_err(|why| StartError::Http { why })?;
     workers.push(http);
     log_summary(&cfg, port, reg.next_id());
     // Kept apart: it is stopped first, when the drain begins (its stop sends cluster_leave).
@@ -109,15 +154,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
 }
 
 /// Tasks without a `cwd` run in the agent's: it must exist, and be text for the task object.
-fn check_cwd() -> Result<(), String> {
-    let cwd = std::env::current_dir().map_err(|e| {
-        format!("cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory")
+fn check_cwd() -> Result<(), StartError> {
+    let cwd = std::env::current_dir().map_err(|e| StartError::WorkingDir {
+        why: format!(
+            "cannot read the working directory ({e}): was it deleted? Start the agent from an existing directory"
+        ),
     })?;
     if cwd.to_str().is_none() {
-        return Err(format!(
-            "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
-            cwd.display()
-        ));
+        return Err(StartError::WorkingDir {
+            why: format!(
+                "the working directory {} is not valid UTF-8, so it cannot be a task's cwd; start the agent from another one",
+                cwd.display()
+            ),
+        });
     }
     Ok(())
 }
@@ -143,7 +192,7 @@ fn warn_about_open_access(cfg: &Config) {
 }
 
 /// The `discovery` thread, unless DISCOVERY_ENABLED=false.
-fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, String> {
+fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, StartError> {
     if !ctx.cfg.discovery_enabled {
         log::info!("discovery: disabled (DISCOVERY_ENABLED=false)");
         return Ok(None);
@@ -157,9 +206,7 @@ fn start_discovery(ctx: &Arc<Ctx>, port: u16) -> Result<Option<Worker>, String> 
         port,
         stats: Box::new(move || stats_ctx.stats()),
     };
-    Discovery::start(&ctx.cfg, node, Arc::clone(&ctx.metrics))
-        .map(Some)
-        .map_err(|e| format!("cannot start discovery: {e}"))
+    Discovery::start(&ctx.cfg, node, Arc::clone(&ctx.metrics)).map(Some).map_err(StartError::part("discovery"))
 }
 
 /// Marks every file descriptor the agent inherited (beyond stdin, stdout and stderr)
@@ -275,12 +322,12 @@ fn inherited_ignore(sig: i32) -> bool {
 /// Starts the `signals` thread: SIGTERM, SIGINT and SIGHUP (a closed terminal) arrive on the
 /// returned channel, and each drains the agent. SIGHUP stays ignored when it was at start
 /// (`nohup`).
-fn spawn_signal_thread() -> Result<(crossbeam_channel::Receiver<i32>, Worker), String> {
+fn spawn_signal_thread() -> Result<(crossbeam_channel::Receiver<i32>, Worker), StartError> {
     let mut handled = vec![SIGTERM, SIGINT];
     if !inherited_ignore(SIGHUP) {
         handled.push(SIGHUP);
     }
-    let mut signals = Signals::new(handled).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut signals = Signals::new(handled).map_err(StartError::part("signal handling"))?;
     let handle = signals.handle();
     let (tx, rx) = crossbeam_channel::unbounded();
     let thread = std::thread::Builder::new()
@@ -291,7 +338,7 @@ fn spawn_signal_thread() -> Result<(crossbeam_channel::Receiver<i32>, Worker), S
                 let _ = tx.send(sig);
             }
         })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        .map_err(StartError::part("the signal thread"))?;
     Ok((rx, Worker::new("signals", move || handle.close(), vec![thread])))
 }
 
@@ -317,13 +364,7 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
     log::warn!("stopping {} task(s) still running", running.len());
     let why = "the agent shut down while the task was running".to_string();
     for task in &running {
-        if task.request_stop(false, Some(why.clone())).is_ok() {
-            if hurry {
-                task.signal_group(Signal::KILL);
-            } else {
-                reg.timer.kill_after_grace(task);
-            }
-        }
+        let _ = crate::tasks::stop(reg, task, Stop::Shutdown { why: why.clone(), hurry });
     }
     let grace_end = Instant::now() + if hurry { Duration::ZERO } else { cfg.kill_grace } + Duration::from_secs(2);
     // A second signal during the grace ends it.

@@ -107,7 +107,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
         Cmd::Serve => {
             init_logging(src.get("RUST_LOG"));
             let cfg = Config::load(&src).map_err(config_fail)?;
-            codara_agent::agent::run(cfg).map_err(|e| Fail(e, 1))
+            codara_agent::agent::run(cfg).map_err(|e| Fail(e.to_string(), e.exit_code()))
         }
         Cmd::CheckConfig => {
             let mut cfg = Config::from_source(&src).map_err(config_fail)?;

@@ -18,7 +18,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustix::process::{waitpid, Pid, WaitOptions};
 
 use crate::procfs::Stat;
-use crate::sync::Recover;
 use crate::tasks::registry::Registry;
 use crate::worker::Worker;
 
@@ -79,7 +78,7 @@ fn reap_orphans(reg: &Registry) -> usize {
         return 0;
     }
     let tasks: HashSet<u32> = {
-        let _gate = reg.spawn_gate.write().recover();
+        let _paused = reg.pause_spawns();
         reg.running_tasks().iter().filter_map(|t| t.pid()).collect()
     };
     let mut reaped = 0;

@@ -289,6 +289,46 @@ fn missing_folder_or_run_sh_fails_the_task() {
     assert_eq!(running, 0, "running count after two failed jobs");
 }
 
+/// A `job.json` that is a FIFO (the read would block the task's start for ever) or larger
+/// than 1 MiB (held in memory whole) fails the task with a clear error; the agent goes on.
+#[test]
+fn a_fifo_or_huge_job_json_fails_the_task_not_the_agent() {
+    let a = common::agent().start();
+    let _g = common::logs_on_panic(&a);
+    let fifo_dir = base(&a).join("fifo");
+    make_job(&fifo_dir, "echo should-not-run\n", None);
+    let st = std::process::Command::new("mkfifo").arg(fifo_dir.join("job.json")).status().unwrap();
+    assert!(st.success());
+    let huge_dir = base(&a).join("huge");
+    make_job(&huge_dir, "echo should-not-run\n", None);
+    let big = format!("{{\"env\": {{\"PAD\": \"{}\"}}}}", "x".repeat(2 << 20));
+    std::fs::write(huge_dir.join("job.json"), &big).unwrap();
+
+    // And a FIFO where the run's output.log goes: opening it for writing would wait too.
+    let log_dir = base(&a).join("fifolog");
+    make_job(&log_dir, "echo should-not-run\n", None);
+    std::fs::create_dir_all(log_dir.join("logs")).unwrap();
+    let st = std::process::Command::new("mkfifo").arg(log_dir.join("logs/output.log")).status().unwrap();
+    assert!(st.success());
+
+    for (job, file, why) in [
+        ("fifo", "job.json", "not a regular file"),
+        ("huge", "job.json", "over 1024 KiB"),
+        ("fifolog", "output.log", "No such device"),
+    ] {
+        let id = start_job(&a, json!({"jobId": job}));
+        let t = a.wait_task(id);
+        assert_eq!(t["status"], "failed", "{t}");
+        let err = t["error"].as_str().unwrap_or_else(|| panic!("no error: {t}"));
+        assert!(err.contains(file) && err.contains(why), "{job}: {err:?}");
+        assert_eq!(t["stdout"], "", "{t}");
+    }
+    // The large job.json is the user's: left as it was, not rewritten with the run's end.
+    assert_eq!(std::fs::metadata(huge_dir.join("job.json")).unwrap().len(), big.len() as u64);
+    let id = a.run_wait(json!({"command": "echo", "args": ["still here"]}))["id"].as_u64().unwrap();
+    assert_eq!(a.wait_task(id)["stdout"], "still here\n");
+}
+
 #[test]
 fn job_id_and_job_path_must_stay_inside_base() {
     let a = common::agent().start();

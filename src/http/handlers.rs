@@ -15,9 +15,9 @@ use crate::http::reply::{Body, Reply};
 use crate::http::task_list::TaskList;
 use crate::http::Ctx;
 use crate::protocol::{Health, TaskStatus};
-use crate::tasks::job;
 use crate::tasks::output_log;
 use crate::tasks::task::{JobSpec, Task};
+use crate::tasks::{self, job, Stop};
 
 /// Largest request body read (CONTRACT.md §2: over it is 413).
 pub const MAX_BODY: u64 = 1 << 20;
@@ -75,7 +75,7 @@ pub fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
 
 pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
     let obj = execute::parse_object(body)?;
-    let spec = execute::parse_execute(&obj, &ctx.reg.limits.default_cwd)?;
+    let spec = execute::parse_execute(&obj, ctx.reg.default_cwd())?;
     launch(ctx, spec, q, |id| json!({ "taskId": id, "status": "started" }))
 }
 
@@ -115,7 +115,7 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             Some(s.parse::<usize>().map_err(|_| ApiError::BadRequest("limit must be a non-negative integer".into()))?)
         }
     };
-    let list = TaskList::new(ctx.reg.list(status, limit), ctx.reg.running(), ctx.reg.limits.max_tasks);
+    let list = TaskList::new(ctx.reg.list(status, limit), ctx.reg.running(), ctx.reg.max_tasks());
     let body = match list.small(crate::http::reply::SMALL_REPLY) {
         Ok(bytes) => Body::Bytes(bytes),
         Err(stream) => Body::Stream(stream),
@@ -125,8 +125,7 @@ pub fn tasks(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
 
 pub fn cancel(ctx: &Ctx, id: u64, from: &str) -> Result<Reply, ApiError> {
     let task = find(ctx, id)?;
-    task.request_stop(true, None).map_err(|_| ApiError::BadRequest("Task cannot be cancelled".into()))?;
-    ctx.reg.timer.kill_after_grace(&task);
+    tasks::stop(&ctx.reg, &task, Stop::Cancel).map_err(|_| ApiError::BadRequest("Task cannot be cancelled".into()))?;
     log::info!("task {id}: cancelled by {from}; SIGTERM sent to its process group");
     Ok(Reply::json(200, &json!({ "message": "Task cancelled" })))
 }

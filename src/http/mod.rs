@@ -48,6 +48,6 @@ pub struct Ctx {
 impl Ctx {
     /// The stats object of `GET /stats` (and of `cluster_stats` packets).
     pub fn stats(&self) -> Stats {
-        self.monitor.snapshot().to_stats(self.reg.running(), self.reg.limits.max_tasks)
+        self.monitor.snapshot().to_stats(self.reg.running(), self.reg.max_tasks())
     }
 }

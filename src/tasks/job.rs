@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -66,16 +66,53 @@ fn job_json(dir: &Path) -> PathBuf {
     dir.join("job.json")
 }
 
-fn read_job_json(dir: &Path) -> Result<Map<String, Value>, String> {
-    match fs::read(job_json(dir)) {
-        Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err("job.json is not a JSON object".into()),
-            Err(e) => Err(format!("job.json is not valid JSON: {e}")),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Map::new()),
-        Err(e) => Err(format!("cannot read job.json: {e}")),
+/// The largest `job.json` read (as large as a request body may be).
+const MAX_JOB_JSON: u64 = 1 << 20;
+
+/// Why `job.json` gives no object.
+enum JobJsonError {
+    /// It cannot be read (or is not a regular file, or too large): it is left as it is.
+    Unreadable(String),
+    /// It was read and is not a JSON object: the end of the run may replace it.
+    Invalid(String),
+}
+
+impl From<JobJsonError> for String {
+    fn from(e: JobJsonError) -> String {
+        match e {
+            JobJsonError::Unreadable(s) | JobJsonError::Invalid(s) => s,
+        }
     }
+}
+
+fn read_job_json(dir: &Path) -> Result<Map<String, Value>, JobJsonError> {
+    let bytes = match read_bounded(&job_json(dir)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(e) => return Err(JobJsonError::Unreadable(format!("cannot read job.json: {e}"))),
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(JobJsonError::Invalid("job.json is not a JSON object".into())),
+        Err(e) => Err(JobJsonError::Invalid(format!("job.json is not valid JSON: {e}"))),
+    }
+}
+
+/// A regular file of at most [`MAX_JOB_JSON`] bytes (a FIFO would block the read, a huge
+/// file would be held in memory whole).
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let file = OpenOptions::new().read(true).custom_flags(nonblocking()).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_JOB_JSON + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_JOB_JSON {
+        return Err(io::Error::other(format!("it is over {} KiB", MAX_JOB_JSON >> 10)));
+    }
+    Ok(bytes)
 }
 
 /// Serialises every read-modify-write of a `job.json`: two runs of one job folder may start
@@ -129,12 +166,25 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
     drop(guard);
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logs.join("output.log"))
-        .map_err(|e| format!("cannot open logs/output.log: {e}"))?;
+    let file = open_output_log(&logs.join("output.log")).map_err(|e| format!("cannot open logs/output.log: {e}"))?;
     Ok((env, JobLog { file: Some(file), err_line_start: true }))
+}
+
+/// Opens (creates) a job's `output.log` for appending; a FIFO or another non-regular file
+/// there is refused rather than waited on.
+fn open_output_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new().create(true).append(true).custom_flags(nonblocking()).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    // Blocking again for the writes (a regular file never blocks on them anyway).
+    rustix::fs::fcntl_setfl(&file, rustix::fs::fcntl_getfl(&file)? - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+fn nonblocking() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
 
 /// How a job's run ended, as `job.json` records it.
@@ -152,9 +202,13 @@ pub fn finish(dir: &Path, end: &JobEnd<'_>) {
     let _guard = job_json_lock();
     let meta = match read_job_json(dir) {
         Ok(m) => m,
-        Err(e) => {
+        Err(JobJsonError::Invalid(e)) => {
             log::warn!("job {}: {e}; rewriting it", dir.display());
             Map::new()
+        }
+        Err(JobJsonError::Unreadable(e)) => {
+            log::warn!("job {}: {e}; the end of this run is not recorded in it", dir.display());
+            return;
         }
     };
     write_end(dir, meta, end);

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -66,20 +66,20 @@ struct Inner {
 }
 
 pub struct Registry {
-    pub limits: Limits,
-    pub store: Store,
-    pub timer: Timer,
-    pub events: EventTx,
-    pub monitor: Arc<Monitor>,
-    pub metrics: Arc<Metrics>,
+    pub(super) limits: Limits,
+    pub(super) store: Store,
+    pub(super) timer: Timer,
+    pub(super) events: EventTx,
+    pub(super) monitor: Arc<Monitor>,
+    pub(super) metrics: Arc<Metrics>,
     /// Threads for the tasks' waiters and pipe readers.
-    pub pool: Pool,
+    pub(super) pool: Pool,
     inner: Mutex<Inner>,
     /// Signalled whenever the running count drops (shutdown waits on it).
     idle: Condvar,
     /// Held (shared) from a task's spawn until its pid is recorded; the PID-1 reaper takes it
     /// exclusively to list the tasks' pids, so no task's child is ever taken for an orphan.
-    pub spawn_gate: RwLock<()>,
+    pub(super) spawn_gate: RwLock<()>,
 }
 
 impl Registry {
@@ -291,6 +291,23 @@ impl Registry {
             inner = self.idle.wait_timeout(inner, left).recover().0;
         }
         true
+    }
+
+    /// The most tasks run at once (`MAX_CONCURRENT_TASKS`).
+    pub fn max_tasks(&self) -> usize {
+        self.limits.max_tasks
+    }
+
+    /// A task's `cwd` when it names none: the agent's own working directory.
+    pub fn default_cwd(&self) -> &str {
+        &self.limits.default_cwd
+    }
+
+    /// Holds off every task's spawn until the guard is dropped: a spawn in progress finishes
+    /// first, and none starts meanwhile, so every task's child has its pid recorded (the
+    /// PID-1 reaper takes this before it lists the tasks' pids).
+    pub fn pause_spawns(&self) -> RwLockWriteGuard<'_, ()> {
+        self.spawn_gate.write().recover()
     }
 
     /// Path of a task's output log.

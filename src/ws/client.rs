@@ -12,10 +12,10 @@
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::Shutdown;
-
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
 use tiny_http::NetStream;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -25,7 +25,8 @@ use tungstenite::{Message, WebSocket};
 use crate::ws::ctl::{self, Ctl};
 use crate::ws::hub::HubHandle;
 use crate::ws::queue::{
-    Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_LINGER, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, WRITE_TIMEOUT,
+    Budget, Out, PongSlot, Queue, CLOSE_GOING_AWAY, CLOSE_LINGER, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG,
+    WRITE_TIMEOUT,
 };
 
 /// A client that sends no frame (not even a pong) for this many ping intervals is closed.
@@ -79,7 +80,7 @@ pub fn start(
     let write_half = stream.try_clone()?;
     // The writer gets the queue's counters but no sender: it ends when every sender is gone.
     let side = WriterSide {
-        queued: Arc::clone(&queue.queued),
+        budget: Arc::clone(&queue.budget),
         kicked: Arc::clone(&queue.kicked),
         closing: Arc::clone(&queue.closing),
         pong: queue.pong_slot(),
@@ -160,7 +161,7 @@ fn reader(id: u64, mut ws: WebSocket<ReadHalf>, queue: Queue, hub: Sender<Ctl>, 
 
 /// What the writer shares with the queue's senders.
 struct WriterSide {
-    queued: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     kicked: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
     pong: PongSlot,
@@ -185,7 +186,7 @@ fn writer(id: u64, stream: NetStream, rx: Receiver<Out>, side: WriterSide, ping_
                     next_ping = Instant::now() + ping_interval;
                 }
                 let Some(out) = next.take() else { break };
-                side.queued.fetch_sub(out.cost(), Ordering::AcqRel);
+                side.budget.release(out.cost());
                 match out {
                     Out::Text(s) if !side.kicked.load(Ordering::Acquire) => write_frame(&mut w, 0x1, s.as_bytes())?,
                     Out::Text(_) => {}

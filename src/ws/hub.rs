@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::events::{Event, EventKind, EventRx};
+use crate::metrics::Metrics;
 use crate::sync::Gauge;
 use crate::tasks::registry::Registry;
 use crate::worker::Worker;
@@ -98,6 +99,7 @@ pub const MAX_REPLAYS_PER_CLIENT: usize = 16;
 
 struct Hub {
     reg: Arc<Registry>,
+    metrics: Arc<Metrics>,
     ctl_tx: Sender<Ctl>,
     clients: HashMap<u64, Client>,
     /// Connected clients; raised by the upgrade before `Join`, lowered here.
@@ -109,12 +111,17 @@ struct Hub {
 }
 
 /// Starts the broadcaster. `count` is the client count the tasks' events are gated on.
-pub fn spawn(reg: Arc<Registry>, events: EventRx, count: Arc<AtomicUsize>) -> std::io::Result<(HubHandle, Worker)> {
+pub fn spawn(
+    reg: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    events: EventRx,
+    count: Arc<AtomicUsize>,
+) -> std::io::Result<(HubHandle, Worker)> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let threads = Arc::new(Gauge::default());
     let next_id = Arc::new(AtomicU64::new(1));
     let handle = HubHandle { ctl: ctl_tx.clone(), clients: Arc::clone(&count), threads: Arc::clone(&threads), next_id };
-    let hub = Hub { reg, ctl_tx, clients: HashMap::new(), count, generation: 0, threads };
+    let hub = Hub { reg, metrics, ctl_tx, clients: HashMap::new(), count, generation: 0, threads };
     let join = std::thread::Builder::new()
         .name("broadcaster".into())
         .stack_size(256 * 1024)
@@ -185,10 +192,10 @@ impl Hub {
                 }
             }
             if let Some(p) = c.pending.get_mut(&ev.task_id) {
-                if c.queue.is_over(ev.json.len()) {
+                if c.queue.budget.is_over(ev.json.len()) {
                     kick.push(*id);
                 } else {
-                    c.queue.queued.fetch_add(ev.json.len(), Ordering::AcqRel);
+                    c.queue.budget.add(ev.json.len());
                     p.events.push(ev.clone());
                 }
                 continue;
@@ -210,8 +217,9 @@ impl Hub {
                 c.peer,
                 CLIENT_BUFFER_BYTES >> 20
             );
-            crate::metrics::inc(&self.reg.metrics.ws_kicked);
-            c.queue.kicked.store(true, Ordering::Release);
+            crate::metrics::inc(&self.metrics.ws_kicked);
+            c.queue.kicked.store(true, Ordering::SeqCst);
+            c.queue.budget.wake();
             // A client that stopped reading may never take even the close frame: the writer
             // gives up after its write timeout and closes the socket. One that catches up gets
             // it, and its reads go on until it answers (its pongs must not turn into a reset).
@@ -289,9 +297,9 @@ impl Hub {
                     }
                     c.covered.remove(&task_id);
                     if let Some(p) = c.pending.remove(&task_id) {
-                        p.cancel.store(true, Ordering::Release);
+                        p.cancel.store(true, Ordering::SeqCst);
                         let bytes: usize = p.events.iter().map(|e| e.json.len()).sum();
-                        c.queue.queued.fetch_sub(bytes, Ordering::AcqRel);
+                        c.queue.budget.release(bytes);
                     }
                 }
             }
@@ -307,7 +315,7 @@ impl Hub {
                     last_seen |= matches!(ev.kind, EventKind::Completed);
                     // Counted in `queued` when it was held back.
                     if cv.covers(&ev.kind) {
-                        c.queue.queued.fetch_sub(ev.json.len(), Ordering::AcqRel);
+                        c.queue.budget.release(ev.json.len());
                     } else {
                         let _ = c.queue.tx.send(Out::Text(ev.json));
                     }

@@ -3,7 +3,7 @@
 //! the broadcaster closes a client that falls further behind.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -49,7 +49,7 @@ impl Out {
 #[derive(Clone)]
 pub struct Queue {
     pub tx: Sender<Out>,
-    pub queued: Arc<AtomicUsize>,
+    pub budget: Arc<Budget>,
     pub kicked: Arc<AtomicBool>,
     /// The writer has sent a close frame: the connection is in its closing handshake, and
     /// the reader only waits (briefly) for the client's answer.
@@ -63,7 +63,7 @@ impl Queue {
     pub fn new(tx: Sender<Out>) -> Queue {
         Queue {
             tx,
-            queued: Arc::new(AtomicUsize::new(0)),
+            budget: Arc::new(Budget::default()),
             kicked: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
             pong: PongSlot::default(),
@@ -81,13 +81,13 @@ impl Queue {
     /// Queues `out` unless it would take the client over its budget; false then.
     pub fn push(&self, out: Out) -> bool {
         let cost = out.cost();
-        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
+        let before = self.budget.add(cost);
         if before + cost > CLIENT_BUFFER_BYTES {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.budget.release(cost);
             return false;
         }
         if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.budget.release(cost);
         }
         true
     }
@@ -96,14 +96,10 @@ impl Queue {
     /// held back during a replay, which were counted when they were held.
     pub fn push_control(&self, out: Out) {
         let cost = out.cost();
-        self.queued.fetch_add(cost, Ordering::AcqRel);
+        self.budget.add(cost);
         if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.budget.release(cost);
         }
-    }
-
-    pub fn is_over(&self, extra: usize) -> bool {
-        self.queued.load(Ordering::Acquire) + extra > CLIENT_BUFFER_BYTES
     }
 
     /// Queues `{"type":"error","error":…,"taskId":…}` (within the budget).
@@ -118,6 +114,69 @@ impl Queue {
     /// The pong slot, for the writer (which holds no sender: it ends when the last one goes).
     pub fn pong_slot(&self) -> PongSlot {
         self.pong.clone()
+    }
+}
+
+/// The bytes a client has queued, and the replays waiting for room in its queue: the writer
+/// wakes them as it drains it, the hub when it cancels a replay or kicks the client. A
+/// release costs one atomic load unless a replay is waiting.
+#[derive(Default)]
+pub struct Budget {
+    queued: AtomicUsize,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    room: Condvar,
+}
+
+impl Budget {
+    /// Counts `cost` more bytes queued; returns the count before.
+    pub fn add(&self, cost: usize) -> usize {
+        self.queued.fetch_add(cost, Ordering::SeqCst)
+    }
+
+    /// `cost` bytes left the queue (written, or dropped unsent).
+    pub fn release(&self, cost: usize) {
+        self.queued.fetch_sub(cost, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Wakes the waiting replays (to look again at the room, or at why they should stop).
+    pub fn wake(&self) {
+        // SeqCst on both sides (the stop flags are stored SeqCst too): either this load sees
+        // a waiter that came, or that waiter's first look sees what was done before this call.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _held = self.lock.lock().recover();
+            self.room.notify_all();
+        }
+    }
+
+    /// Whether `extra` more bytes would take the client over its budget.
+    pub fn is_over(&self, extra: usize) -> bool {
+        self.queued.load(Ordering::SeqCst) + extra > CLIENT_BUFFER_BYTES
+    }
+
+    /// Waits until `extra` more bytes fit, or `stop` says to give up, or nothing leaves the
+    /// queue for `stall`; true when they fit.
+    pub fn wait_for_room(&self, extra: usize, stall: Duration, stop: impl Fn() -> bool) -> bool {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.lock.lock().recover();
+        let fits = loop {
+            if stop() {
+                break false;
+            }
+            let before = self.queued.load(Ordering::SeqCst);
+            if !self.is_over(extra) {
+                break true;
+            }
+            let (next, waited) = self.room.wait_timeout(held, stall).recover();
+            held = next;
+            if waited.timed_out() && self.queued.load(Ordering::SeqCst) >= before {
+                break false;
+            }
+        };
+        drop(held);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        fits
     }
 }
 
@@ -156,6 +215,44 @@ mod tests {
         assert!(q.push(Out::Text(Arc::clone(&big))));
         assert!(q.push(Out::Text(Arc::clone(&big))));
         assert!(!q.push(Out::Text("y".into())), "one byte over the budget is refused");
-        assert!(q.is_over(1));
+        assert!(q.budget.is_over(1));
+    }
+
+    #[test]
+    fn a_waiting_replay_is_woken_by_the_writer_not_by_its_stall_timeout() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let q = Queue::new(tx);
+        let full: Arc<str> = "x".repeat(CLIENT_BUFFER_BYTES).into();
+        assert!(q.push(Out::Text(Arc::clone(&full))));
+        let budget = Arc::clone(&q.budget);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            budget.release(CLIENT_BUFFER_BYTES);
+        });
+        let t0 = std::time::Instant::now();
+        // Without the writer's wake the wait would end at its stall timeout, with false.
+        assert!(q.budget.wait_for_room(100, Duration::from_secs(30), || false));
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_waiting_replay_gives_up_when_told_to_stop_or_when_nothing_drains() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let q = Queue::new(tx);
+        assert!(q.push(Out::Text("x".repeat(CLIENT_BUFFER_BYTES).into())));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (budget, flag) = (Arc::clone(&q.budget), Arc::clone(&stop));
+        let hub = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::SeqCst);
+            budget.wake();
+        });
+        let t0 = std::time::Instant::now();
+        assert!(!q.budget.wait_for_room(1, Duration::from_secs(30), || stop.load(Ordering::SeqCst)));
+        assert!(t0.elapsed() < Duration::from_secs(20), "the hub's wake ended the wait, not the stall timeout");
+        hub.join().unwrap();
+        // Nothing drains and nobody wakes it: the stall timeout ends the wait.
+        assert!(!q.budget.wait_for_room(1, Duration::from_millis(50), || false));
     }
 }

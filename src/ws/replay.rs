@@ -5,9 +5,8 @@
 //! slow client instead of overfilling its queue.
 
 use std::fs::File;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -43,29 +42,11 @@ pub fn spawn(job: Replay, alive: GaugeGuard) -> std::io::Result<()> {
 }
 
 /// Queues `json`, waiting while the client is over its budget; false if it stops draining
-/// or unsubscribed.
+/// (nothing written for twice the write timeout), is kicked, or unsubscribed.
 fn push(job: &Replay, json: String) -> bool {
     let queue = &job.queue;
-    let mut last = queue.queued.load(std::sync::atomic::Ordering::Acquire);
-    let mut progress = Instant::now();
-    if job.cancel.load(std::sync::atomic::Ordering::Acquire) {
-        return false;
-    }
-    while queue.is_over(json.len()) {
-        if job.cancel.load(std::sync::atomic::Ordering::Acquire)
-            || queue.kicked.load(std::sync::atomic::Ordering::Acquire)
-            || progress.elapsed() > 2 * WRITE_TIMEOUT
-        {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        let now = queue.queued.load(std::sync::atomic::Ordering::Acquire);
-        if now < last {
-            progress = Instant::now();
-        }
-        last = now;
-    }
-    queue.push(Out::Text(json.into()))
+    let stop = || job.cancel.load(Ordering::Acquire) || queue.kicked.load(Ordering::Acquire);
+    queue.budget.wait_for_room(json.len(), 2 * WRITE_TIMEOUT, stop) && queue.push(Out::Text(json.into()))
 }
 
 /// Replays; returns the cut (stdout, stderr bytes covered), whether the end was sent, and
