@@ -5,6 +5,9 @@ set -euo pipefail
 
 NAME=codara-agent
 SERVICE_USER=codara
+# The user tasks run as with TASK_USER=codara-task (its home is where builds keep caches).
+TASK_USER_NAME=codara-task
+TASK_HOME=/var/lib/codara-task
 STATE_DIR=/var/lib/codara-agent
 CONF_DIR=/etc/codara-agent
 UNIT_DIR=/etc/systemd/system
@@ -29,8 +32,10 @@ Installs codara-agent as a systemd service:
   /etc/codara-agent/.env                       settings (0600), created from config/.env.example
                                                with a fresh CLUSTER_SECRET, never overwritten
   /etc/systemd/system/codara-agent.service     the unit (0644)
-creates the system user '$SERVICE_USER' (home $STATE_DIR) if missing, and enables and starts
-the service. Running it again with the same files changes nothing.
+creates the system user '$SERVICE_USER' (home $STATE_DIR) and the user tasks can run as,
+'$TASK_USER_NAME' (home $TASK_HOME, mode 0700; used once TASK_USER=$TASK_USER_NAME is set in
+the .env), if missing, and enables and starts the service. Running it again with the same files
+changes nothing.
 
 Options:
   --prefix DIR     installation prefix of the binary (default /usr/local)
@@ -39,7 +44,7 @@ Options:
   --binary PATH    the binary to install (default: target/release/codara-agent of this checkout)
   --uninstall      stop and disable the service, remove the binary and the unit; keeps
                    /etc/codara-agent/.env and $STATE_DIR
-  --purge          with --uninstall: also remove /etc/codara-agent, $STATE_DIR and the user
+  --purge          with --uninstall: also remove /etc/codara-agent, $STATE_DIR and the users
   -h, --help       print this help
 
 Exit codes: 0 done (or nothing to do), 1 failure, 2 bad command line.
@@ -185,6 +190,10 @@ do_uninstall() {
         if [ "$LIVE" = 1 ] && getent passwd "$SERVICE_USER" >/dev/null 2>&1; then
             userdel "$SERVICE_USER" && say "removed user $SERVICE_USER" || warn "could not remove user $SERVICE_USER"
         fi
+        if [ "$LIVE" = 1 ] && getent passwd "$TASK_USER_NAME" >/dev/null 2>&1; then
+            userdel -r "$TASK_USER_NAME" && say "removed user $TASK_USER_NAME and $TASK_HOME" \
+                || warn "could not remove user $TASK_USER_NAME"
+        fi
     else
         say "kept $ENV_DEST and $DESTDIR$STATE_DIR (settings, secret, task history); --purge removes them"
     fi
@@ -212,6 +221,29 @@ ensure_user() {
     useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell "$nologin" \
         --comment "Codara cluster agent" "$SERVICE_USER"
     say "created system user '$SERVICE_USER' (home $STATE_DIR, no login shell)"
+}
+
+# The user tasks run as under TASK_USER: no login, no group shared with the agent's user (so
+# it cannot read DATA_DIR or the .env), a home of its own that only it can read.
+ensure_task_user() {
+    if [ -n "$DESTDIR" ] || [ "$IS_ROOT" != 1 ]; then
+        say "skipping creation of the task user '$TASK_USER_NAME'; on the target host, as root, run:"
+        say "  useradd --system --user-group --create-home --home-dir $TASK_HOME --shell /usr/sbin/nologin $TASK_USER_NAME && chmod 0700 $TASK_HOME"
+        return 0
+    fi
+    if getent passwd "$TASK_USER_NAME" >/dev/null 2>&1; then
+        say "task user '$TASK_USER_NAME' already exists"
+        return 0
+    fi
+    local nologin
+    nologin=$(command -v nologin || true)
+    [ -n "$nologin" ] || nologin=/usr/sbin/nologin
+    [ -x "$nologin" ] || nologin=/bin/false
+    useradd --system --user-group --create-home --home-dir "$TASK_HOME" --shell "$nologin" \
+        --comment "Codara build tasks" "$TASK_USER_NAME"
+    chmod 0700 "$TASK_HOME"
+    say "created system user '$TASK_USER_NAME' (home $TASK_HOME, mode 0700) for TASK_USER;"
+    say "  to run tasks as it, set TASK_USER=$TASK_USER_NAME in $CONF_DIR/.env and restart (see README, Security)"
 }
 
 # The new .env: the example with CLUSTER_SECRET set to 32 random bytes in hex (64 chars).
@@ -255,6 +287,7 @@ do_install() {
     fi
 
     ensure_user
+    ensure_task_user
 
     local bin_changed=0 unit_changed=0
     ensure_dir "$BIN_DIR" 0755

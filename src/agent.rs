@@ -189,6 +189,7 @@ fn warn_about_open_access(cfg: &Config) {
         let ranges = cfg.trusted_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         log::warn!("TRUSTED_ADDRESSES: requests from {ranges} need no cluster secret");
     }
+    warn_readable_by_task_user(cfg);
 }
 
 /// The `discovery` thread, unless DISCOVERY_ENABLED=false.
@@ -418,4 +419,20 @@ fn log_summary(cfg: &Config, port: u16, next_id: u64) {
     if let Some(f) = &cfg.env_file {
         log::info!("settings read from {}", f.display());
     }
+    if let Some(user) = &cfg.task_user {
+        log::info!("tasks run as {user}, home {}", user.home.display());
+    }
+}
+
+/// With a `TASK_USER`, a warning for each of the agent's own files that user can read.
+fn warn_readable_by_task_user(cfg: &Config) {
+    let Some(user) = &cfg.task_user else { return };
+    let mut paths = vec![("DATA_DIR", cfg.data_dir.as_path())];
+    if let Some(env) = &cfg.env_file {
+        paths.push(("the settings file", env.as_path()));
+    }
+    if let SecretSource::File { path, .. } = &cfg.secret_source {
+        paths.push(("the cluster secret", path.as_path()));
+    }
+    crate::task_user::warn_readable(user, &paths);
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::secret::check_secret;
+use crate::task_user::TaskUser;
 
 use crate::cidr::{self, Cidr};
 use crate::tls::TlsFiles;
@@ -78,6 +79,10 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Discovery packets carry `sig` (HMAC-SHA256, see `discovery_sig`).
     pub discovery_sign: bool,
+    /// `REDACT_VARS`: glob patterns of `env` names whose values are secret (masked, never kept).
+    pub redact_vars: Vec<String>,
+    /// `TASK_USER`: the user tasks run as (from `/etc/passwd`); `None` = the agent's own.
+    pub task_user: Option<TaskUser>,
 }
 
 impl fmt::Debug for Config {
@@ -113,6 +118,8 @@ pub enum ConfigError {
     DataDir { path: PathBuf, why: String },
     /// The TLS files do not load (`why` names the file).
     Tls { why: String },
+    /// `TASK_USER` is set, and the agent may not run tasks as another user.
+    TaskUser { user: String, why: String },
 }
 
 impl ConfigError {
@@ -126,7 +133,8 @@ impl ConfigError {
             | ConfigError::Secret { .. }
             | ConfigError::SecretFile { .. }
             | ConfigError::DataDir { .. }
-            | ConfigError::Tls { .. } => 2,
+            | ConfigError::Tls { .. }
+            | ConfigError::TaskUser { .. } => 2,
         }
     }
 }
@@ -142,6 +150,7 @@ impl fmt::Display for ConfigError {
             ConfigError::SecretFile { why } => f.write_str(why),
             ConfigError::DataDir { path, why } => write!(f, "invalid DATA_DIR={:?}: {why}", path.display().to_string()),
             ConfigError::Tls { why } => write!(f, "invalid TLS configuration: {why}"),
+            ConfigError::TaskUser { user, why } => write!(f, "TASK_USER={user:?} cannot be used: {why}"),
         }
     }
 }
@@ -364,6 +373,30 @@ pub const SETTINGS: &[Setting] = &[
         show: Some(|c| c.discovery_sign.to_string()),
     },
     Setting {
+        name: "REDACT_VARS",
+        default: crate::tasks::mask::DEFAULT_REDACT_VARS,
+        help: "env names (globs, comma-separated, any case) whose values are secret: masked in output, never kept",
+        load: |v, c| parse_redact_vars(v).map(|x| c.redact_vars = x),
+        show: Some(|c| c.redact_vars.join(",")),
+    },
+    Setting {
+        name: "TASK_USER",
+        default: "",
+        help:
+            "user (name or uid) tasks run as, with its group and HOME; needs root or CAP_SETUID, CAP_SETGID, CAP_KILL",
+        load: |v, c| {
+            let name = v.raw.trim();
+            if name.is_empty() {
+                return Ok(());
+            }
+            let user = crate::task_user::resolve(name)
+                .map_err(|why| v.invalid(&format!("a user (name or uid) other than root: {why}")))?;
+            c.task_user = Some(user);
+            Ok(())
+        },
+        show: Some(|c| c.task_user.as_ref().map_or(String::new(), |u| u.name.clone())),
+    },
+    Setting {
         name: "RUST_LOG",
         default: "info",
         help: "log level",
@@ -506,6 +539,18 @@ fn parse_targets(v: &Value, port: u16) -> Result<Vec<DiscoveryTarget>, ConfigErr
 fn parse_trusted(v: &Value) -> Result<Vec<Cidr>, ConfigError> {
     cidr::parse_list(v.raw)
         .map_err(|why| v.invalid(&format!("IP addresses or CIDRs (address/prefix), comma-separated ({why})")))
+}
+
+/// `REDACT_VARS`: comma-separated glob patterns (`*` and `?`), each a variable name otherwise.
+fn parse_redact_vars(v: &Value) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for p in v.raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '*' | '?' | '.' | '-')) {
+            return Err(v.invalid("name patterns (letters, digits, _, * and ?), comma-separated"));
+        }
+        out.push(p.to_string());
+    }
+    Ok(out)
 }
 
 /// Looks a variable up: the real environment wins over the `.env` file.
@@ -675,12 +720,18 @@ impl Config {
             tls_client_ca: None,
             tls: None,
             discovery_sign: false,
+            redact_vars: Vec::new(),
+            task_user: None,
         }
     }
 
     /// Reads the configuration, prepares `DATA_DIR`, and reads or generates the secret.
     pub fn load(src: &Source) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(src)?;
+        if let Some(user) = &cfg.task_user {
+            crate::task_user::check_privilege()
+                .map_err(|why| ConfigError::TaskUser { user: user.name.clone(), why })?;
+        }
         crate::store::prepare_data_dir(&cfg.data_dir)
             .map_err(|e| ConfigError::DataDir { path: cfg.data_dir.clone(), why: e.to_string() })?;
         if let SecretSource::File { path, .. } = &cfg.secret_source {

@@ -38,6 +38,7 @@ pub mod secret;
 pub mod store;
 pub mod sync;
 pub mod task_files;
+pub mod task_user;
 pub mod tasks;
 pub mod tls;
 pub mod worker;

@@ -84,6 +84,9 @@ pub struct TaskRecord {
     /// whole one is in the task's request file, and `GET /task/:id` shows it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub request_truncated: bool,
+    /// The names of the task's `secretEnv` (new); their values are never kept or shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -263,6 +266,7 @@ mod tests {
             stdout_bytes: 0,
             stderr_bytes: 0,
             request_truncated: false,
+            secret_env: Vec::new(),
         }
     }
 

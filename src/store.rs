@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -74,7 +75,9 @@ fn try_data_dir(dir: &Path) -> io::Result<()> {
         if d.exists() && !d.is_dir() {
             return Err(io::Error::other(format!("{} exists and is not a directory", d.display())));
         }
-        fs::create_dir_all(&d)?;
+        // Only the agent's: a task run under TASK_USER must not read the history, the logs
+        // or the secret (an existing directory keeps its mode; the agent warns about it).
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
     }
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     let result = File::create(&probe).and_then(|mut f| f.write_all(b"ok")).and_then(|_| fs::remove_file(&probe));

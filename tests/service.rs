@@ -237,8 +237,12 @@ fn help_defaults() -> Vec<(String, String)> {
         .filter(|l| l.starts_with("  ") && l.trim_start().chars().next().is_some_and(|c| c.is_ascii_uppercase()))
         .map(|l| {
             let name = l.split_whitespace().next().unwrap().to_string();
-            // Columns: name padded to 22, default padded to 27.
-            let default = l.get(25..52).unwrap_or("").trim().to_string();
+            // Columns: name padded to 22, default padded to 27 (a longer one pushes the help
+            // right); no default has a space in it.
+            let default = match l.get(25..) {
+                Some(rest) if !rest.starts_with(' ') => rest.split(' ').next().unwrap_or("").to_string(),
+                _ => String::new(),
+            };
             (name, default)
         })
         .collect()
@@ -304,10 +308,15 @@ fn systemd_unit_has_the_hardening_and_stop_settings() {
     assert!(!rw.is_empty(), "ReadWritePaths= missing");
     for p in &rw {
         assert!(
-            p.trim_start_matches('-').starts_with("/var/lib/codara-agent"),
-            "writable path outside the state dir: {p}"
+            p.trim_start_matches('-').starts_with("/var/lib/codara-agent/")
+                || p == "/var/lib/codara-agent"
+                || p == "-/var/lib/codara-task",
+            "writable path outside the state dir and the task user's home: {p}"
         );
     }
+    // TASK_USER: exactly the three capabilities it needs, and no others.
+    assert_eq!(one(s, "AmbientCapabilities"), "CAP_SETUID CAP_SETGID CAP_KILL");
+    assert_eq!(one(s, "CapabilityBoundingSet"), "CAP_SETUID CAP_SETGID CAP_KILL");
     // HOME must be writable under ProtectHome/ProtectSystem: the unit points it at the state dir.
     let home = words(s, "Environment").into_iter().find_map(|e| e.strip_prefix("HOME=").map(String::from));
     assert!(home.is_some_and(|h| h.starts_with("/var/lib/codara-agent")), "Environment=HOME=<state dir> missing");

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::http::error::ApiError;
+use crate::tasks::mask;
 use crate::tasks::task::TaskSpec;
 
 /// Largest per-task `timeout`: 30 days in ms.
@@ -67,7 +68,26 @@ pub fn parse_execute(body: &Map<String, Value>, default_cwd: &str) -> Result<Tas
     };
     let env = parse_env(body.get("env"))?;
     let timeout_ms = parse_timeout(body.get("timeout"))?;
-    Ok(TaskSpec { command, args, cwd, env, timeout_ms, job: None })
+    let (secret_env, secret_names) = (BTreeMap::new(), Vec::new());
+    Ok(TaskSpec { command, args, cwd, env, timeout_ms, job: None, secret_env, secret_names })
+}
+
+/// `secretEnv` of the body, and the `env` values `REDACT_VARS` (`redact`) names secret, into
+/// the spec's secret variables. A value that cannot be masked (under 6 bytes, only
+/// whitespace) is a 400 naming the variable. A name in `secretEnv` leaves `env`.
+pub fn parse_secrets(body: &Map<String, Value>, spec: &mut TaskSpec, redact: &[String]) -> Result<(), ApiError> {
+    let secret = parse_named_env(body.get("secretEnv"), "secretEnv")?;
+    for (name, value) in &secret {
+        mask::check_value(value).map_err(|why| bad(format!("secretEnv value of {name} {why}")))?;
+    }
+    let from_env = mask::split_env(&mut spec.env, redact).map_err(bad)?;
+    for name in secret.keys() {
+        spec.env.remove(name);
+    }
+    spec.secret_names = secret.keys().cloned().collect();
+    spec.secret_env = from_env;
+    spec.secret_env.extend(secret);
+    Ok(())
 }
 
 /// The optional per-task `timeout` in ms (`0` = no limit).
@@ -85,21 +105,26 @@ pub fn parse_timeout(v: Option<&Value>) -> Result<Option<u64>, ApiError> {
 
 /// `env`: an object of strings; names non-empty, without `=` or NUL.
 pub fn parse_env(v: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    parse_named_env(v, "env")
+}
+
+/// An environment field (`env`, `secretEnv`) called `what` in messages.
+fn parse_named_env(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let obj = match v {
         None | Some(Value::Null) => return Ok(BTreeMap::new()),
         Some(Value::Object(o)) => o,
-        Some(_) => return Err(bad("env must be an object of string values")),
+        Some(_) => return Err(bad(format!("{what} must be an object of string values"))),
     };
     let mut env = BTreeMap::new();
     for (k, v) in obj {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(bad(format!("env name {k:?} is not valid (empty, or contains '=' or NUL)")));
+            return Err(bad(format!("{what} name {k:?} is not valid (empty, or contains '=' or NUL)")));
         }
         let Value::String(s) = v else {
-            return Err(bad("env must be an object of string values"));
+            return Err(bad(format!("{what} must be an object of string values")));
         };
         if s.contains('\0') {
-            return Err(bad(format!("env value of {k} must not contain NUL bytes")));
+            return Err(bad(format!("{what} value of {k} must not contain NUL bytes")));
         }
         env.insert(k.clone(), s.clone());
     }

@@ -75,7 +75,8 @@ pub fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
 
 pub fn execute(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError> {
     let obj = execute::parse_object(body)?;
-    let spec = execute::parse_execute(&obj, ctx.reg.default_cwd())?;
+    let mut spec = execute::parse_execute(&obj, ctx.reg.default_cwd())?;
+    execute::parse_secrets(&obj, &mut spec, ctx.reg.redact_vars())?;
     launch(ctx, spec, q, |id| json!({ "taskId": id, "status": "started" }))
 }
 
@@ -187,13 +188,16 @@ pub fn execute_job(ctx: &Ctx, body: &[u8], q: &Query) -> Result<Reply, ApiError>
         Some(_) => return Err(ApiError::BadRequest("jobPath must be a string".into())),
     };
     let dir = job::resolve(&ctx.cfg.jobs_base_path, &job_id, job_path).map_err(ApiError::BadRequest)?;
-    let spec = crate::tasks::task::TaskSpec {
+    let mut spec = crate::tasks::task::TaskSpec {
         command: "/bin/bash".into(),
         args: vec!["run.sh".into()],
         cwd: dir.display().to_string(),
         env: Default::default(), // from job.json, read when the task starts
         timeout_ms: execute::parse_timeout(obj.get("timeout"))?,
         job: Some(JobSpec { id: job_id.clone(), dir }),
+        secret_env: Default::default(),
+        secret_names: Vec::new(),
     };
+    execute::parse_secrets(&obj, &mut spec, ctx.reg.redact_vars())?;
     launch(ctx, spec, q, |id| json!({ "taskId": id, "jobId": job_id, "status": "started" }))
 }

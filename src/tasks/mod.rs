@@ -6,6 +6,7 @@
 
 pub mod job;
 pub mod log_health;
+pub mod mask;
 pub mod output_log;
 pub mod pool;
 pub mod reader;

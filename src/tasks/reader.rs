@@ -11,6 +11,7 @@ use rustix::event::{PollFd, PollFlags};
 use std::sync::Arc;
 
 use crate::events::Stream;
+use crate::tasks::mask::Masker;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::Task;
 
@@ -34,8 +35,9 @@ pub fn spawn<R: Read + AsFd + Send + 'static>(
     pipe: R,
 ) -> std::io::Result<()> {
     let name = format!("task-{}-{}", task.id, if stream == Stream::Stdout { "out" } else { "err" });
+    let mask = task.masker();
     pool.spawn(name, move || {
-        read_loop(pipe, readable, |chunk| task.push_output(stream, chunk), || task.output_closed());
+        read_loop(pipe, mask, readable, |chunk| task.push_output(stream, chunk), || task.output_closed());
         task.reader_done();
     })
 }
@@ -52,11 +54,15 @@ fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 }
 
 /// Reads `pipe` to its end, handing `emit` chunks that end at a line end where possible.
+/// `mask` masks secret values first (see [`Masker`]), so the line ends, the chunks and their
+/// offsets are those of the masked output; what it holds back (the start of a value cut by
+/// the read) goes out at the quiet time only when it is one or two bytes ([`Masker::quiet`]).
 /// `wait(fd, timeout)` says whether the pipe has something to read within `timeout`;
 /// `abandoned()` whether the task has ended without this reader (it then stops, closing its
 /// end of the pipe: later output is dropped).
 pub fn read_loop<R: Read + AsFd>(
     mut pipe: R,
+    mut mask: Option<Masker>,
     mut wait: impl FnMut(BorrowedFd<'_>, Duration) -> bool,
     mut emit: impl FnMut(&[u8]),
     mut abandoned: impl FnMut() -> bool,
@@ -64,7 +70,11 @@ pub fn read_loop<R: Read + AsFd>(
     let mut buf = vec![0u8; READ_BLOCK];
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        if !carry.is_empty() && !wait(pipe.as_fd(), IDLE_FLUSH) {
+        let unsent = mask.as_ref().is_some_and(|m| m.unsent() > 0);
+        if (!carry.is_empty() || unsent) && !wait(pipe.as_fd(), IDLE_FLUSH) {
+            if let Some(m) = mask.as_mut() {
+                carry.extend_from_slice(m.quiet());
+            }
             // A character cut by the pause stays whole: its first bytes wait for the rest
             // (or for the end of the pipe).
             let cut = utf8_boundary(&carry);
@@ -84,7 +94,10 @@ pub fn read_loop<R: Read + AsFd>(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let data = &buf[..n];
+        let data = match mask.as_mut() {
+            Some(m) => m.feed(&buf[..n]),
+            None => &buf[..n],
+        };
         match data.iter().rposition(|&b| b == b'\n') {
             Some(last_nl) => {
                 if carry.is_empty() {
@@ -104,6 +117,9 @@ pub fn read_loop<R: Read + AsFd>(
             emit(&carry[..cut]);
             carry.drain(..cut);
         }
+    }
+    if let Some(m) = mask.as_mut() {
+        carry.extend_from_slice(m.finish());
     }
     if !carry.is_empty() {
         emit(&carry);
@@ -163,6 +179,7 @@ mod tests {
         let mut out = Vec::new();
         read_loop(
             pieces(chunks_in.iter().map(|p| p.to_vec()).collect()),
+            None,
             |_, _| true,
             |c| out.push(c.to_vec()),
             || false,
@@ -194,6 +211,7 @@ mod tests {
         let mut out = Vec::new();
         read_loop(
             pieces(vec![b"Password: ".to_vec(), b"x\n".to_vec()]),
+            None,
             |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
             |c| out.push(c.to_vec()),
             || false,
@@ -208,6 +226,7 @@ mod tests {
         let mut out = Vec::new();
         read_loop(
             pieces(vec![b"caf\xc3".to_vec(), b"\xa9 ok\n".to_vec()]),
+            None,
             |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
             |c| out.push(c.to_vec()),
             || false,
@@ -219,8 +238,41 @@ mod tests {
     #[test]
     fn an_abandoned_reader_stops() {
         let mut out = Vec::new();
-        read_loop(pieces(vec![b"never read\n".to_vec()]), |_, _| false, |c| out.push(c.to_vec()), || true);
+        read_loop(pieces(vec![b"never read\n".to_vec()]), None, |_, _| false, |c| out.push(c.to_vec()), || true);
         assert!(out.is_empty());
+    }
+
+    /// A value cut by a read, and by a pause after it: the quiet time passes on the partial
+    /// line, but not the start of the value; a value across lines is masked whole.
+    #[test]
+    fn secrets_are_masked_across_reads_pauses_and_lines() {
+        let secrets = crate::tasks::mask::Secrets::shared(["tok-123456", "line1\nline2"]);
+        let mut quiet = vec![false];
+        let mut out = Vec::new();
+        read_loop(
+            pieces(vec![b"a: tok-12".to_vec(), b"3456 b: line1".to_vec(), b"\nline2 c\n".to_vec()]),
+            Some(Masker::new(secrets)),
+            |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
+            |c| out.push(c.to_vec()),
+            || false,
+        );
+        assert_eq!(out, vec![b"a: ".to_vec(), b"[REDACTED] b: [REDACTED] c\n".to_vec()]);
+    }
+
+    /// A partial line ending in a value's first byte still goes out when the task is quiet.
+    #[test]
+    fn a_prompt_ending_like_a_value_is_not_held_up() {
+        let secrets = crate::tasks::mask::Secrets::shared(["5ecret-value"]);
+        let mut quiet = vec![false];
+        let mut out = Vec::new();
+        read_loop(
+            pieces(vec![b"progress 45".to_vec(), b"%\n".to_vec()]),
+            Some(Masker::new(secrets)),
+            |_, t| t != IDLE_FLUSH || quiet.pop().unwrap_or(true),
+            |c| out.push(c.to_vec()),
+            || false,
+        );
+        assert_eq!(out, vec![b"progress 45".to_vec(), b"%\n".to_vec()]);
     }
 
     #[test]

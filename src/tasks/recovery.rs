@@ -28,6 +28,7 @@ use crate::procfs::{self, ProcInfo};
 use crate::protocol::{TaskEnd, TaskRecord, TaskStatus};
 use crate::store::Store;
 use crate::tasks::job;
+use crate::tasks::mask;
 use crate::tasks::output_log;
 use crate::tasks::registry::Registry;
 
@@ -42,6 +43,7 @@ pub const DIED: &str = "the agent stopped while the task was running";
 /// the history; rewrites the journal.
 pub fn recover(reg: &Arc<Registry>, store: &Store, jobs_base: &Path) {
     let mut records = store.load_all();
+    scrub_secrets(&mut records, store, reg.redact_vars());
     for rec in records.iter_mut().filter(|r| r.status == TaskStatus::Running) {
         let killed = kill_leftovers(rec);
         if !killed.is_empty() {
@@ -71,6 +73,31 @@ pub fn recover(reg: &Arc<Registry>, store: &Store, jobs_base: &Path) {
     crate::alloc::give_back();
     if count > 0 {
         log::info!("loaded {count} task(s) from history; next task id {}", reg.next_id());
+    }
+}
+
+/// History written by an agent before `REDACT_VARS` kept `env` values whose names it now
+/// calls secret in clear: they become `[REDACTED]` in the records (the journal is rewritten
+/// from them at start) and in the request files of large requests.
+fn scrub_secrets(records: &mut [TaskRecord], store: &Store, patterns: &[String]) {
+    let mut scrubbed = 0;
+    for rec in records.iter_mut() {
+        let mut changed = mask::redact_names(&mut rec.env, patterns);
+        let path = store.paths(rec.id).request;
+        if rec.request_truncated {
+            if let Ok(mut req) = crate::task_files::read_request(&path) {
+                if mask::redact_names(&mut req.env, patterns) {
+                    changed = true;
+                    if let Err(e) = crate::task_files::write_request(&path, &req) {
+                        log::warn!("task {}: cannot rewrite {} without its secrets: {e}", rec.id, path.display());
+                    }
+                }
+            }
+        }
+        scrubbed += usize::from(changed);
+    }
+    if scrubbed > 0 {
+        log::info!("history: env values named by REDACT_VARS of {scrubbed} earlier task(s) replaced by [REDACTED]");
     }
 }
 

@@ -12,6 +12,8 @@ use crate::monitor::Monitor;
 use crate::protocol::{TaskRecord, TaskStatus};
 use crate::store::Store;
 use crate::sync::Recover;
+use crate::task_user::TaskUser;
+use crate::tasks::mask::Secrets;
 use crate::tasks::pool::Pool;
 use crate::tasks::task::{Task, TaskSpec};
 use crate::tasks::timer::Timer;
@@ -36,6 +38,12 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// The agent's own working directory, the default `cwd` of a task.
     pub default_cwd: String,
+    /// What every task's output is masked for: the cluster secret.
+    pub secrets: Arc<Secrets>,
+    /// `REDACT_VARS`: `env` names whose values are secret.
+    pub redact_vars: Vec<String>,
+    /// `TASK_USER`: whom tasks run as.
+    pub task_user: Option<TaskUser>,
 }
 
 impl Limits {
@@ -47,8 +55,20 @@ impl Limits {
             task_timeout: cfg.task_timeout,
             history: cfg.task_history,
             max_output_bytes: cfg.max_output_bytes,
-            default_cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into()),
+            default_cwd: default_cwd(cfg),
+            secrets: Secrets::shared([cfg.secret.as_bytes()]),
+            redact_vars: cfg.redact_vars.clone(),
+            task_user: cfg.task_user.clone(),
         }
+    }
+}
+
+/// A task's `cwd` when it names none: the agent's own, or with a `TASK_USER` that user's home
+/// (the agent's directory is usually closed to it).
+fn default_cwd(cfg: &Config) -> String {
+    match &cfg.task_user {
+        Some(user) => user.home.display().to_string(),
+        None => std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into()),
     }
 }
 
@@ -184,8 +204,8 @@ impl Registry {
         inner.running += 1;
         inner.unsettled.insert(id);
         self.monitor.tasks_running(1);
-        let task =
-            Arc::new(Task::new(id, spec, self.store.paths(id), self.limits.max_output_bytes, self.events.clone()));
+        let (paths, events) = (self.store.paths(id), self.events.clone());
+        let task = Arc::new(Task::new(id, spec, paths, self.limits.max_output_bytes, events, &self.limits.secrets));
         inner.tasks.insert(id, Arc::clone(&task));
         metrics::inc(&self.metrics.tasks_started);
         Ok(task)
@@ -298,9 +318,15 @@ impl Registry {
         self.limits.max_tasks
     }
 
-    /// A task's `cwd` when it names none: the agent's own working directory.
+    /// A task's `cwd` when it names none: the agent's own working directory (with a
+    /// `TASK_USER`, that user's home).
     pub fn default_cwd(&self) -> &str {
         &self.limits.default_cwd
+    }
+
+    /// `REDACT_VARS`: the `env` names whose values are secret.
+    pub fn redact_vars(&self) -> &[String] {
+        &self.limits.redact_vars
     }
 
     /// Holds off every task's spawn until the guard is dropped: a spawn in progress finishes

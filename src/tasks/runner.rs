@@ -7,6 +7,7 @@
 //! grace to reach the end of the pipes: a grandchild that escaped the group and holds them open
 //! cannot hang the task.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,10 +21,12 @@ use crate::protocol::{self, CompletedData, TaskStatus};
 use crate::request::{self, Request};
 use crate::sync::Recover;
 use crate::task_files;
+use crate::task_user::TaskUser;
 use crate::tasks::job;
+use crate::tasks::mask;
 use crate::tasks::reader;
 use crate::tasks::registry::Registry;
-use crate::tasks::task::{Outcome, Settled, Task};
+use crate::tasks::task::{self, Outcome, Settled, Task};
 use crate::tasks::timer::Action;
 
 /// How long the readers may take to reach the end of the pipes after the process group died.
@@ -39,16 +42,20 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let gate = reg.spawn_gate.read().recover();
     let prepared = prepare_job(reg, task);
     let request = task.request().expect("a task is started once, with its request");
-    keep_request(task, &request);
-    let child = prepared.and_then(|()| spawn_process(&request));
-    let described = describe(&request.command, &request.args);
+    let secret_env = task.take_secret_env();
+    let shown = task::masked_request(&request, task.secrets().as_deref());
+    keep_request(task, &shown);
+    let child = prepared.and_then(|()| spawn_process(&request, &secret_env, reg.limits.task_user.as_ref()));
+    let described = describe(&shown.command, &shown.args);
     // The child has its own copy: from here on, the task holds at most a summary.
-    drop(request);
+    drop((request, secret_env));
     task.spawned();
     let mut child = match child {
         Ok(c) => c,
         Err(error) => {
             drop(gate);
+            // It names the command, which may hold a secret value.
+            let error = task.secrets().map_or_else(|| error.clone(), |s| s.mask_str(&error).into_owned());
             persist(reg, task);
             if task.events_wanted() {
                 task.emit(EventKind::Started, "started", task.to_json(false));
@@ -127,9 +134,10 @@ fn describe(command: &str, args: &[String]) -> String {
 /// makes the environment from `job.json` the task's.
 fn prepare_job(reg: &Registry, task: &Task) -> Result<(), String> {
     let Some(job) = &task.job else { return Ok(()) };
-    let (env, job_log) = job::prepare(&job.dir, &reg.monitor.host.hostname)?;
-    task.set_env(env);
+    let (mut env, job_log) = job::prepare(&job.dir, &reg.monitor.host.hostname)?;
     task.set_job_log(job_log);
+    let secret = mask::split_env(&mut env, &reg.limits.redact_vars).map_err(|e| format!("job.json: {e}"))?;
+    task.set_env(env, secret, &reg.limits.secrets);
     Ok(())
 }
 
@@ -149,18 +157,29 @@ fn keep_request(task: &Task, request: &Request) {
 }
 
 /// Spawns the process in its own group, or says why it could not (in a message of bounded
-/// size: the command and `cwd` may be huge).
-fn spawn_process(req: &Request) -> Result<Child, String> {
+/// size: the command and `cwd` may be huge). `secret_env` goes over `env` (where `env` holds
+/// `[REDACTED]` in their place).
+fn spawn_process(
+    req: &Request,
+    secret_env: &BTreeMap<String, String>,
+    user: Option<&TaskUser>,
+) -> Result<Child, String> {
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
         Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
     }
+    if let Some(user) = user.filter(|u| !crate::task_user::can_enter(std::path::Path::new(&req.cwd), u)) {
+        let cwd = request::cut(&req.cwd, 300);
+        return Err(format!("cwd {cwd} cannot be entered by TASK_USER {} (permission denied)", user.name));
+    }
     let mut cmd = Command::new(&req.command);
-    cmd.args(&req.args)
-        .current_dir(&req.cwd)
-        .env_remove(SECRET_VAR)
-        .envs(&req.env)
+    cmd.args(&req.args).current_dir(&req.cwd).env_remove(SECRET_VAR);
+    if let Some(user) = user {
+        crate::task_user::apply(&mut cmd, user);
+    }
+    cmd.envs(&req.env)
+        .envs(secret_env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

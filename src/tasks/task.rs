@@ -23,6 +23,7 @@ use crate::sync::Recover;
 use crate::task_files::{self, TaskPaths};
 use crate::tasks::job::JobLog;
 use crate::tasks::log_health::LogHealth;
+use crate::tasks::mask::{Masker, Secrets};
 use crate::tasks::output_log::{self, LogReader, Next, Scan};
 
 /// A validated request to run something.
@@ -36,6 +37,11 @@ pub struct TaskSpec {
     /// Overrides `TASK_TIMEOUT`; `Some(0)` = no limit.
     pub timeout_ms: Option<u64>,
     pub job: Option<JobSpec>,
+    /// Given to the process like `env`, never shown or written anywhere: `secretEnv`, and the
+    /// `env` values `REDACT_VARS` names (shown in `env` as `[REDACTED]`).
+    pub secret_env: BTreeMap<String, String>,
+    /// The names of `secretEnv` (the task object's `secretEnv`).
+    pub secret_names: Vec<String>,
 }
 
 /// A job folder run (`POST /execute-job`).
@@ -128,6 +134,10 @@ struct State {
     /// A stop request has sent SIGTERM to the group: a hundred cancels send it once, so a
     /// task's cleanup trap runs once.
     term_sent: bool,
+    /// The secret variables, from admission until the process is spawned (never written).
+    secret_env: Option<BTreeMap<String, String>>,
+    /// The values masked in its output (with the cluster secret), until it ends.
+    secrets: Option<Arc<Secrets>>,
 }
 
 pub struct Task {
@@ -186,8 +196,17 @@ pub struct Settled {
 pub struct AlreadyEnded;
 
 impl Task {
-    pub fn new(id: u64, spec: TaskSpec, paths: TaskPaths, max_output: usize, events: EventTx) -> Task {
-        let TaskSpec { command, args, cwd, env, timeout_ms, job } = spec;
+    /// `base` holds what every task's output is masked for (the cluster secret).
+    pub fn new(
+        id: u64,
+        spec: TaskSpec,
+        paths: TaskPaths,
+        max_output: usize,
+        events: EventTx,
+        base: &Arc<Secrets>,
+    ) -> Task {
+        let TaskSpec { command, args, cwd, env, timeout_ms, job, secret_env, secret_names } = spec;
+        let secrets = Secrets::with(base, secret_env.values());
         let request = Request { command, args, cwd, env };
         let mut record = TaskRecord {
             id,
@@ -206,11 +225,15 @@ impl Task {
             stdout_bytes: 0,
             stderr_bytes: 0,
             request_truncated: false,
+            secret_env: secret_names,
         };
-        set_request(&mut record, &request);
+        set_request(&mut record, &request, &secrets);
         let mut task = Task::from_record(record, paths, max_output, events, false);
         task.job = job;
-        task.state.get_mut().recover().request = Some(Arc::new(request));
+        let st = task.state.get_mut().recover();
+        st.request = Some(Arc::new(request));
+        st.secret_env = Some(secret_env);
+        st.secrets = Some(secrets);
         task
     }
 
@@ -248,6 +271,8 @@ impl Task {
                 readers_open: 2,
                 request: None,
                 term_sent: false,
+                secret_env: None,
+                secrets: None,
             }),
             changed: Condvar::new(),
             slot_released: AtomicBool::new(slot_released),
@@ -269,14 +294,40 @@ impl Task {
         self.lock().request.clone()
     }
 
-    /// The environment a job's `job.json` gives replaces the request's.
-    pub fn set_env(&self, env: BTreeMap<String, String>) {
+    /// The environment a job's `job.json` gives replaces the request's; `secret` (its values
+    /// `REDACT_VARS` names, see [`crate::tasks::mask::split_env`]) joins the secret variables,
+    /// under those of the request.
+    pub fn set_env(&self, mut env: BTreeMap<String, String>, secret: BTreeMap<String, String>, base: &Arc<Secrets>) {
         let mut st = self.lock();
         let st = &mut *st;
+        let pending = st.secret_env.get_or_insert_with(BTreeMap::new);
+        for (k, v) in secret {
+            pending.entry(k).or_insert(v);
+        }
+        for name in &st.record.secret_env {
+            env.remove(name);
+        }
+        let secrets = Secrets::with(base, pending.values());
         if let Some(req) = st.request.as_mut() {
             Arc::make_mut(req).env = env;
-            set_request(&mut st.record, req);
+            set_request(&mut st.record, req, &secrets);
         }
+        st.secrets = Some(secrets);
+    }
+
+    /// The secret variables, for the spawn (once; they are kept nowhere after it).
+    pub fn take_secret_env(&self) -> BTreeMap<String, String> {
+        self.lock().secret_env.take().unwrap_or_default()
+    }
+
+    /// The values masked in this task's output.
+    pub fn secrets(&self) -> Option<Arc<Secrets>> {
+        self.lock().secrets.clone()
+    }
+
+    /// A masker for one of its streams; `None` when there is nothing to mask.
+    pub fn masker(&self) -> Option<Masker> {
+        self.secrets().filter(|s| !s.is_empty()).map(Masker::new)
     }
 
     /// The process has its own copy of the request now: this one goes (the record holds it,
@@ -572,6 +623,9 @@ impl Task {
     /// The in-memory tails are dropped when the log has everything, to keep memory flat.
     fn close_output(st: &mut State) -> bool {
         st.output.closed = true;
+        // The readers hold their own; an ended task keeps no secret value in memory.
+        st.secrets = None;
+        st.secret_env = None;
         st.output.log = None;
         st.output.job_log = None;
         let whole = !st.output.log_broken;
@@ -635,7 +689,7 @@ impl Task {
         let st = self.lock();
         let cap = st.output.tails[0].cap as u64;
         let mut record = st.record.clone();
-        let pending = st.request.clone();
+        let pending = st.request.clone().map(|r| (r, st.secrets.clone()));
         let mut health = Self::known_health(&st);
         // An ended task's tails are read from its log, unless it could not be written.
         let from_log = with_output && st.output.closed && !st.output.log_broken;
@@ -674,9 +728,9 @@ impl Task {
     /// Puts the whole request in place of the summary in `record`: the one not yet spawned
     /// (`pending`), else the one in its file. If the file cannot be read, the summary stays,
     /// marked `requestTruncated`.
-    fn whole_request(&self, record: &mut TaskRecord, pending: Option<Arc<Request>>) {
+    fn whole_request(&self, record: &mut TaskRecord, pending: Option<(Arc<Request>, Option<Arc<Secrets>>)>) {
         let whole = match pending {
-            Some(req) => Ok(Request::clone(&req)),
+            Some((req, secrets)) => Ok(masked_request(&req, secrets.as_deref())),
             None => task_files::read_request(&self.request_path),
         };
         match whole {
@@ -694,11 +748,26 @@ impl Task {
 }
 
 /// Puts `req` in `record`: whole when it is small, else its summary, marked
-/// `requestTruncated` (the whole one then goes to the task's request file).
-pub fn set_request(record: &mut TaskRecord, req: &Request) {
-    let kept = if req.fits_inline() { req.clone() } else { req.summary() };
+/// `requestTruncated` (the whole one then goes to the task's request file); a secret value
+/// in it (an argument that repeats a token) masked.
+pub fn set_request(record: &mut TaskRecord, req: &Request, secrets: &Secrets) {
+    // Masked before it is cut: a summary's cut could leave a value's first bytes.
+    let masked = masked_request(req, Some(secrets));
+    let kept = if req.fits_inline() { masked } else { masked.summary() };
     record.request_truncated = !req.fits_inline();
     (record.command, record.args, record.cwd, record.env) = (kept.command, kept.args, kept.cwd, kept.env);
+}
+
+/// `req` as it may be shown or kept: every secret value in its fields masked.
+pub fn masked_request(req: &Request, secrets: Option<&Secrets>) -> Request {
+    let Some(s) = secrets.filter(|s| !s.is_empty()) else { return req.clone() };
+    let m = |v: &String| s.mask_str(v).into_owned();
+    Request {
+        command: m(&req.command),
+        args: req.args.iter().map(m).collect(),
+        cwd: m(&req.cwd),
+        env: req.env.iter().map(|(k, v)| (m(k), m(v))).collect(),
+    }
 }
 
 /// The tails of both streams of a finished task, from its log, and what the walk through it
@@ -765,6 +834,23 @@ mod tests {
         let mut z = Tail::new(0);
         z.push(b"abc");
         assert_eq!(z.to_text(), "");
+    }
+
+    /// A value the summary's cut would split is masked whole first.
+    #[test]
+    fn a_summary_holds_no_part_of_a_secret() {
+        let value = "tok-0123456789abcdefghij";
+        let arg = format!("{}{value}", "x".repeat(185));
+        let req = Request { command: "c".into(), args: vec![arg; 100], cwd: "/".into(), env: BTreeMap::new() };
+        let mut record: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": 1, "command": "", "args": [], "cwd": "", "env": {}, "status": "running", "startedAt": 1
+        }))
+        .unwrap();
+        set_request(&mut record, &req, &Secrets::new([value]));
+        assert!(record.request_truncated);
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(!text.contains("tok-0123"), "{text}");
+        assert!(record.args[0].starts_with(&"x".repeat(185)), "{:?}", record.args[0]);
     }
 
     #[test]
