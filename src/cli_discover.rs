@@ -164,10 +164,17 @@ fn drain(
     Ok(())
 }
 
+/// What the signature check reads of a packet besides its bytes.
+#[derive(serde::Deserialize)]
+struct SigFields {
+    sig: Option<serde::de::IgnoredAny>,
+    timestamp: Option<u64>,
+}
+
 /// The packet's signature verdict, as a label and a reason.
-fn signature(key: Option<&SigningKey>, bytes: &[u8], v: &serde_json::Value) -> (&'static str, Option<String>) {
-    let ts = v.get("timestamp").and_then(serde_json::Value::as_u64);
-    match discovery_sig::verify(key, bytes, v.get("sig").is_some(), ts, protocol::now_ms()) {
+fn signature(key: Option<&SigningKey>, bytes: &[u8]) -> (&'static str, Option<String>) {
+    let Ok(f) = serde_json::from_slice::<SigFields>(bytes) else { return (BAD, Some("not a JSON object".into())) };
+    match discovery_sig::verify(key, bytes, f.sig.is_some(), f.timestamp, protocol::now_ms()) {
         Verdict::Verified => (VERIFIED, None),
         Verdict::Unsigned => (UNSIGNED, None),
         Verdict::Unchecked => (UNCHECKED, None),
@@ -177,23 +184,22 @@ fn signature(key: Option<&SigningKey>, bytes: &[u8], v: &serde_json::Value) -> (
 
 fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bool, key: Option<&SigningKey>) {
     let Some(kind) = protocol::packet_type(bytes) else { return };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
     let (hostname, port, announce, stats, left) = match kind.as_str() {
-        protocol::ANNOUNCE => match serde_json::from_value::<Announce>(v.clone()) {
+        protocol::ANNOUNCE => match serde_json::from_slice::<Announce>(bytes) {
             Ok(a) => (a.hostname.clone(), a.port, Some(a.clone()), a.stats, false),
             Err(_) => return,
         },
-        protocol::STATS => match serde_json::from_value::<StatsPacket>(v.clone()) {
+        protocol::STATS => match serde_json::from_slice::<StatsPacket>(bytes) {
             Ok(s) => (s.hostname, s.port, None, Some(s.stats), false),
             Err(_) => return,
         },
-        protocol::LEAVE => match serde_json::from_value::<protocol::Leave>(v.clone()) {
+        protocol::LEAVE => match serde_json::from_slice::<protocol::Leave>(bytes) {
             Ok(l) => (l.hostname, l.port, None, None, true),
             Err(_) => return,
         },
         _ => return,
     };
-    let (sig, problem) = signature(key, bytes, &v);
+    let (sig, problem) = signature(key, bytes);
     let h = heard.entry((hostname.clone(), port, sig)).or_insert_with(|| Heard {
         hostname,
         address: SocketAddr::new(from.ip(), port).to_string(),
