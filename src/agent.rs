@@ -436,11 +436,16 @@ fn drain_tasks(reg: &Arc<Registry>, cfg: &Config, signals: &crossbeam_channel::R
 }
 
 fn log_summary(cfg: &Config, port: u16, next_id: u64) {
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     log::info!(
-        "codara-agent {} listening on http://{}:{port} (HTTP API and WebSocket)",
+        "codara-agent {} listening on {scheme}://{}:{port} (HTTP API and WebSocket)",
         env!("CARGO_PKG_VERSION"),
         cfg.bind_address
     );
+    if let Some(t) = &cfg.tls {
+        let mtls = t.client_ca.as_ref().map(|ca| format!("; client certificates required, signed by {}", ca.display()));
+        log::info!("TLS: certificate {}, key {}{}", t.cert.display(), t.key.display(), mtls.unwrap_or_default());
+    }
     log::info!(
         "limits: {} concurrent tasks, CPU {}%, memory {}%, timeout {}, kill grace {} ms, history {}",
         cfg.max_concurrent_tasks,

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, SecretSource};
 use crate::discovery::bind_shared;
+use crate::discovery_sig::{self, SigningKey, Verdict};
 use crate::protocol::{self, Announce, Stats, StatsPacket};
 
 /// One agent heard.
@@ -34,8 +35,33 @@ pub struct Heard {
     pub answered_probe: bool,
     pub left: bool,
     pub seconds_since_seen: f64,
+    /// `verified`, `unsigned`, `BAD SIGNATURE`, or `signed (not checked)` without the secret.
+    /// Packets of one agent with different verdicts are listed apart (an impostor sending
+    /// in a real agent's name shows as its own `BAD SIGNATURE` row).
+    pub signature: &'static str,
+    /// Why the signature is bad (the latest reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_problem: Option<String>,
     #[serde(skip)]
     seen: Option<Instant>,
+}
+
+pub const VERIFIED: &str = "verified";
+pub const UNSIGNED: &str = "unsigned";
+pub const BAD: &str = "BAD SIGNATURE";
+pub const UNCHECKED: &str = "signed (not checked)";
+
+/// The key to check signatures with: from `CLUSTER_SECRET`, else from the secret file in
+/// `DATA_DIR` when there is one (discover run on an agent's host). `None`: no secret here.
+pub fn verify_key(cfg: &Config) -> Option<SigningKey> {
+    if !cfg.secret.is_empty() {
+        return Some(SigningKey::from_secret(&cfg.secret));
+    }
+    let SecretSource::File { path, .. } = &cfg.secret_source else { return None };
+    let secret = std::fs::read_to_string(path).ok()?;
+    let secret = secret.trim();
+    crate::secret::check_secret(secret).ok()?;
+    Some(SigningKey::from_secret(secret))
 }
 
 /// Receive buffer asked for on both sockets. A reply (~700 bytes) takes 1-2 KiB of the
@@ -47,10 +73,11 @@ const DRAIN: usize = 256;
 /// Probes are sent again this often while discover listens (a probe or its reply may be lost).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-type HeardMap = BTreeMap<(String, u16), Heard>;
+type HeardMap = BTreeMap<(String, u16, &'static str), Heard>;
 
-/// Listens for `timeout`, probing every second; returns the agents heard, by host and port.
-pub fn discover(cfg: &Config, timeout: Duration) -> Result<Vec<Heard>, String> {
+/// Listens for `timeout`, probing every second; returns the agents heard, by host and port
+/// (and signature verdict), checking signatures with `key`.
+pub fn discover(cfg: &Config, timeout: Duration, key: Option<&SigningKey>) -> Result<Vec<Heard>, String> {
     let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     probe.set_broadcast(true).map_err(|e| format!("cannot enable broadcast: {e}"))?;
     let passive = match bind_shared(cfg.discovery_port) {
@@ -83,7 +110,7 @@ pub fn discover(cfg: &Config, timeout: Duration) -> Result<Vec<Heard>, String> {
         for (i, ready) in readable(&sockets, wait)?.into_iter().enumerate() {
             if ready {
                 let (sock, is_probe) = &sockets[i];
-                drain(sock, &mut buf, &mut heard, *is_probe)?;
+                drain(sock, &mut buf, &mut heard, *is_probe, key)?;
             }
         }
     }
@@ -120,10 +147,16 @@ fn readable(sockets: &[(UdpSocket, bool)], wait: Duration) -> Result<Vec<bool>, 
 }
 
 /// Reads what `sock` holds, up to `DRAIN` datagrams.
-fn drain(sock: &UdpSocket, buf: &mut [u8], heard: &mut HeardMap, is_probe_reply: bool) -> Result<(), String> {
+fn drain(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    heard: &mut HeardMap,
+    is_probe_reply: bool,
+    key: Option<&SigningKey>,
+) -> Result<(), String> {
     for _ in 0..DRAIN {
         match crate::eintr::retry(|| sock.recv_from(buf)) {
-            Ok((n, from)) => take(heard, &buf[..n], from, is_probe_reply),
+            Ok((n, from)) => take(heard, &buf[..n], from, is_probe_reply, key),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(format!("receive failed: {e}")),
         }
@@ -131,7 +164,25 @@ fn drain(sock: &UdpSocket, buf: &mut [u8], heard: &mut HeardMap, is_probe_reply:
     Ok(())
 }
 
-fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bool) {
+/// What the signature check reads of a packet besides its bytes.
+#[derive(serde::Deserialize)]
+struct SigFields {
+    sig: Option<serde::de::IgnoredAny>,
+    timestamp: Option<u64>,
+}
+
+/// The packet's signature verdict, as a label and a reason.
+fn signature(key: Option<&SigningKey>, bytes: &[u8]) -> (&'static str, Option<String>) {
+    let Ok(f) = serde_json::from_slice::<SigFields>(bytes) else { return (BAD, Some("not a JSON object".into())) };
+    match discovery_sig::verify(key, bytes, f.sig.is_some(), f.timestamp, protocol::now_ms()) {
+        Verdict::Verified => (VERIFIED, None),
+        Verdict::Unsigned => (UNSIGNED, None),
+        Verdict::Unchecked => (UNCHECKED, None),
+        Verdict::Bad(why) => (BAD, Some(why)),
+    }
+}
+
+fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bool, key: Option<&SigningKey>) {
     let Some(kind) = protocol::packet_type(bytes) else { return };
     let (hostname, port, announce, stats, left) = match kind.as_str() {
         protocol::ANNOUNCE => match serde_json::from_slice::<Announce>(bytes) {
@@ -148,7 +199,8 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
         },
         _ => return,
     };
-    let h = heard.entry((hostname.clone(), port)).or_insert_with(|| Heard {
+    let (sig, problem) = signature(key, bytes);
+    let h = heard.entry((hostname.clone(), port, sig)).or_insert_with(|| Heard {
         hostname,
         address: SocketAddr::new(from.ip(), port).to_string(),
         platform: None,
@@ -158,8 +210,13 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
         answered_probe: false,
         left: false,
         seconds_since_seen: 0.0,
+        signature: sig,
+        signature_problem: None,
         seen: None,
     });
+    if problem.is_some() {
+        h.signature_problem = problem;
+    }
     h.address = SocketAddr::new(from.ip(), port).to_string();
     if let Some(a) = announce {
         h.platform = Some(a.platform);
@@ -177,7 +234,8 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
 /// The agents heard as an aligned table.
 pub fn table(heard: &[Heard]) -> String {
     let mut rows =
-        vec![["HOST", "ADDRESS", "PLATFORM", "CPUS", "MEM%", "LOAD", "FREE SLOTS", "SEEN"].map(String::from)];
+        vec![["HOST", "ADDRESS", "PLATFORM", "CPUS", "MEM%", "LOAD", "FREE SLOTS", "SEEN", "SIGNATURE"]
+            .map(String::from)];
     for h in heard {
         let dash = || "-".to_string();
         rows.push([
@@ -192,9 +250,13 @@ pub fn table(heard: &[Heard]) -> String {
             h.stats.as_ref().map_or_else(dash, |s| format!("{:.2}", s.cpu)),
             h.stats.as_ref().map_or_else(dash, |s| format!("{}/{}", s.available_slots, s.max_tasks)),
             if h.left { "left".to_string() } else { format!("{:.1}s ago", h.seconds_since_seen) },
+            match &h.signature_problem {
+                Some(why) if h.signature == BAD => format!("{BAD}: {why}"),
+                _ => h.signature.to_string(),
+            },
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in &rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();

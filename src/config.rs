@@ -15,6 +15,7 @@ use crate::secret::check_secret;
 use crate::task_user::TaskUser;
 
 use crate::cidr::{self, Cidr};
+use crate::tls::TlsFiles;
 
 /// Name of the generated secret's file inside `DATA_DIR`.
 pub const SECRET_FILE: &str = "cluster-secret";
@@ -74,6 +75,14 @@ pub struct Config {
     pub task_isolation: crate::contain::Choice,
     /// Default limits of every task (`TASK_MEMORY_LIMIT`, `TASK_CPU_LIMIT`, `TASK_PIDS_LIMIT`).
     pub task_limits: crate::protocol::TaskLimits,
+    /// `TLS_CERT`, `TLS_KEY`, `TLS_CLIENT_CA` as given (`tls` is built from them).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// HTTPS and `wss://` on `CLUSTER_PORT` (checked loadable at start).
+    pub tls: Option<TlsFiles>,
+    /// Discovery packets carry `sig` (HMAC-SHA256, see `discovery_sig`).
+    pub discovery_sign: bool,
     /// `REDACT_VARS`: glob patterns of `env` names whose values are secret (masked, never kept).
     pub redact_vars: Vec<String>,
     /// `TASK_USER`: the user tasks run as (from `/etc/passwd`); `None` = the agent's own.
@@ -111,6 +120,8 @@ pub enum ConfigError {
     SecretFile { why: String },
     /// `DATA_DIR` cannot be created or written.
     DataDir { path: PathBuf, why: String },
+    /// The TLS files do not load (`why` names the file).
+    Tls { why: String },
     /// `TASK_USER` is set, and the agent may not run tasks as another user.
     TaskUser { user: String, why: String },
 }
@@ -126,6 +137,7 @@ impl ConfigError {
             | ConfigError::Secret { .. }
             | ConfigError::SecretFile { .. }
             | ConfigError::DataDir { .. }
+            | ConfigError::Tls { .. }
             | ConfigError::TaskUser { .. } => 2,
         }
     }
@@ -141,6 +153,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Secret { why } => write!(f, "invalid CLUSTER_SECRET: {why}"),
             ConfigError::SecretFile { why } => f.write_str(why),
             ConfigError::DataDir { path, why } => write!(f, "invalid DATA_DIR={:?}: {why}", path.display().to_string()),
+            ConfigError::Tls { why } => write!(f, "invalid TLS configuration: {why}"),
             ConfigError::TaskUser { user, why } => write!(f, "TASK_USER={user:?} cannot be used: {why}"),
         }
     }
@@ -370,6 +383,34 @@ pub const SETTINGS: &[Setting] = &[
         show: Some(|c| c.task_limits.pids.map_or(String::new(), |n| n.to_string())),
     },
     Setting {
+        name: "TLS_CERT",
+        default: "",
+        help: "PEM certificate chain: with TLS_KEY, HTTPS and wss:// on CLUSTER_PORT (reloaded when changed)",
+        load: |v, c| v.opt_path().map(|x| c.tls_cert = x),
+        show: Some(|c| show_path(&c.tls_cert)),
+    },
+    Setting {
+        name: "TLS_KEY",
+        default: "",
+        help: "PEM private key of TLS_CERT (both or neither)",
+        load: |v, c| v.opt_path().map(|x| c.tls_key = x),
+        show: Some(|c| show_path(&c.tls_key)),
+    },
+    Setting {
+        name: "TLS_CLIENT_CA",
+        default: "",
+        help: "PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS)",
+        load: |v, c| v.opt_path().map(|x| c.tls_client_ca = x),
+        show: Some(|c| show_path(&c.tls_client_ca)),
+    },
+    Setting {
+        name: "DISCOVERY_SIGN",
+        default: "false",
+        help: "true: discovery packets carry sig, an HMAC-SHA256 keyed from the cluster secret",
+        load: |v, c| v.bool().map(|x| c.discovery_sign = x),
+        show: Some(|c| c.discovery_sign.to_string()),
+    },
+    Setting {
         name: "REDACT_VARS",
         default: crate::tasks::mask::DEFAULT_REDACT_VARS,
         help: "env names (globs, comma-separated, any case) whose values are secret: masked in output, never kept",
@@ -454,6 +495,14 @@ impl Value<'_> {
         }
     }
 
+    /// A path, or `None` when empty.
+    fn opt_path(&self) -> Result<Option<PathBuf>, ConfigError> {
+        if self.raw.trim().is_empty() {
+            return Ok(None);
+        }
+        self.path().map(Some)
+    }
+
     fn path(&self) -> Result<PathBuf, ConfigError> {
         if self.raw.trim().is_empty() {
             return Err(self.invalid("a path"));
@@ -489,6 +538,33 @@ fn show_secret(c: &Config) -> String {
         }
         SecretSource::File { path, .. } => format!("******** ({} bytes, from {})", c.secret.len(), path.display()),
     }
+}
+
+fn show_path(p: &Option<PathBuf>) -> String {
+    p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// `TLS_CERT` and `TLS_KEY` together (or neither), `TLS_CLIENT_CA` only with them; and the
+/// files load (a missing or bad file stops the agent at start, exit 2).
+fn tls_files(c: &Config) -> Result<Option<TlsFiles>, ConfigError> {
+    let (cert, key) = match (&c.tls_cert, &c.tls_key) {
+        (None, None) => {
+            if let Some(ca) = &c.tls_client_ca {
+                return Err(invalid("TLS_CLIENT_CA", &ca.display().to_string(), "TLS_CERT and TLS_KEY set too"));
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (Some(cert), None) => {
+            return Err(invalid("TLS_CERT", &cert.display().to_string(), "TLS_KEY set too (both or neither)"))
+        }
+        (None, Some(key)) => {
+            return Err(invalid("TLS_KEY", &key.display().to_string(), "TLS_CERT set too (both or neither)"))
+        }
+    };
+    let files = TlsFiles { cert, key, client_ca: c.tls_client_ca.clone() };
+    crate::tls::load(&files).map_err(|why| ConfigError::Tls { why })?;
+    Ok(Some(files))
 }
 
 /// `DATA_DIR`; when unset, systemd's `$STATE_DIRECTORY` if given, else the default.
@@ -660,6 +736,7 @@ impl Config {
         if let SecretSource::File { path, .. } = &mut cfg.secret_source {
             *path = cfg.data_dir.join(SECRET_FILE);
         }
+        cfg.tls = tls_files(&cfg)?;
         Ok(cfg)
     }
 
@@ -694,6 +771,11 @@ impl Config {
             env_file,
             task_isolation: crate::contain::Choice::Auto,
             task_limits: crate::protocol::TaskLimits::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls: None,
+            discovery_sign: false,
             redact_vars: Vec::new(),
             task_user: None,
         }

@@ -20,6 +20,7 @@ use rustix::event::{PollFd, PollFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{resolve_master, Config};
+use crate::discovery_sig::SigningKey;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Announce, Leave, Stats, StatsPacket};
 use crate::sync::Recover;
@@ -153,9 +154,20 @@ struct Sender {
     master: Option<Master>,
     failing: HashMap<SocketAddr, bool>,
     metrics: Arc<Metrics>,
+    /// `DISCOVERY_SIGN`: every packet gets `sig` (see [`crate::discovery_sig`]).
+    signer: Option<SigningKey>,
 }
 
 impl Sender {
+    /// The packet as sent: serialised, and signed when `DISCOVERY_SIGN` is on.
+    fn packet(&self, v: &impl serde::Serialize) -> Vec<u8> {
+        let bytes = to_json(v);
+        match &self.signer {
+            Some(key) => key.sign(&bytes),
+            None => bytes,
+        }
+    }
+
     fn all_targets(&mut self) -> Vec<SocketAddr> {
         let master = self.master.as_ref().and_then(Master::addr);
         self.targets.iter().copied().chain(master).collect()
@@ -228,7 +240,11 @@ impl Discovery {
             }),
             failing: HashMap::new(),
             metrics,
+            signer: cfg.discovery_sign.then(|| SigningKey::from_secret(&cfg.secret)),
         };
+        if cfg.discovery_sign {
+            log::info!("discovery: packets signed (sig: HMAC-SHA256 keyed from the cluster secret)");
+        }
         // The first lookup starts now, so its answer is likely there for the first announce.
         if let Some(m) = &sender.master {
             m.addr();
@@ -271,7 +287,8 @@ impl Schedule {
     /// Sends the packets due at `now`.
     fn send_due(&mut self, sender: &mut Sender, node: &NodeInfo, now: Instant) {
         if now >= self.next_announce {
-            sender.send(&to_json(&node.announce(false)));
+            let packet = sender.packet(&node.announce(false));
+            sender.send(&packet);
             self.next_announce = now + self.announce_every;
         }
         if now >= self.next_stats {
@@ -282,7 +299,8 @@ impl Schedule {
                 stats: (node.stats)(),
                 timestamp: protocol::now_ms(),
             };
-            sender.send(&to_json(&packet));
+            let packet = sender.packet(&packet);
+            sender.send(&packet);
             self.next_stats = now + self.stats_every;
         }
     }
@@ -423,7 +441,8 @@ fn run(mut sender: Sender, node: &NodeInfo, listening: bool, mut schedule: Sched
         let now = Instant::now();
         schedule.send_due(&mut sender, node, now);
         for to in replies.due(now) {
-            sender.send_to(&to_json(&node.announce(true)), to);
+            let reply = sender.packet(&node.announce(true));
+            sender.send_to(&reply, to);
         }
         // Sleep until the next packet or reply is due, a datagram arrives (unless this
         // window's budget is spent: then until the next window), or the stop pipe closes: an
@@ -443,7 +462,8 @@ fn run(mut sender: Sender, node: &NodeInfo, listening: bool, mut schedule: Sched
         port: node.port,
         timestamp: protocol::now_ms(),
     };
-    sender.send(&to_json(&leave));
+    let leave = sender.packet(&leave);
+    sender.send(&leave);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use codara_agent::config::{Config, ConfigError, Source, SETTINGS};
 const USAGE: &str = "\
 Usage: codara-agent [serve] [--env-file PATH]      run the agent (the default)
        codara-agent check-config [--env-file PATH]  validate the settings, print them (secret masked)
-       codara-agent discover [--timeout SECONDS] [--json] [--env-file PATH]
+       codara-agent discover [--timeout SECONDS] [--json] [--require-signed] [--env-file PATH]
                                                     list the agents heard on the discovery port
        codara-agent --help | --version
 
@@ -21,6 +21,8 @@ Options:
   --env-file PATH   read settings from PATH instead of ./.env
   --timeout SECONDS discover: how long to listen (default 3)
   --json            discover: print JSON instead of a table
+  --require-signed  discover: list only agents whose packets carry a valid signature
+                    (DISCOVERY_SIGN; needs the cluster secret: CLUSTER_SECRET or DATA_DIR's)
   -h, --help        print this help
   -V, --version     print the version
 
@@ -59,6 +61,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
     let mut env_file: Option<PathBuf> = None;
     let mut timeout = Duration::from_secs(3);
     let mut json = false;
+    let mut require_signed = false;
     let mut it = args.into_iter().peekable();
     match it.peek().map(String::as_str) {
         Some("serve") => {
@@ -94,6 +97,7 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
                 timeout = parse_seconds(&v)?;
             }
             "--json" if cmd == Cmd::Discover => json = true,
+            "--require-signed" if cmd == Cmd::Discover => require_signed = true,
             other => return Err(Fail(format!("unknown argument {other:?} (see --help)"), 2)),
         }
     }
@@ -119,22 +123,38 @@ fn run(args: Vec<String>) -> Result<(), Fail> {
         }
         Cmd::Discover => {
             let cfg = Config::from_source(&src).map_err(config_fail)?;
-            let heard = codara_agent::cli_discover::discover(&cfg, timeout).map_err(|e| Fail(e, 1))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
-            } else if heard.is_empty() {
-                println!(
-                    "no agents heard in {} s on UDP port {} (probed {})",
-                    timeout.as_secs_f64(),
-                    cfg.discovery_port,
-                    cfg.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
-                );
-            } else {
-                print!("{}", codara_agent::cli_discover::table(&heard));
-            }
-            Ok(())
+            run_discover(&cfg, timeout, json, require_signed)
         }
     }
+}
+
+/// `codara-agent discover`: listens, checks signatures when it has the secret, prints.
+fn run_discover(cfg: &Config, timeout: Duration, json: bool, require_signed: bool) -> Result<(), Fail> {
+    use codara_agent::cli_discover;
+    let key = cli_discover::verify_key(cfg);
+    if require_signed && key.is_none() {
+        return Err(Fail(
+            "--require-signed needs the cluster secret (CLUSTER_SECRET, or DATA_DIR/cluster-secret)".into(),
+            2,
+        ));
+    }
+    let mut heard = cli_discover::discover(cfg, timeout, key.as_ref()).map_err(|e| Fail(e, 1))?;
+    if require_signed {
+        heard.retain(|h| h.signature == cli_discover::VERIFIED);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&heard).expect("plain data serialises"));
+    } else if heard.is_empty() {
+        println!(
+            "no agents heard in {} s on UDP port {} (probed {})",
+            timeout.as_secs_f64(),
+            cfg.discovery_port,
+            cfg.discovery_addresses.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    } else {
+        print!("{}", cli_discover::table(&heard));
+    }
+    Ok(())
 }
 
 /// A configuration error, printed as it is, with its own exit code.

@@ -40,6 +40,8 @@ mod monitor;
 mod proc;
 #[path = "report.rs"]
 mod report;
+#[path = "tls.rs"]
+mod tls;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -1454,6 +1456,50 @@ struct Run {
 }
 
 /// Runs every wanted figure once, within `BUDGET`.
+/// An informational row: `value` against `base` (the same without TLS), as a ratio.
+fn cost_row(fig: &str, name: &str, value: f64, base: f64, unit: &str) -> Row {
+    let mut r = Row::new(fig, name);
+    r.value = format!("{value:.3} {unit}");
+    r.floor = format!("{base:.3} {unit} (plain)");
+    r.ratio = Some(value / base);
+    r.target = "- (the cost of TLS)".into();
+    r.info = true;
+    r
+}
+
+/// Figures 12 and 13 (see tls.rs): the cost of TLS, a plain and a TLS agent side by side.
+fn tls_figures(b: &mut Bench) {
+    println!("\n[figures 12, 13] the cost of TLS");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (cert, key) = tls::cert_files(&root);
+    let n12 = "seq. round trip POST /execute?wait=true (/bin/true), HTTPS vs HTTP, reused connection, p50";
+    let n13 = "seq 1 1000000 byte-exact to 1 wss:// client vs ws://, POST → completed (median of 3)";
+    let agents = b.start_agent("plain", &[("MAX_CONCURRENT_TASKS", "4")]).and_then(|p| {
+        let t = b.start_agent("tls", &[("MAX_CONCURRENT_TASKS", "4"), ("TLS_CERT", &cert), ("TLS_KEY", &key)])?;
+        Ok((p, t))
+    });
+    let (plain, tls_agent) = match agents {
+        Ok(x) => x,
+        Err(e) => {
+            b.rows.push(Row::error("12", n12, "-", &e));
+            b.rows.push(Row::error("13", n13, "-", &e));
+            return;
+        }
+    };
+    if b.want(&[12]) && b.fits("12", n12, Duration::from_secs(10)) {
+        match tls::round_trip_cost(&plain, &tls_agent, &root, b.pick(100, 20), 2) {
+            Ok((t, p)) => b.rows.push(cost_row("12", n12, t, p, "ms")),
+            Err(e) => b.rows.push(Row::error("12", n12, "-", &e)),
+        }
+    }
+    if b.want(&[13]) && b.fits("13", n13, Duration::from_secs(15)) {
+        match tls::seq_cost(&plain, &tls_agent, &root, &expected_seq()) {
+            Ok((t, p)) => b.rows.push(cost_row("13", n13, t, p, "ms")),
+            Err(e) => b.rows.push(Row::error("13", n13, "-", &e)),
+        }
+    }
+}
+
 fn run_once(root: &Path, bin: &Path, opts: &Opts) -> Run {
     let machine = Machine::now(root, bin, opts.quick);
     let header = machine.header(bin, opts.quick);
@@ -1492,6 +1538,9 @@ fn run_once(root: &Path, bin: &Path, opts: &Opts) -> Run {
     }
     if b.want(&[11]) {
         binary_size(&mut b);
+    }
+    if b.want(&[12, 13]) {
+        tls_figures(&mut b);
     }
     let mut rows = std::mem::take(&mut b.rows);
     report::sort(&mut rows);

@@ -130,8 +130,8 @@ pub fn start_agent(bin: &Path, tag: &str, extra: &[(&str, &str)]) -> Result<Agen
 }
 
 fn parse_port(log: &str) -> Option<u16> {
-    let i = log.find("listening on http://127.0.0.1:")?;
-    let rest = &log[i + "listening on http://127.0.0.1:".len()..];
+    let i = log.find("listening on http")?;
+    let rest = log[i..].split_once("://127.0.0.1:")?.1;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }

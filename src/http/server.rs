@@ -34,7 +34,15 @@ impl HttpServer {
     /// Stopping the worker stops taking requests (tiny_http's threads end with the server).
     pub fn start(ctx: Arc<Ctx>) -> Result<(u16, Worker), String> {
         let addr = (ctx.cfg.bind_address, ctx.cfg.cluster_port);
-        let server = tiny_http::Server::http_with_limits(addr, limits())
+        let tls = match &ctx.cfg.tls {
+            Some(files) => {
+                Some(Arc::new(crate::tls::Reloading::new(files.clone())?) as Arc<dyn tiny_http::TlsConfigSource>)
+            }
+            None => None,
+        };
+        let server = std::net::TcpListener::bind(addr)
+            .map_err(|e| e.into())
+            .and_then(|l| tiny_http::Server::from_listener_with_tls(l, limits(), tls))
             .map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
         let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(ctx.cfg.cluster_port);
         let server = Arc::new(server);

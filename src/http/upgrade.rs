@@ -94,7 +94,7 @@ fn upgrade(ctx: &Ctx, hub: &HubHandle, rq: Request) -> Result<(), (Request, Repl
     // Counted first, so tasks start producing events before the client can start a task.
     hub.clients.fetch_add(1, Ordering::AcqRel);
     let _ = hub.ctl.send(Ctl::Join { id, queue: queue.clone(), peer: from.clone(), subscribe: initial });
-    let (stream, leftover) = match rq.upgrade_tcp("websocket", response) {
+    let (stream, leftover) = match rq.upgrade_stream("websocket", response) {
         Ok(s) => s,
         Err(e) => {
             log::info!("WebSocket upgrade from {from} failed: {e}");

@@ -1,5 +1,6 @@
 //! One WebSocket client: a `ws-N-rx` thread reading its frames (tungstenite) and a `ws-N-tx`
-//! thread writing its queue. Each owns one half of the real `TcpStream` (`try_clone`), so
+//! thread writing its queue. Each owns one handle on the connection (`NetStream::try_clone`:
+//! a plain socket, or TLS split between the two, see tiny_http's PATCHES.md item 14), so
 //! pings and close frames are answered while the writer is busy. The queue is bounded in
 //! bytes ([`CLIENT_BUFFER_BYTES`]); the hub closes a client that falls further behind.
 //!
@@ -10,10 +11,12 @@
 //! [`crate::eintr`]) is retried, never taken for the end of the connection.
 
 use std::io::{self, BufWriter, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tiny_http::NetStream;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -33,7 +36,7 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// The read half: reads the socket, throws away whatever tungstenite tries to write (its
 /// automatic pong and close replies); the writer thread sends those instead.
-pub struct ReadHalf(pub TcpStream);
+pub struct ReadHalf(pub NetStream);
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -62,7 +65,7 @@ pub fn ws_config() -> WebSocketConfig {
 /// client sent right after its handshake), pinging it every `ping_interval`.
 pub fn start(
     id: u64,
-    stream: TcpStream,
+    stream: NetStream,
     leftover: Vec<u8>,
     queue_rx: Receiver<Out>,
     queue: Queue,
@@ -71,7 +74,7 @@ pub fn start(
 ) -> io::Result<()> {
     let (hub, threads) = (hub_handle.ctl.clone(), &hub_handle.threads);
     let silence = ping_interval * SILENT_INTERVALS;
-    stream.set_nodelay(true)?;
+    stream.set_nodelay();
     stream.set_read_timeout(Some(silence))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;
@@ -164,7 +167,7 @@ struct WriterSide {
     pong: PongSlot,
 }
 
-fn writer(id: u64, stream: TcpStream, rx: Receiver<Out>, side: WriterSide, ping_interval: Duration) {
+fn writer(id: u64, stream: NetStream, rx: Receiver<Out>, side: WriterSide, ping_interval: Duration) {
     // Every write goes through write_all or flush, which retry an interrupted write.
     let mut w = BufWriter::with_capacity(16 * 1024, &stream);
     let mut next_ping = Instant::now() + ping_interval;

@@ -423,9 +423,9 @@ pub fn unshare_works(test: &str, args: &[&str]) -> bool {
     ok
 }
 
-/// The HTTP port in the agent's "listening on http://ADDR:PORT" start-up line.
+/// The HTTP port in the agent's "listening on http://ADDR:PORT" (or https://) start-up line.
 pub fn port_in_log_line(line: &str) -> Option<u16> {
-    let rest = line.split("listening on http://").nth(1)?;
+    let rest = line.split("listening on http").nth(1)?.split("://").nth(1)?;
     rest.split(':').nth(1)?.split(' ').next()?.parse().ok()
 }
 
@@ -441,7 +441,7 @@ pub fn spawn_agent(mut cmd: Command, dir: TempDir, data: PathBuf) -> Agent {
     let l = Arc::clone(&logs);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("listening on http://") {
+            if line.contains("listening on http") {
                 let _ = port_tx.send(port_in_log_line(&line).unwrap_or(0));
             }
             l.lock().unwrap().push(line);

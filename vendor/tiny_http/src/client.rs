@@ -16,6 +16,7 @@ use ascii::AsciiString;
 use crate::common::{HTTPVersion, Header, HeaderField, Method};
 use crate::connection::Connection;
 use crate::request::{Finish, Request};
+use crate::tls::{HandshakeError, TlsStream};
 use crate::util::{
     drain_deadline, fill_deadline, read_exact_deadline, BodyKind, BodyReader, ChunkedDecoder,
     MessagesQueue,
@@ -35,6 +36,7 @@ const LINGER_BYTES: u64 = 256 * 1024;
 /// State shared by all the connection threads of a server.
 pub(crate) struct ConnShared {
     pub(crate) limits: Limits,
+    pub(crate) tls: Option<Arc<dyn crate::tls::TlsConfigSource>>,
     pub(crate) close: Arc<AtomicBool>,
     pub(crate) messages: Arc<MessagesQueue<Message>>,
 }
@@ -365,6 +367,16 @@ fn close_gracefully(src: Option<BufReader<Connection>>, writer: &Connection) {
     let _ = writer.shutdown(Shutdown::Both);
 }
 
+/// A failed handshake is the client's business (a scanner, a client that does not trust our
+/// certificate, a missing client certificate): logged at info level, one line.
+fn log_handshake_error(remote_addr: Option<SocketAddr>, e: &HandshakeError) {
+    let from = remote_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    match e {
+        HandshakeError::Io(_) => log::debug!("TLS handshake with {}: {}", from, e),
+        _ => log::info!("TLS handshake with {} failed: {}", from, e),
+    }
+}
+
 /// Serves one connection until it is closed (or upgraded).
 pub(crate) fn serve(
     conn: Connection,
@@ -378,6 +390,20 @@ pub(crate) fn serve(
         Duration::from_millis(1),
     )));
     conn.set_nodelay();
+    let request_timeout = cmp::max(limits.request_timeout, Duration::from_millis(1));
+    let conn = match (&shared.tls, conn) {
+        (Some(tls), Connection::Tcp(sock)) => {
+            let deadline = Instant::now() + request_timeout;
+            match TlsStream::accept(sock, tls.server_config(), deadline) {
+                Ok(s) => Connection::Tls(s),
+                Err(e) => {
+                    log_handshake_error(remote_addr, &e);
+                    return;
+                }
+            }
+        }
+        (_, conn) => conn,
+    };
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
         Err(e) => {
@@ -386,7 +412,6 @@ pub(crate) fn serve(
             return;
         }
     };
-    let request_timeout = cmp::max(limits.request_timeout, Duration::from_millis(1));
     let idle_timeout = cmp::max(limits.idle_timeout, Duration::from_millis(1));
 
     let mut src = BufReader::with_capacity(8 * 1024, conn);

@@ -49,6 +49,8 @@ impl From<unix_net::UnixListener> for Listener {
 #[derive(Debug)]
 pub(crate) enum Connection {
     Tcp(TcpStream),
+    /// A TCP connection after its TLS handshake (PATCHES.md item 14).
+    Tls(crate::tls::TlsStream),
     #[cfg(unix)]
     Unix(unix_net::UnixStream),
 }
@@ -68,6 +70,7 @@ impl std::io::Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Self::Tcp(s) => retry_eintr(|| s.read(buf)),
+            Self::Tls(s) => s.read(buf),
             #[cfg(unix)]
             Self::Unix(s) => retry_eintr(|| s.read(buf)),
         }
@@ -77,6 +80,7 @@ impl std::io::Write for Connection {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Self::Tcp(s) => retry_eintr(|| s.write(buf)),
+            Self::Tls(s) => s.write(buf),
             #[cfg(unix)]
             Self::Unix(s) => retry_eintr(|| s.write(buf)),
         }
@@ -85,6 +89,7 @@ impl std::io::Write for Connection {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.flush(),
+            Self::Tls(_) => Ok(()),
             #[cfg(unix)]
             Self::Unix(s) => s.flush(),
         }
@@ -94,6 +99,7 @@ impl Connection {
     pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.shutdown(how),
+            Self::Tls(s) => s.shutdown(how),
             #[cfg(unix)]
             Self::Unix(s) => s.shutdown(how),
         }
@@ -102,6 +108,7 @@ impl Connection {
     pub(crate) fn set_read_timeout(&self, dur: Option<Duration>) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_read_timeout(dur),
+            Self::Tls(s) => s.socket().set_read_timeout(dur),
             #[cfg(unix)]
             Self::Unix(s) => s.set_read_timeout(dur),
         }
@@ -110,20 +117,43 @@ impl Connection {
     pub(crate) fn set_write_timeout(&self, dur: Option<Duration>) -> std::io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_write_timeout(dur),
+            Self::Tls(s) => s.socket().set_write_timeout(dur),
             #[cfg(unix)]
             Self::Unix(s) => s.set_write_timeout(dur),
         }
     }
 
     pub(crate) fn set_nodelay(&self) {
-        if let Self::Tcp(s) = self {
-            let _ = s.set_nodelay(true);
+        match self {
+            Self::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            Self::Tls(s) => {
+                let _ = s.socket().set_nodelay(true);
+            }
+            #[cfg(unix)]
+            Self::Unix(_) => {}
         }
+    }
+
+    /// The TCP socket under the connection (`None` for Unix sockets).
+    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Self::Tcp(s) => Some(s),
+            Self::Tls(s) => Some(s.socket()),
+            #[cfg(unix)]
+            Self::Unix(_) => None,
+        }
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
     }
 
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),
+            Self::Tls(s) => s.try_clone().map(Self::Tls),
             #[cfg(unix)]
             Self::Unix(s) => s.try_clone().map(Self::from),
         }

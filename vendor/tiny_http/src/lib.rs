@@ -108,9 +108,12 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
-pub use request::{ReadWrite, Request};
+pub use request::{NetStream, ReadWrite, Request};
 pub use response::{Response, ResponseBox};
+/// The rustls this crate is built with (for building a [`TlsConfigSource`]'s configuration).
+pub use rustls;
 pub use test::TestRequest;
+pub use tls::TlsConfigSource;
 
 mod client;
 mod common;
@@ -118,6 +121,7 @@ mod connection;
 mod request;
 mod response;
 mod test;
+mod tls;
 mod util;
 
 /// Resource limits applied by the server to every connection.
@@ -306,6 +310,20 @@ impl Server {
         listener: L,
         limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_tls(listener, limits, None)
+    }
+
+    /// Like [`Server::from_listener_with_limits`]; with `tls`, every TCP connection is TLS
+    /// (rustls): its handshake must be complete within `limits.request_timeout` of the
+    /// accept (like a request head), and a connection whose first byte is not a TLS
+    /// handshake record (plain HTTP) gets a plain `400` saying the port speaks TLS, and is
+    /// closed. `tls` is asked for a configuration at each connection (see
+    /// [`TlsConfigSource`]). See PATCHES.md item 14.
+    pub fn from_listener_with_tls<L: Into<Listener>>(
+        listener: L,
+        limits: Limits,
+        tls: Option<Arc<dyn TlsConfigSource>>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -320,6 +338,7 @@ impl Server {
 
         let shared = Arc::new(ConnShared {
             limits,
+            tls,
             close: close_trigger.clone(),
             messages: messages.clone(),
         });

@@ -174,6 +174,83 @@ where
     })
 }
 
+/// A connection taken over after [`Request::upgrade_stream`]: plain TCP or TLS. Clones share
+/// the connection; one thread may read while another writes.
+#[derive(Debug)]
+pub struct NetStream(Connection);
+
+impl NetStream {
+    /// A second handle on the same connection.
+    pub fn try_clone(&self) -> io::Result<NetStream> {
+        self.0.try_clone().map(NetStream)
+    }
+    /// The socket's read timeout (for TLS too: it bounds each socket read).
+    pub fn set_read_timeout(&self, dur: Option<std::time::Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(dur)
+    }
+    /// The socket's read timeout.
+    pub fn read_timeout(&self) -> io::Result<Option<std::time::Duration>> {
+        self.0.tcp().map_or(Ok(None), |s| s.read_timeout())
+    }
+    /// The socket's write timeout.
+    pub fn set_write_timeout(&self, dur: Option<std::time::Duration>) -> io::Result<()> {
+        self.0.set_write_timeout(dur)
+    }
+    /// `TCP_NODELAY` on.
+    pub fn set_nodelay(&self) {
+        self.0.set_nodelay()
+    }
+    /// Shuts the socket down; over TLS, a close_notify goes out first when the write side
+    /// is closed (unless another thread is busy writing).
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.0.shutdown(how)
+    }
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
+}
+
+impl Read for &NetStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.0 {
+            Connection::Tcp(s) => (&*s).read(buf),
+            Connection::Tls(s) => s.read(buf),
+            #[cfg(unix)]
+            Connection::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &NetStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.0 {
+            Connection::Tcp(s) => (&*s).write(buf),
+            Connection::Tls(s) => s.write(buf),
+            #[cfg(unix)]
+            Connection::Unix(s) => (&*s).write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for NetStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for NetStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A stream returned by `Request::upgrade`: bytes already buffered by the server, then the
 /// connection.
 struct UpgradedStream {
@@ -273,10 +350,10 @@ impl Request {
         done: Sender<Finish>,
     ) -> Request {
         Request {
+            secure: writer.is_tls(),
             data_reader: Body::Conn(body),
             response_writer: Some(Box::new(io::BufWriter::with_capacity(8 * 1024, writer))),
             remote_addr,
-            secure: false,
             method,
             path,
             http_version: version,
@@ -455,9 +532,29 @@ impl Request {
         }
         match self.upgrade_conn(protocol, response)? {
             (Connection::Tcp(s), leftover) => Ok((s, leftover)),
-            #[cfg(unix)]
-            (Connection::Unix(_), _) => Err(io::Error::other("not TCP")),
+            _ => Err(io::Error::other("not plain TCP")),
         }
+    }
+
+    /// Like [`Request::upgrade_tcp`], for a plain or a TLS connection: the returned
+    /// [`NetStream`] can be cloned, and its clones read and written by different threads at
+    /// once (over TLS too: see PATCHES.md item 14).
+    pub fn upgrade_stream<R: Read>(
+        mut self,
+        protocol: &str,
+        response: Response<R>,
+    ) -> io::Result<(NetStream, Vec<u8>)> {
+        let is_net = match &self.data_reader {
+            Body::Conn(b) => b.is_net(),
+            Body::Other(_) => false,
+        };
+        if !is_net {
+            return Err(io::Error::other(
+                "upgrade_stream: the request does not come from a TCP connection",
+            ));
+        }
+        let (conn, leftover) = self.upgrade_conn(protocol, response)?;
+        Ok((NetStream(conn), leftover))
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.

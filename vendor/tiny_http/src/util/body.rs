@@ -353,16 +353,17 @@ impl BodyReader {
 
     /// A second handle on the TCP socket (`None` for Unix sockets or if `dup` fails).
     pub(crate) fn try_clone_tcp(&self) -> Option<std::net::TcpStream> {
-        match self.src.get_ref() {
-            Connection::Tcp(s) => s.try_clone().ok(),
-            #[allow(unreachable_patterns)]
-            _ => None,
-        }
+        self.src.get_ref().tcp().and_then(|s| s.try_clone().ok())
     }
 
-    /// True if the underlying connection is a TCP socket.
+    /// True if the underlying connection is a plain TCP socket (not TLS).
     pub(crate) fn is_tcp(&self) -> bool {
         matches!(self.src.get_ref(), Connection::Tcp(_))
+    }
+
+    /// True if the underlying connection is a TCP socket, plain or TLS.
+    pub(crate) fn is_net(&self) -> bool {
+        self.src.get_ref().tcp().is_some()
     }
 
     /// Gives back the connection's buffered reader.
