@@ -37,10 +37,13 @@ pub fn check_value(value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty or only whitespace".into());
     }
-    if value.len() < MIN_VALUE {
+    // The value is masked without the whitespace around it too (see [`Secrets::new`]).
+    let core = value.trim_ascii();
+    if core.len() < MIN_VALUE {
+        let without = if core.len() < value.len() { " without the whitespace around it" } else { "" };
         return Err(format!(
-            "must be at least {MIN_VALUE} bytes (it is {}): a shorter value cannot be masked in the output without garbling it",
-            value.len()
+            "must be at least {MIN_VALUE} bytes (it is {}{without}): a shorter value cannot be masked in the output without garbling it",
+            core.len()
         ));
     }
     if value.len() > MAX_VALUE {
@@ -126,10 +129,21 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// The set of `values` (empty ones are left out; duplicates are kept once).
+    /// The set of `values` (empty ones are left out; duplicates are kept once). A value with
+    /// whitespace around it (a token read from a file with its final newline, a pasted one
+    /// with a space) is also masked without it, where that leaves [`MIN_VALUE`] bytes or more:
+    /// `$(...)` drops a final newline, and `set -x` or a tool's message quote the value.
     pub fn new<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Secrets {
-        let mut values: Vec<Vec<u8>> =
-            values.into_iter().map(|v| v.as_ref().to_vec()).filter(|v| !v.is_empty()).collect();
+        let mut values: Vec<Vec<u8>> = values
+            .into_iter()
+            .flat_map(|v| {
+                let v = v.as_ref();
+                let core = v.trim_ascii();
+                let also = (core.len() < v.len() && core.len() >= MIN_VALUE).then(|| core.to_vec());
+                std::iter::once(v.to_vec()).chain(also)
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
         values.sort_unstable();
         values.dedup();
         let mut first = [false; 256];
@@ -413,6 +427,14 @@ mod tests {
     }
 
     #[test]
+    fn a_value_is_masked_without_the_whitespace_around_it() {
+        every_split(&["tok-0123456\n"], "a tok-0123456 b tok-0123456\n", "a [REDACTED] b [REDACTED]");
+        every_split(&["  tok-0123456 "], "[tok-0123456]", "[[REDACTED]]");
+        // Too short without it: only the whole value is masked.
+        every_split(&["abc\n\n\n"], "abc abc\n\n\n", "abc [REDACTED]");
+    }
+
+    #[test]
     fn strings() {
         let s = Secrets::new(["s3cr3t-value"]);
         assert_eq!(s.mask_str("a s3cr3t-value b"), "a [REDACTED] b");
@@ -452,7 +474,7 @@ mod tests {
     #[test]
     fn values_that_cannot_be_secrets() {
         assert!(check_value("abcdef").is_ok());
-        for bad in ["", "abc", "abcde", "      ", "\n\t  \n"] {
+        for bad in ["", "abc", "abcde", "      ", "\n\t  \n", "abc\n\n\n\n", "  abcde  "] {
             assert!(check_value(bad).is_err(), "{bad:?}");
         }
         assert!(check_value(&"x".repeat(MAX_VALUE + 1)).is_err());
