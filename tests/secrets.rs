@@ -264,6 +264,24 @@ fn a_value_with_whitespace_around_it_is_masked_without_it() {
     }
 }
 
+/// A value in a long `command` or `cwd` that cannot be used: the error quotes them cut to
+/// a bounded size, and the cut must not leave the value's first bytes (it is masked first).
+#[test]
+fn an_error_that_quotes_a_long_command_or_cwd_holds_no_part_of_a_value() {
+    let a = common::agent().start();
+    let long = format!("/no-such-dir/{}{TOK}/more", "x".repeat(270));
+    for body in [
+        json!({"command": long, "secretEnv": {"TOK": TOK}}),
+        json!({"command": "true", "cwd": long, "secretEnv": {"TOK": TOK}}),
+    ] {
+        let t = a.run_wait(body);
+        assert_eq!(t["status"], "failed", "{t}");
+        let error = t["error"].as_str().unwrap();
+        assert!(error.contains("[REDACTED]") && !error.contains("tok-0"), "{error}");
+        assert!(!a.log_text().contains("tok-0"), "{}", a.log_text());
+    }
+}
+
 #[test]
 fn redact_vars_replaces_the_default_list() {
     let a = common::agent().env("REDACT_VARS", "MY_*, other").start();
