@@ -45,7 +45,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     let secret_env = task.take_secret_env();
     let shown = task::masked_request(&request, task.secrets().as_deref());
     keep_request(task, &shown);
-    let child = prepared.and_then(|()| spawn_process(&request, &secret_env, reg.limits.task_user.as_ref()));
+    let child = prepared.and_then(|()| spawn_process(&request, &shown, &secret_env, reg.limits.task_user.as_ref()));
     let described = describe(&shown.command, &shown.args);
     // The child has its own copy: from here on, the task holds at most a summary.
     drop((request, secret_env));
@@ -158,19 +158,21 @@ fn keep_request(task: &Task, request: &Request) {
 
 /// Spawns the process in its own group, or says why it could not (in a message of bounded
 /// size: the command and `cwd` may be huge). `secret_env` goes over `env` (where `env` holds
-/// `[REDACTED]` in their place).
+/// `[REDACTED]` in their place). Messages quote `shown`, the request with its secret values
+/// masked: masked before it is cut, so a cut cannot leave a value's first bytes.
 fn spawn_process(
     req: &Request,
+    shown: &Request,
     secret_env: &BTreeMap<String, String>,
     user: Option<&TaskUser>,
 ) -> Result<Child, String> {
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
-        Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
+        Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&shown.cwd, 300))),
+        Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&shown.cwd, 300))),
     }
     if let Some(user) = user.filter(|u| !crate::task_user::can_enter(std::path::Path::new(&req.cwd), u)) {
-        let cwd = request::cut(&req.cwd, 300);
+        let cwd = request::cut(&shown.cwd, 300);
         return Err(format!("cwd {cwd} cannot be entered by TASK_USER {} (permission denied)", user.name));
     }
     let mut cmd = Command::new(&req.command);
@@ -184,7 +186,7 @@ fn spawn_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&req.command, 300)))
+    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&shown.command, 300)))
 }
 
 /// Waits for the process, cleans up its group, waits for the readers, and ends the task.
