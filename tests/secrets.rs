@@ -237,6 +237,51 @@ fn values_that_cannot_be_masked_are_refused() {
     assert_eq!(a.get("/tasks").json()["tasks"].as_array().unwrap().len(), 1, "nothing else was started");
 }
 
+/// A value with whitespace around it (a token read from a file with its final newline, a
+/// pasted one with a space) is masked also where it is printed without that whitespace: the
+/// shell's `$(...)` drops a final newline, `set -x` quotes the value.
+#[test]
+fn a_value_with_whitespace_around_it_is_masked_without_it() {
+    let a = common::agent().start();
+    let t = a.run_wait(json!({"command": "bash", "args": ["-c",
+        "echo \"x$(printenv T)y\"; echo \"[$(printenv API_TOKEN)]\"; set -x; : \"Bearer $(printenv T)\""],
+        "env": {"API_TOKEN": "  api-token-pasted  "}, "secretEnv": {"T": "tok-read-from-a-file\n"}}));
+    let all = format!("{}{}", t["stdout"], t["stderr"]);
+    assert!(!all.contains("tok-read-from") && !all.contains("api-token-pasted"), "{t}");
+    assert_eq!(t["stdout"], "x[REDACTED]y\n[[REDACTED]]\n", "{t}");
+    // The value without its whitespace must be long enough to be masked too.
+    for (body, says) in [
+        (
+            json!({"command": "true", "secretEnv": {"A": "abc\n\n\n\n"}}),
+            "secretEnv value of A must be at least 6 bytes",
+        ),
+        (json!({"command": "true", "env": {"A_TOKEN": "  abcde  "}}), "env value of A_TOKEN"),
+    ] {
+        let r = a.post("/execute", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.starts_with(says), "{body}: {msg}");
+    }
+}
+
+/// A value in a long `command` or `cwd` that cannot be used: the error quotes them cut to
+/// a bounded size, and the cut must not leave the value's first bytes (it is masked first).
+#[test]
+fn an_error_that_quotes_a_long_command_or_cwd_holds_no_part_of_a_value() {
+    let a = common::agent().start();
+    let long = format!("/no-such-dir/{}{TOK}/more", "x".repeat(270));
+    for body in [
+        json!({"command": long, "secretEnv": {"TOK": TOK}}),
+        json!({"command": "true", "cwd": long, "secretEnv": {"TOK": TOK}}),
+    ] {
+        let t = a.run_wait(body);
+        assert_eq!(t["status"], "failed", "{t}");
+        let error = t["error"].as_str().unwrap();
+        assert!(error.contains("[REDACTED]") && !error.contains("tok-0"), "{error}");
+        assert!(!a.log_text().contains("tok-0"), "{}", a.log_text());
+    }
+}
+
 #[test]
 fn redact_vars_replaces_the_default_list() {
     let a = common::agent().env("REDACT_VARS", "MY_*, other").start();

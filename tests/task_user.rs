@@ -263,3 +263,36 @@ fn an_agent_with_only_the_units_capabilities_runs_tasks_without_any() {
     assert_eq!(a.wait_task(id)["status"], "cancelled");
     assert!(common::wait_gone("sleep 321", Duration::from_secs(10)), "cancel left the tree running");
 }
+
+/// A task can write in its job folder: a link it plants there (`logs/output.log` to the
+/// agent's `.env`) must not make the agent, which is root here, append the task's output
+/// to that file on the job's next run.
+#[test]
+fn a_link_planted_in_a_job_folder_does_not_make_the_agent_write_through_it() {
+    let Some(user) = TestUser::create("a_link_planted_in_a_job_folder_does_not_make_the_agent_write_through_it") else {
+        return;
+    };
+    let dir = TempDir::new("task-user-job");
+    let a = start(&user, dir.path(), 0o600, &[]);
+    let _g = common::logs_on_panic(&a);
+    let env_path = dir.path().join(".env");
+    let before = std::fs::read_to_string(&env_path).unwrap();
+    let job = dir.path().join("jobs/evil");
+    std::fs::create_dir_all(&job).unwrap();
+    let script = format!(
+        "mv logs old.$$ 2>/dev/null; mkdir logs; ln -s {} logs/output.log; echo TRUSTED_ADDRESSES=0.0.0.0/0\n",
+        env_path.display()
+    );
+    std::fs::write(job.join("run.sh"), script).unwrap();
+    std::os::unix::fs::chown(&job, Some(user.uid), Some(user.gid)).unwrap();
+    let run = || a.post("/execute-job?wait=true", &json!({"jobId": "evil"})).json();
+    let first = run();
+    assert_eq!(first["status"], "completed", "{first}");
+    let second = run();
+    assert_eq!(std::fs::read_to_string(&env_path).unwrap(), before, "the agent wrote the task's output into its .env");
+    assert_eq!(
+        (second["status"].as_str(), second["error"].as_str()),
+        (Some("failed"), Some("cannot open logs/output.log: it is a symbolic link")),
+        "{second}"
+    );
+}

@@ -3,12 +3,15 @@
 //! date), and `logs/output.log` (stdout as is, stderr lines prefixed `[STDERR] `).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde_json::{Map, Value};
 
 use crate::events::Stream;
@@ -62,8 +65,43 @@ fn absolute(p: &Path) -> PathBuf {
     out
 }
 
-fn job_json(dir: &Path) -> PathBuf {
-    dir.join("job.json")
+const JOB_JSON_NAME: &str = "job.json";
+
+/// The job folder, opened without following a symlink: everything in it is then reached by
+/// name from this handle, never following one either. A task may run as another user
+/// (`TASK_USER`) who can write in the folder: a link it plants there (`logs`,
+/// `logs/output.log`, `job.json`, a temporary name) must not make the agent read or write
+/// a file that user cannot.
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    crate::eintr::retry(|| {
+        rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(io::Error::from)
+    })
+}
+
+/// `name` in the folder `dir`, opened with `flags` (plus no-follow, close-on-exec and
+/// non-blocking: a FIFO would block the open), as a regular file with no other hard link.
+fn open_in(dir: &OwnedFd, name: &str, flags: OFlags) -> io::Result<File> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = crate::eintr::retry(|| {
+        rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o666)).map_err(io::Error::from)
+    })
+    .map_err(|e| if e.raw_os_error() == Some(eloop()) { io::Error::other("it is a symbolic link") } else { e })?;
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    if meta.nlink() > 1 {
+        return Err(io::Error::other("it has other hard links"));
+    }
+    // Blocking again (a regular file never blocks anyway).
+    rustix::fs::fcntl_setfl(&file, rustix::fs::fcntl_getfl(&file)? - OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+fn eloop() -> i32 {
+    rustix::io::Errno::LOOP.raw_os_error()
 }
 
 /// The largest `job.json` read (as large as a request body may be).
@@ -85,8 +123,8 @@ impl From<JobJsonError> for String {
     }
 }
 
-fn read_job_json(dir: &Path) -> Result<Map<String, Value>, JobJsonError> {
-    let bytes = match read_bounded(&job_json(dir)) {
+fn read_job_json(dir: &OwnedFd) -> Result<Map<String, Value>, JobJsonError> {
+    let bytes = match read_bounded(dir) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Map::new()),
         Err(e) => return Err(JobJsonError::Unreadable(format!("cannot read job.json: {e}"))),
@@ -100,13 +138,8 @@ fn read_job_json(dir: &Path) -> Result<Map<String, Value>, JobJsonError> {
 
 /// A regular file of at most [`MAX_JOB_JSON`] bytes (a FIFO would block the read, a huge
 /// file would be held in memory whole).
-fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking: opening a FIFO for reading would wait for a writer.
-    let file = OpenOptions::new().read(true).custom_flags(nonblocking()).open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("it is not a regular file"));
-    }
+fn read_bounded(dir: &OwnedFd) -> io::Result<Vec<u8>> {
+    let file = open_in(dir, JOB_JSON_NAME, OFlags::RDONLY)?;
     let mut bytes = Vec::new();
     file.take(MAX_JOB_JSON + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_JOB_JSON {
@@ -124,14 +157,20 @@ fn job_json_lock() -> MutexGuard<'static, ()> {
 }
 
 /// Replaces `job.json` atomically (a temporary file of its own, then rename).
-fn write_job_json(dir: &Path, m: &Map<String, Value>) -> io::Result<()> {
+/// The temporary file is new (an existing name, a planted link, is an error), and the
+/// rename replaces whatever `job.json` is, a link too, without following it.
+fn write_job_json(dir: &OwnedFd, m: &Map<String, Value>) -> io::Result<()> {
     static N: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(".job.json.{}.{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    let mut f = File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(m).map_err(io::Error::other)?)?;
-    f.sync_data()?;
-    drop(f);
-    fs::rename(&tmp, job_json(dir))
+    let tmp = format!(".job.json.{}.{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let mut f = open_in(dir, &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+    let written = f
+        .write_all(&serde_json::to_vec_pretty(m).map_err(io::Error::other)?)
+        .and_then(|()| f.sync_data())
+        .and_then(|()| rustix::fs::renameat(dir, tmp.as_str(), dir, JOB_JSON_NAME).map_err(io::Error::from));
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    }
+    written
 }
 
 /// Checks the folder and `run.sh`, marks `job.json` running, and returns the job's env and
@@ -143,8 +182,9 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
     if !dir.join("run.sh").is_file() {
         return Err(format!("run.sh not found in job folder {}", dir.display()));
     }
+    let dir_fd = open_dir(dir).map_err(|e| format!("cannot open job folder {}: {e}", dir.display()))?;
     let guard = job_json_lock();
-    let mut meta = read_job_json(dir)?;
+    let mut meta = read_job_json(&dir_fd)?;
     let env = match meta.get("env") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(o)) => o
@@ -162,29 +202,29 @@ pub fn prepare(dir: &Path, cluster_id: &str) -> Result<(BTreeMap<String, String>
     };
     meta.insert("status".into(), "running".into());
     meta.insert("clusterId".into(), cluster_id.into());
-    write_job_json(dir, &meta).map_err(|e| format!("cannot write job.json: {e}"))?;
+    write_job_json(&dir_fd, &meta).map_err(|e| format!("cannot write job.json: {e}"))?;
     drop(guard);
-    let logs = dir.join("logs");
-    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
-    let file = open_output_log(&logs.join("output.log")).map_err(|e| format!("cannot open logs/output.log: {e}"))?;
+    let file = open_output_log(&dir_fd).map_err(|e| format!("cannot open logs/output.log: {e}"))?;
     Ok((env, JobLog { file: Some(file), err_line_start: true }))
 }
 
-/// Opens (creates) a job's `output.log` for appending; a FIFO or another non-regular file
-/// there is refused rather than waited on.
-fn open_output_log(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new().create(true).append(true).custom_flags(nonblocking()).open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("it is not a regular file"));
+/// Opens (creates) a job's `logs/output.log` for appending; a FIFO or another non-regular
+/// file there is refused rather than waited on, and so is a link as `logs` or `output.log`.
+fn open_output_log(dir: &OwnedFd) -> io::Result<File> {
+    match rustix::fs::mkdirat(dir, "logs", Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
     }
-    // Blocking again for the writes (a regular file never blocks on them anyway).
-    rustix::fs::fcntl_setfl(&file, rustix::fs::fcntl_getfl(&file)? - rustix::fs::OFlags::NONBLOCK)?;
-    Ok(file)
-}
-
-fn nonblocking() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
+    let logs = crate::eintr::retry(|| {
+        rustix::fs::openat(
+            dir,
+            "logs",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+    })?;
+    open_in(&logs, "output.log", OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE)
 }
 
 /// How a job's run ended, as `job.json` records it.
@@ -199,8 +239,15 @@ pub struct JobEnd<'a> {
 
 /// Records the end in `job.json`, keeping its other keys.
 pub fn finish(dir: &Path, end: &JobEnd<'_>) {
+    let fd = match open_dir(dir) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("job {}: cannot open the folder: {e}; the end of this run is not recorded", dir.display());
+            return;
+        }
+    };
     let _guard = job_json_lock();
-    let meta = match read_job_json(dir) {
+    let meta = match read_job_json(&fd) {
         Ok(m) => m,
         Err(JobJsonError::Invalid(e)) => {
             log::warn!("job {}: {e}; rewriting it", dir.display());
@@ -211,23 +258,24 @@ pub fn finish(dir: &Path, end: &JobEnd<'_>) {
             return;
         }
     };
-    write_end(dir, meta, end);
+    write_end((&fd, dir), meta, end);
 }
 
 /// Records the end of a run the agent lost track of (it died while the job ran), unless
 /// `job.json` no longer says `running` (a later run has written it). True when written.
 pub fn finish_if_running(dir: &Path, end: &JobEnd<'_>) -> bool {
+    let Ok(fd) = open_dir(dir) else { return false };
     let _guard = job_json_lock();
-    match read_job_json(dir) {
+    match read_job_json(&fd) {
         Ok(meta) if meta.get("status").and_then(Value::as_str) == Some("running") => {
-            write_end(dir, meta, end);
+            write_end((&fd, dir), meta, end);
             true
         }
         _ => false,
     }
 }
 
-fn write_end(dir: &Path, mut meta: Map<String, Value>, end: &JobEnd<'_>) {
+fn write_end((fd, dir): (&OwnedFd, &Path), mut meta: Map<String, Value>, end: &JobEnd<'_>) {
     let status = if end.status == TaskStatus::Completed { "completed" } else { "failed" };
     meta.insert("status".into(), status.into());
     meta.insert("exitCode".into(), end.exit_code.map_or(Value::Null, Value::from));
@@ -237,7 +285,7 @@ fn write_end(dir: &Path, mut meta: Map<String, Value>, end: &JobEnd<'_>) {
         Some(e) => meta.insert("error".into(), e.into()),
         None => meta.remove("error"),
     };
-    if let Err(e) = write_job_json(dir, &meta) {
+    if let Err(e) = write_job_json(fd, &meta) {
         log::warn!("job {}: cannot write job.json: {e}", dir.display());
     }
 }
@@ -292,6 +340,70 @@ mod tests {
         assert!(resolve(&base, "a", Some(base.to_str().unwrap())).is_err());
         std::os::unix::fs::symlink("/etc", base.join("link")).unwrap();
         assert!(resolve(&base, "link", None).is_err());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A task may run as another user who can write in its job folder (`TASK_USER`): links
+    /// it plants there must not make the agent append to, create, read or copy a file
+    /// outside the folder.
+    #[test]
+    fn links_planted_in_a_job_folder_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let base = std::env::temp_dir().join(format!("codara-joblinks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (job, outside) = (base.join("job"), base.join("outside"));
+        fs::create_dir_all(&job).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(job.join("run.sh"), "true\n").unwrap();
+        let target = outside.join("target");
+        fs::write(&target, "root only\n").unwrap();
+        let end =
+            JobEnd { status: TaskStatus::Completed, exit_code: Some(0), completed_at: 1, duration: 1, error: None };
+
+        // logs/output.log a link to a file of the agent's.
+        fs::create_dir_all(job.join("logs")).unwrap();
+        symlink(&target, job.join("logs/output.log")).unwrap();
+        let e = prepare(&job, "c").map(|_| ()).unwrap_err();
+        assert!(e.starts_with("cannot open logs/output.log"), "{e}");
+        // logs itself a link to a directory of the agent's.
+        fs::remove_dir_all(job.join("logs")).unwrap();
+        symlink(&outside, job.join("logs")).unwrap();
+        let e = prepare(&job, "c").map(|_| ()).unwrap_err();
+        assert!(e.starts_with("cannot open logs/output.log"), "{e}");
+        assert!(!outside.join("output.log").exists());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "root only\n");
+
+        // job.json a link to a JSON file of the agent's: neither read (its env would go to
+        // the task) nor copied into the folder.
+        fs::remove_file(job.join("logs")).unwrap();
+        fs::remove_file(job.join("job.json")).unwrap();
+        let private = outside.join("config.json");
+        fs::write(&private, r#"{"auths":{"registry":"cGFzc3dvcmQ="}}"#).unwrap();
+        symlink(&private, job.join("job.json")).unwrap();
+        let e = prepare(&job, "c").map(|_| ()).unwrap_err();
+        assert!(e.starts_with("cannot read job.json"), "{e}");
+        finish(&job, &end);
+        assert!(fs::symlink_metadata(job.join("job.json")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&private).unwrap(), r#"{"auths":{"registry":"cGFzc3dvcmQ="}}"#);
+
+        // The folder itself swapped for a link after it was resolved.
+        fs::remove_file(job.join("job.json")).unwrap();
+        let moved = base.join("moved");
+        fs::rename(&job, &moved).unwrap();
+        symlink(&outside, &job).unwrap();
+        fs::write(outside.join("run.sh"), "true\n").unwrap();
+        assert!(prepare(&job, "c").is_err());
+        finish(&job, &end);
+        assert!(!outside.join("job.json").exists() && !outside.join("logs").exists());
+
+        // A plain folder still works.
+        fs::remove_file(&job).unwrap();
+        fs::rename(&moved, &job).unwrap();
+        prepare(&job, "c").map(|_| ()).unwrap();
+        finish(&job, &end);
+        let meta: Value = serde_json::from_slice(&fs::read(job.join("job.json")).unwrap()).unwrap();
+        assert_eq!(meta["status"], "completed");
+        assert!(job.join("logs/output.log").is_file());
         fs::remove_dir_all(&base).unwrap();
     }
 

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 /// What a masked value is replaced by.
 pub const REDACTED: &str = "[REDACTED]";
@@ -31,16 +31,24 @@ pub const MIN_VALUE: usize = 6;
 pub const QUIET_HOLD: usize = 3;
 /// The longest value masked (a PEM private key or a kubeconfig fits); longer ones are refused.
 pub const MAX_VALUE: usize = 64 * 1024;
+/// Values of at most this many bytes in all are found with a DFA (the fastest scan); more with
+/// a contiguous NFA, about 12 bytes per byte of value: a DFA costs a transition table per
+/// byte of value (32 MiB for one 64 KiB key, 480 MiB for a body full of them, built while
+/// the task is admitted).
+const DFA_MAX_BYTES: usize = 1024;
 
 /// Why `value` cannot be a secret, or `Ok`.
 pub fn check_value(value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty or only whitespace".into());
     }
-    if value.len() < MIN_VALUE {
+    // The value is masked without the whitespace around it too (see [`Secrets::new`]).
+    let core = value.trim_ascii();
+    if core.len() < MIN_VALUE {
+        let without = if core.len() < value.len() { " without the whitespace around it" } else { "" };
         return Err(format!(
-            "must be at least {MIN_VALUE} bytes (it is {}): a shorter value cannot be masked in the output without garbling it",
-            value.len()
+            "must be at least {MIN_VALUE} bytes (it is {}{without}): a shorter value cannot be masked in the output without garbling it",
+            core.len()
         ));
     }
     if value.len() > MAX_VALUE {
@@ -126,10 +134,21 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// The set of `values` (empty ones are left out; duplicates are kept once).
+    /// The set of `values` (empty ones are left out; duplicates are kept once). A value with
+    /// whitespace around it (a token read from a file with its final newline, a pasted one
+    /// with a space) is also masked without it, where that leaves [`MIN_VALUE`] bytes or more:
+    /// `$(...)` drops a final newline, and `set -x` or a tool's message quote the value.
     pub fn new<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Secrets {
-        let mut values: Vec<Vec<u8>> =
-            values.into_iter().map(|v| v.as_ref().to_vec()).filter(|v| !v.is_empty()).collect();
+        let mut values: Vec<Vec<u8>> = values
+            .into_iter()
+            .flat_map(|v| {
+                let v = v.as_ref();
+                let core = v.trim_ascii();
+                let also = (core.len() < v.len() && core.len() >= MIN_VALUE).then(|| core.to_vec());
+                std::iter::once(v.to_vec()).chain(also)
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
         values.sort_unstable();
         values.dedup();
         let mut first = [false; 256];
@@ -137,9 +156,12 @@ impl Secrets {
             first[usize::from(v[0])] = true;
         }
         let longest = values.iter().map(Vec::len).max().unwrap_or(0);
+        let total: usize = values.iter().map(Vec::len).sum();
+        let kind = (total > DFA_MAX_BYTES).then_some(AhoCorasickKind::ContiguousNFA);
         // Standard semantics: overlapping search needs them, and overlaps are masked too.
         let finder = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
+            .kind(kind)
             .build(&values)
             .expect("a few literal values of bounded length always build");
         Secrets { finder, values, first, longest }
@@ -413,6 +435,28 @@ mod tests {
     }
 
     #[test]
+    fn a_value_is_masked_without_the_whitespace_around_it() {
+        every_split(&["tok-0123456\n"], "a tok-0123456 b tok-0123456\n", "a [REDACTED] b [REDACTED]");
+        every_split(&["  tok-0123456 "], "[tok-0123456]", "[[REDACTED]]");
+        // Too short without it: only the whole value is masked.
+        every_split(&["abc\n\n\n"], "abc abc\n\n\n", "abc [REDACTED]");
+    }
+
+    /// A large value (a kubeconfig, a key) costs memory of the order of its size, not a DFA
+    /// of 32 MiB per 64 KiB; and it is still found.
+    #[test]
+    fn large_values_take_little_memory() {
+        let value =
+            |seed: u8| -> Vec<u8> { (0..MAX_VALUE).map(|i| b'A' + ((i * 7 + usize::from(seed)) % 26) as u8).collect() };
+        let one = Secrets::new([value(0)]);
+        assert!(one.finder.memory_usage() < 2 << 20, "{} bytes", one.finder.memory_usage());
+        let many = Secrets::new((0..15).map(value));
+        assert!(many.finder.memory_usage() < 32 << 20, "{} bytes", many.finder.memory_usage());
+        let text = [b"x".as_slice(), &value(3), b"y"].concat();
+        assert_eq!(String::from_utf8(Masker::new(Arc::new(many)).feed(&text).to_vec()).unwrap(), "x[REDACTED]y");
+    }
+
+    #[test]
     fn strings() {
         let s = Secrets::new(["s3cr3t-value"]);
         assert_eq!(s.mask_str("a s3cr3t-value b"), "a [REDACTED] b");
@@ -452,7 +496,7 @@ mod tests {
     #[test]
     fn values_that_cannot_be_secrets() {
         assert!(check_value("abcdef").is_ok());
-        for bad in ["", "abc", "abcde", "      ", "\n\t  \n"] {
+        for bad in ["", "abc", "abcde", "      ", "\n\t  \n", "abc\n\n\n\n", "  abcde  "] {
             assert!(check_value(bad).is_err(), "{bad:?}");
         }
         assert!(check_value(&"x".repeat(MAX_VALUE + 1)).is_err());

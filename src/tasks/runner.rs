@@ -54,7 +54,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         })
         .and_then(|contained| {
             let user = reg.limits.task_user.as_ref();
-            spawn_process(&request, &secret_env, user, &contained).map(|child| (child, contained))
+            spawn_process(&request, &shown, &secret_env, user, &contained).map(|child| (child, contained))
         });
     let described = describe(&shown.command, &shown.args);
     // The child has its own copy: from here on, the task holds at most a summary.
@@ -170,19 +170,22 @@ fn keep_request(task: &Task, request: &Request) {
 /// Spawns the process in its own process group and in its containment (control group or
 /// mark), or says why it could not (in a message of bounded size: the command and `cwd` may
 /// be huge). `secret_env` goes over `env` (where `env` holds `[REDACTED]` in their place).
+/// Messages quote `shown`, the request with its secret values masked: masked before it is
+/// cut, so a cut cannot leave a value's first bytes.
 fn spawn_process(
     req: &Request,
+    shown: &Request,
     secret_env: &BTreeMap<String, String>,
     user: Option<&TaskUser>,
     contained: &Contained,
 ) -> Result<Child, String> {
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&req.cwd, 300))),
-        Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&req.cwd, 300))),
+        Ok(_) => return Err(format!("cwd is not a directory: {}", request::cut(&shown.cwd, 300))),
+        Err(e) => return Err(format!("cwd {} is not usable: {e}", request::cut(&shown.cwd, 300))),
     }
     if let Some(user) = user.filter(|u| !crate::task_user::can_enter(std::path::Path::new(&req.cwd), u)) {
-        let cwd = request::cut(&req.cwd, 300);
+        let cwd = request::cut(&shown.cwd, 300);
         return Err(format!("cwd {cwd} cannot be entered by TASK_USER {} (permission denied)", user.name));
     }
     let mut cmd = Command::new(&req.command);
@@ -197,7 +200,7 @@ fn spawn_process(
         .stderr(Stdio::piped())
         .process_group(0);
     contained.configure(&mut cmd).map_err(|e| format!("cannot open its control group: {e}"))?;
-    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&req.command, 300)))
+    cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", request::cut(&shown.command, 300)))
 }
 
 /// Waits for the process, kills what is left of the task (its process group, then its control
