@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -36,8 +36,8 @@ pub struct Heard {
     pub left: bool,
     pub seconds_since_seen: f64,
     /// `verified`, `unsigned`, `BAD SIGNATURE`, or `signed (not checked)` without the secret.
-    /// Packets of one agent with different verdicts are listed apart (an impostor sending
-    /// in a real agent's name shows as its own `BAD SIGNATURE` row).
+    /// Packets of one agent with different verdicts or source addresses are listed apart (an
+    /// impostor sending in a real agent's name shows as its own `BAD SIGNATURE` row).
     pub signature: &'static str,
     /// Why the signature is bad (the latest reason).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,10 +73,13 @@ const DRAIN: usize = 256;
 /// Probes are sent again this often while discover listens (a probe or its reply may be lost).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-type HeardMap = BTreeMap<(String, u16, &'static str), Heard>;
+/// By host name, port, signature verdict and source address: a signature covers a packet,
+/// not the address it came from, so a fresh signed packet sent again by another host (within
+/// the window) shows as a row of its own instead of moving the agent's row to that host.
+type HeardMap = BTreeMap<(String, u16, &'static str, IpAddr), Heard>;
 
 /// Listens for `timeout`, probing every second; returns the agents heard, by host and port
-/// (and signature verdict), checking signatures with `key`.
+/// (and signature verdict and source address), checking signatures with `key`.
 pub fn discover(cfg: &Config, timeout: Duration, key: Option<&SigningKey>) -> Result<Vec<Heard>, String> {
     let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     probe.set_broadcast(true).map_err(|e| format!("cannot enable broadcast: {e}"))?;
@@ -200,7 +203,7 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
         _ => return,
     };
     let (sig, problem) = signature(key, bytes);
-    let h = heard.entry((hostname.clone(), port, sig)).or_insert_with(|| Heard {
+    let h = heard.entry((hostname.clone(), port, sig, from.ip())).or_insert_with(|| Heard {
         hostname,
         address: SocketAddr::new(from.ip(), port).to_string(),
         platform: None,
@@ -217,7 +220,6 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
     if problem.is_some() {
         h.signature_problem = problem;
     }
-    h.address = SocketAddr::new(from.ip(), port).to_string();
     if let Some(a) = announce {
         h.platform = Some(a.platform);
         h.arch = Some(a.arch);
