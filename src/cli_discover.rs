@@ -233,6 +233,21 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
     h.seen = Some(Instant::now());
 }
 
+/// `s` with control characters and bidirectional-text controls escaped (`\u{1b}`): host
+/// names and platforms come from anyone on the network, and must not be able to draw rows of
+/// their own, hide a `BAD SIGNATURE` or drive the terminal.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The agents heard as an aligned table.
 pub fn table(heard: &[Heard]) -> String {
     let mut rows =
@@ -241,10 +256,10 @@ pub fn table(heard: &[Heard]) -> String {
     for h in heard {
         let dash = || "-".to_string();
         rows.push([
-            h.hostname.clone(),
+            printable(&h.hostname),
             h.address.clone(),
             match (&h.platform, &h.arch) {
-                (Some(p), Some(a)) => format!("{p}/{a}"),
+                (Some(p), Some(a)) => printable(&format!("{p}/{a}")),
                 _ => dash(),
             },
             h.cpus.map_or_else(dash, |c| c.to_string()),
@@ -266,4 +281,40 @@ pub fn table(heard: &[Heard]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(hostname: &str, signature: &'static str, problem: Option<&str>) -> Heard {
+        Heard {
+            hostname: hostname.to_string(),
+            address: "127.0.0.1:4000".into(),
+            platform: Some("linux".into()),
+            arch: Some("x64".into()),
+            cpus: Some(2),
+            stats: None,
+            answered_probe: false,
+            left: false,
+            seconds_since_seen: 0.5,
+            signature,
+            signature_problem: problem.map(String::from),
+            seen: None,
+        }
+    }
+
+    /// Names come from anyone on the network: a forged packet must not be able to draw a
+    /// `verified` row of its own (a newline), hide its `BAD SIGNATURE` (an escape sequence
+    /// concealing the rest of the line, or a carriage return) or drive the terminal.
+    #[test]
+    fn names_from_the_network_cannot_forge_rows_or_drive_the_terminal() {
+        let fake = "evil\r\nbuild-01  10.0.0.66:4000  linux/x64  2  verified\u{1b}[8m\u{9b}2J\u{7}";
+        let out = table(&[heard("build-01", VERIFIED, None), heard(fake, BAD, Some("the signature does not match"))]);
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        let bad = out.lines().find(|l| l.starts_with("evil")).unwrap_or_else(|| panic!("{out}"));
+        assert!(bad.ends_with("BAD SIGNATURE: the signature does not match"), "{bad}");
+        assert!(out.lines().filter(|l| l.ends_with("verified")).count() == 1, "{out}");
+    }
 }
