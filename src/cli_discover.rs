@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -36,8 +36,8 @@ pub struct Heard {
     pub left: bool,
     pub seconds_since_seen: f64,
     /// `verified`, `unsigned`, `BAD SIGNATURE`, or `signed (not checked)` without the secret.
-    /// Packets of one agent with different verdicts are listed apart (an impostor sending
-    /// in a real agent's name shows as its own `BAD SIGNATURE` row).
+    /// Packets of one agent with different verdicts or source addresses are listed apart (an
+    /// impostor sending in a real agent's name shows as its own `BAD SIGNATURE` row).
     pub signature: &'static str,
     /// Why the signature is bad (the latest reason).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,10 +73,13 @@ const DRAIN: usize = 256;
 /// Probes are sent again this often while discover listens (a probe or its reply may be lost).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-type HeardMap = BTreeMap<(String, u16, &'static str), Heard>;
+/// By host name, port, signature verdict and source address: a signature covers a packet,
+/// not the address it came from, so a fresh signed packet sent again by another host (within
+/// the window) shows as a row of its own instead of moving the agent's row to that host.
+type HeardMap = BTreeMap<(String, u16, &'static str, IpAddr), Heard>;
 
 /// Listens for `timeout`, probing every second; returns the agents heard, by host and port
-/// (and signature verdict), checking signatures with `key`.
+/// (and signature verdict and source address), checking signatures with `key`.
 pub fn discover(cfg: &Config, timeout: Duration, key: Option<&SigningKey>) -> Result<Vec<Heard>, String> {
     let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     probe.set_broadcast(true).map_err(|e| format!("cannot enable broadcast: {e}"))?;
@@ -200,7 +203,7 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
         _ => return,
     };
     let (sig, problem) = signature(key, bytes);
-    let h = heard.entry((hostname.clone(), port, sig)).or_insert_with(|| Heard {
+    let h = heard.entry((hostname.clone(), port, sig, from.ip())).or_insert_with(|| Heard {
         hostname,
         address: SocketAddr::new(from.ip(), port).to_string(),
         platform: None,
@@ -217,7 +220,6 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
     if problem.is_some() {
         h.signature_problem = problem;
     }
-    h.address = SocketAddr::new(from.ip(), port).to_string();
     if let Some(a) = announce {
         h.platform = Some(a.platform);
         h.arch = Some(a.arch);
@@ -231,6 +233,21 @@ fn take(heard: &mut HeardMap, bytes: &[u8], from: SocketAddr, is_probe_reply: bo
     h.seen = Some(Instant::now());
 }
 
+/// `s` with control characters and bidirectional-text controls escaped (`\u{1b}`): host
+/// names and platforms come from anyone on the network, and must not be able to draw rows of
+/// their own, hide a `BAD SIGNATURE` or drive the terminal.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The agents heard as an aligned table.
 pub fn table(heard: &[Heard]) -> String {
     let mut rows =
@@ -239,10 +256,10 @@ pub fn table(heard: &[Heard]) -> String {
     for h in heard {
         let dash = || "-".to_string();
         rows.push([
-            h.hostname.clone(),
+            printable(&h.hostname),
             h.address.clone(),
             match (&h.platform, &h.arch) {
-                (Some(p), Some(a)) => format!("{p}/{a}"),
+                (Some(p), Some(a)) => printable(&format!("{p}/{a}")),
                 _ => dash(),
             },
             h.cpus.map_or_else(dash, |c| c.to_string()),
@@ -264,4 +281,40 @@ pub fn table(heard: &[Heard]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(hostname: &str, signature: &'static str, problem: Option<&str>) -> Heard {
+        Heard {
+            hostname: hostname.to_string(),
+            address: "127.0.0.1:4000".into(),
+            platform: Some("linux".into()),
+            arch: Some("x64".into()),
+            cpus: Some(2),
+            stats: None,
+            answered_probe: false,
+            left: false,
+            seconds_since_seen: 0.5,
+            signature,
+            signature_problem: problem.map(String::from),
+            seen: None,
+        }
+    }
+
+    /// Names come from anyone on the network: a forged packet must not be able to draw a
+    /// `verified` row of its own (a newline), hide its `BAD SIGNATURE` (an escape sequence
+    /// concealing the rest of the line, or a carriage return) or drive the terminal.
+    #[test]
+    fn names_from_the_network_cannot_forge_rows_or_drive_the_terminal() {
+        let fake = "evil\r\nbuild-01  10.0.0.66:4000  linux/x64  2  verified\u{1b}[8m\u{9b}2J\u{7}";
+        let out = table(&[heard("build-01", VERIFIED, None), heard(fake, BAD, Some("the signature does not match"))]);
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        let bad = out.lines().find(|l| l.starts_with("evil")).unwrap_or_else(|| panic!("{out}"));
+        assert!(bad.ends_with("BAD SIGNATURE: the signature does not match"), "{bad}");
+        assert!(out.lines().filter(|l| l.ends_with("verified")).count() == 1, "{out}");
+    }
 }

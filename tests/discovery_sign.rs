@@ -203,3 +203,55 @@ fn packets_are_unsigned_by_default() {
         }
     }
 }
+
+/// A signature covers the packet, not the address it came from: a host on the LAN that
+/// captures a fresh signed announce and sends it again from its own address (within the
+/// window) must not take over the real agent's `verified` row (its address is what a main
+/// server would send builds and the secret to); it shows on a row of its own beside it.
+#[test]
+fn a_fresh_packet_replayed_from_another_address_does_not_take_over_the_agents_row() {
+    let reserve = bind_shared(0);
+    let disc_port = reserve.local_addr().unwrap().port();
+    let a = common::agent()
+        .env("DISCOVERY_ENABLED", "true")
+        .env("DISCOVERY_SIGN", "true")
+        .env("DISCOVERY_PORT", &disc_port.to_string())
+        .env("DISCOVERY_ADDRESSES", "127.255.255.255")
+        .env("ANNOUNCE_INTERVAL", "200")
+        .env("STATS_INTERVAL", "300")
+        .start();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The attacker: takes each fresh packet of the agent and sends it again from 127.0.0.2.
+    let relay = {
+        let stop = Arc::clone(&stop);
+        let port = a.port;
+        std::thread::spawn(move || {
+            reserve.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let out = UdpSocket::bind("127.0.0.2:0").unwrap();
+            out.set_broadcast(true).unwrap();
+            let to = SocketAddr::from(([127, 255, 255, 255], disc_port));
+            let mut buf = vec![0u8; 65536];
+            let mut relayed = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((n, from)) = reserve.recv_from(&mut buf) else { continue };
+                let Ok(v) = serde_json::from_slice::<Value>(&buf[..n]) else { continue };
+                if v["port"] == port && from.ip() != Ipv4Addr::new(127, 0, 0, 2) {
+                    let _ = out.send_to(&buf[..n], to);
+                    relayed += 1;
+                }
+            }
+            relayed
+        })
+    };
+    let host = a.get("/health").json()["hostname"].as_str().unwrap().to_string();
+    let out = discover(disc_port, Some(common::SECRET), &["--timeout", "2", "--json"]);
+    stop.store(true, Ordering::SeqCst);
+    assert!(relay.join().unwrap() > 0, "nothing relayed");
+    let all = entries(&out);
+    let rows: Vec<&Value> = all.iter().filter(|e| e["hostname"] == host).collect();
+    let real = format!("127.0.0.1:{}", a.port);
+    let fake = format!("127.0.0.2:{}", a.port);
+    assert!(rows.iter().any(|e| e["address"] == real), "the agent's own row is gone: {all:#?}");
+    assert!(rows.iter().any(|e| e["address"] == fake), "the relayed packets are not shown apart: {all:#?}");
+    assert!(rows.iter().all(|e| e["address"] == real || e["address"] == fake), "{all:#?}");
+}

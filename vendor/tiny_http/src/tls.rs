@@ -22,6 +22,7 @@
 use std::cmp;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ struct Shared {
     state: Mutex<State>,
     /// Held by whoever takes records out of `state` to write them, until they are written.
     write_lock: Mutex<()>,
+    /// A socket write failed (a timeout, a reset): part of a record may be on the wire, so
+    /// nothing more is sent, not even close_notify (which would wait for the socket again).
+    broken: AtomicBool,
 }
 
 /// One TLS connection; clones (`try_clone`) share the TLS state and each has its own handle
@@ -341,6 +345,7 @@ impl TlsStream {
             shared: Arc::new(Shared {
                 state: Mutex::new(st),
                 write_lock: Mutex::new(()),
+                broken: AtomicBool::new(false),
             }),
         })
     }
@@ -396,6 +401,9 @@ impl TlsStream {
             return Ok(0);
         }
         let order = lock(&self.shared.write_lock);
+        if self.shared.broken.load(Ordering::Acquire) {
+            return Err(ErrorKind::BrokenPipe.into());
+        }
         let (n, out) = {
             let mut st = lock(&self.shared.state);
             let n = st
@@ -404,7 +412,7 @@ impl TlsStream {
                 .write(&buf[..cmp::min(buf.len(), MAX_WRITE)])?;
             (n, take_records(&mut st.conn)?)
         };
-        write_raw(&self.sock, &out)?;
+        self.write_records(&out)?;
         self.send_pending(order)?;
         if n == 0 {
             return Err(ErrorKind::WriteZero.into());
@@ -424,8 +432,17 @@ impl TlsStream {
             }
             let out = take_records(&mut st.conn)?;
             drop(st);
-            write_raw(&self.sock, &out)?;
+            self.write_records(&out)?;
         }
+    }
+
+    /// Writes records to the socket (the caller holds `write_lock`); after a failure, none.
+    fn write_records(&self, out: &[u8]) -> io::Result<()> {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return Err(ErrorKind::BrokenPipe.into());
+        }
+        write_raw(&self.sock, out)
+            .inspect_err(|_| self.shared.broken.store(true, Ordering::Release))
     }
 
     /// Sends pending records unless a writer holds `write_lock` (it will send them).
@@ -438,9 +455,10 @@ impl TlsStream {
         let _ = self.send_pending(order);
     }
 
-    /// Sends close_notify (best effort: not if a writer is busy), then shuts the socket down.
+    /// Sends close_notify (best effort: not if a writer is busy, nor after a failed write),
+    /// then shuts the socket down.
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        if how != Shutdown::Read {
+        if how != Shutdown::Read && !self.shared.broken.load(Ordering::Acquire) {
             lock(&self.shared.state).conn.send_close_notify();
             self.send_pending_if_free();
         }

@@ -315,3 +315,47 @@ fn a_record_in_pieces_leaves_the_read_timeout_as_it_was() {
         t
     );
 }
+
+/// Closing a connection whose client reads nothing: once a write has timed out, shutting the
+/// stream down must not wait a whole write timeout again to send close_notify into the full
+/// socket (a slow WebSocket client, closed by its writer, held its threads and socket twice
+/// as long over TLS as over plain TCP).
+#[test]
+fn shutting_down_after_a_timed_out_write_does_not_block_again() {
+    let (server, port) = server(Limits::default());
+    let srv = std::thread::spawn(move || {
+        let rq = server.recv().unwrap();
+        let (stream, _) = rq.upgrade_stream("test", Response::empty(101)).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let start = Instant::now();
+        while (&stream).write_all(&chunk).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(60), "never blocked");
+        }
+        let start = Instant::now();
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        start.elapsed()
+    });
+    let mut c = client(port);
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: test\r\nConnection: upgrade\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    // then nothing is read
+    let took = srv.join().unwrap();
+    assert!(
+        took < Duration::from_secs(1),
+        "shutdown took {:?} (the write timeout is 3 s)",
+        took
+    );
+    drop(c);
+}
