@@ -286,3 +286,19 @@ fn groups_left_by_a_killed_agent_are_swept_at_start() {
     assert!(log.contains(&format!("the group of task {id} was left")), "{log}");
     gone_within_a_second(&format!("sleep {m}"));
 }
+
+/// In the fallback, the end of a task kills the whole process group of each marked process
+/// that left for a session of its own (which only the task's processes can be in): at once,
+/// so a fork bomb there cannot outrun a kill of its processes one by one (one such took the
+/// agent minutes, starved of CPU, and left a survivor), and with the members that carry no
+/// mark (started with an empty environment).
+#[test]
+fn the_fallback_kills_an_escaped_session_s_whole_process_group() {
+    let a = agent().env("TASK_ISOLATION", "process").start();
+    let _l = common::logs_on_panic(&a);
+    let m = marker("session");
+    let script = format!("setsid sh -c 'env -i sleep {m}2 & sleep {m}1' & sleep 0.3; echo started");
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", script]}));
+    assert_eq!(t["stdout"], "started\n", "{t}");
+    gone_within_a_second(&m);
+}

@@ -331,8 +331,15 @@ impl Contained {
                 (usage, note)
             }
             How::Marked { agent, mark } => {
-                let killed = fallback::kill_marked(*agent, mark, group, others, deadline);
-                let note = (killed > 0).then(|| format!("{killed} process(es) that had left its process group killed"));
+                let (killed, left) = fallback::kill_marked(*agent, mark, group, others, deadline);
+                let note = match (killed, left) {
+                    (0, 0) => None,
+                    (k, 0) => Some(format!("{k} process(es) that had left its process group killed")),
+                    (k, l) => Some(format!(
+                        "{k} process(es) that had left its process group killed; {l} still found after {} s (killed again, not waited for)",
+                        EMPTY_WAIT.as_secs()
+                    )),
+                };
                 (rusage.unwrap_or_default(), note)
             }
         }
