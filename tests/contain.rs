@@ -18,11 +18,17 @@ use serde_json::json;
 /// gives none.
 #[track_caller]
 fn cgroup_agent(test: &str) -> Option<Agent> {
+    cgroup_agent_with(test, ("TASK_ISOLATION", "cgroup"))
+}
+
+/// [`cgroup_agent`] with one more setting.
+#[track_caller]
+fn cgroup_agent_with(test: &str, (k, v): (&str, &str)) -> Option<Agent> {
     if !rustix::process::geteuid().is_root() {
         common::skip_or_fail(test, "control groups need root here");
         return None;
     }
-    let a = agent().env("TASK_ISOLATION", "cgroup").start();
+    let a = agent().env("TASK_ISOLATION", "cgroup").env(k, v).start();
     let mode = a.get("/health").json()["isolation"].as_str().unwrap_or("").to_string();
     assert!(mode.starts_with("cgroup-"), "isolation {mode}; log:\n{}", a.log_text());
     Some(a)
@@ -301,4 +307,23 @@ fn the_fallback_kills_an_escaped_session_s_whole_process_group() {
     let t = a.run_wait(json!({"command": "sh", "args": ["-c", script]}));
     assert_eq!(t["stdout"], "started\n", "{t}");
     gone_within_a_second(&m);
+}
+
+/// A main process that left its own process group (`setpgid` into the agent's, which its
+/// session allows) gets neither the SIGTERM nor the SIGKILL of a timeout, both sent to the
+/// process group: with a control group, the SIGKILL after the grace goes to the group too.
+#[test]
+fn a_timeout_stops_a_main_process_that_left_its_process_group() {
+    let Some(a) =
+        cgroup_agent_with("a_timeout_stops_a_main_process_that_left_its_process_group", ("KILL_GRACE", "200"))
+    else {
+        return;
+    };
+    let _l = common::logs_on_panic(&a);
+    let script = "setpgrp(0, getpgrp(getppid())) or die qq(setpgrp: $!); sleep 8; print qq(ran out)";
+    let started = Instant::now();
+    let t = a.run_wait(json!({"command": "perl", "args": ["-e", script], "timeout": 300}));
+    assert_eq!(t["timedOut"], true, "{t}");
+    assert_eq!(t["stdout"], "", "{t}");
+    assert!(started.elapsed() < Duration::from_secs(4), "it ran {:?}: {t}", started.elapsed());
 }

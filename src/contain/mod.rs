@@ -290,6 +290,14 @@ impl Contained {
             .flatten()
     }
 
+    /// The task's control group, if it has one (for the final SIGKILL of a stop).
+    pub fn group(&self) -> Option<TaskGroup> {
+        match &self.how {
+            How::Group(g) => Some(g.clone()),
+            How::Marked { .. } => None,
+        }
+    }
+
     /// Whether the end of the task walks the agent's descendants (the fallback).
     pub fn walks_processes(&self) -> bool {
         matches!(self.how, How::Marked { .. })

@@ -77,7 +77,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     };
     let pid = child.id();
     let pgid = i32::try_from(pid).ok().and_then(Pid::from_raw);
-    let stop_now = task.running_as(pid, pgid);
+    let stop_now = task.running_as(pid, pgid, contained.group());
     drop(gate);
     if stop_now {
         task.signal_group(Signal::TERM);
