@@ -54,10 +54,10 @@ struct Found {
 /// (a task may join the agent's group, or its parent shell's).
 fn group_to_kill(pgrp: u32, session: u32, agent: (u32, u32)) -> Option<u32> {
     let (agent_pgrp, agent_session) = agent;
-    (session != agent_session && pgrp != agent_pgrp && pgrp > 1).then_some(pgrp)
+    (agent_session > 0 && session != agent_session && pgrp != agent_pgrp && pgrp > 1).then_some(pgrp)
 }
 
-/// The agent's process group and session.
+/// The agent's process group and session (0 if unknown: then no group is killed whole).
 fn agent_ids() -> (u32, u32) {
     let pgrp = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
     let session = rustix::process::getsid(None).map_or(0, |s| s.as_raw_nonzero().get() as u32);
@@ -193,6 +193,15 @@ fn kill_if_same(f: Found) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_groups_of_other_sessions_are_killed_whole() {
+        let agent = (100, 90);
+        assert_eq!(group_to_kill(200, 200, agent), Some(200), "a session a task made");
+        assert_eq!(group_to_kill(200, 90, agent), None, "the agent's session");
+        assert_eq!(group_to_kill(100, 7, agent), None, "the agent's group");
+        assert_eq!(group_to_kill(200, 200, (100, 0)), None, "the agent's session unknown");
+    }
 
     #[test]
     fn the_mark_is_matched_whole() {
