@@ -18,11 +18,17 @@ use serde_json::json;
 /// gives none.
 #[track_caller]
 fn cgroup_agent(test: &str) -> Option<Agent> {
+    cgroup_agent_with(test, ("TASK_ISOLATION", "cgroup"))
+}
+
+/// [`cgroup_agent`] with one more setting.
+#[track_caller]
+fn cgroup_agent_with(test: &str, (k, v): (&str, &str)) -> Option<Agent> {
     if !rustix::process::geteuid().is_root() {
         common::skip_or_fail(test, "control groups need root here");
         return None;
     }
-    let a = agent().env("TASK_ISOLATION", "cgroup").start();
+    let a = agent().env("TASK_ISOLATION", "cgroup").env(k, v).start();
     let mode = a.get("/health").json()["isolation"].as_str().unwrap_or("").to_string();
     assert!(mode.starts_with("cgroup-"), "isolation {mode}; log:\n{}", a.log_text());
     Some(a)
@@ -285,4 +291,39 @@ fn groups_left_by_a_killed_agent_are_swept_at_start() {
     let log = b.wait_log(&format!("the group of task {id} was left by an earlier run"), Duration::from_secs(5));
     assert!(log.contains(&format!("the group of task {id} was left")), "{log}");
     gone_within_a_second(&format!("sleep {m}"));
+}
+
+/// In the fallback, the end of a task kills the whole process group of each marked process
+/// that left for a session of its own (which only the task's processes can be in): at once,
+/// so a fork bomb there cannot outrun a kill of its processes one by one (one such took the
+/// agent minutes, starved of CPU, and left a survivor), and with the members that carry no
+/// mark (started with an empty environment).
+#[test]
+fn the_fallback_kills_an_escaped_session_s_whole_process_group() {
+    let a = agent().env("TASK_ISOLATION", "process").start();
+    let _l = common::logs_on_panic(&a);
+    let m = marker("session");
+    let script = format!("setsid sh -c 'env -i sleep {m}2 & sleep {m}1' & sleep 0.3; echo started");
+    let t = a.run_wait(json!({"command": "sh", "args": ["-c", script]}));
+    assert_eq!(t["stdout"], "started\n", "{t}");
+    gone_within_a_second(&m);
+}
+
+/// A main process that left its own process group (`setpgid` into the agent's, which its
+/// session allows) gets neither the SIGTERM nor the SIGKILL of a timeout, both sent to the
+/// process group: with a control group, the SIGKILL after the grace goes to the group too.
+#[test]
+fn a_timeout_stops_a_main_process_that_left_its_process_group() {
+    let Some(a) =
+        cgroup_agent_with("a_timeout_stops_a_main_process_that_left_its_process_group", ("KILL_GRACE", "200"))
+    else {
+        return;
+    };
+    let _l = common::logs_on_panic(&a);
+    let script = "setpgrp(0, getpgrp(getppid())) or die qq(setpgrp: $!); sleep 8; print qq(ran out)";
+    let started = Instant::now();
+    let t = a.run_wait(json!({"command": "perl", "args": ["-e", script], "timeout": 300}));
+    assert_eq!(t["timedOut"], true, "{t}");
+    assert_eq!(t["stdout"], "", "{t}");
+    assert!(started.elapsed() < Duration::from_secs(4), "it ran {:?}: {t}", started.elapsed());
 }

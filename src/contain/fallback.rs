@@ -35,24 +35,53 @@ pub fn mark(agent: u32, id: u64) -> String {
     format!("{agent}-{id}")
 }
 
-/// A process found: its pid and start time (to check it is still the same before the kill).
+/// A process found: its pid and start time (to check it is still the same before the kill),
+/// and its process group if the kill takes that group too (see [`group_to_kill`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Found {
     pid: u32,
     start_ticks: u64,
+    group: Option<u32>,
+}
+
+/// The process group of a marked process that is killed whole with it: one in a session
+/// other than the agent's. A session is only ever made by `setsid`, and holds only the
+/// descendants of the process that made it, here a task's: so its groups hold nothing but
+/// the task's processes, including those that carry no mark (an empty environment). One
+/// `kill(-pgid)` takes them all at once, which a fork bomb cannot outrun (the kernel stops a
+/// fork that races a group kill); killed one by one, a bomb refills every freed slot while
+/// the agent's walks starve for CPU. A group in the agent's own session is never killed so
+/// (a task may join the agent's group, or its parent shell's).
+fn group_to_kill(pgrp: u32, session: u32, agent: (u32, u32)) -> Option<u32> {
+    let (agent_pgrp, agent_session) = agent;
+    (agent_session > 0 && session != agent_session && pgrp != agent_pgrp && pgrp > 1).then_some(pgrp)
+}
+
+/// The agent's process group and session (0 if unknown: then no group is killed whole).
+fn agent_ids() -> (u32, u32) {
+    let pgrp = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+    let session = rustix::process::getsid(None).map_or(0, |s| s.as_raw_nonzero().get() as u32);
+    (pgrp, session)
 }
 
 /// Kills the descendants of `agent` that carry `mark` and are not in process group
 /// `killed_group` (which got its SIGKILL already), until none is left or `deadline`;
-/// returns how many were killed. The subtrees of `others` (the main processes of the other
+/// returns how many were killed and how many were still found at `deadline`. The subtrees of `others` (the main processes of the other
 /// running tasks) are not walked.
-pub fn kill_marked(agent: u32, mark: &str, killed_group: Option<u32>, others: &[u32], deadline: Instant) -> usize {
+pub fn kill_marked(
+    agent: u32,
+    mark: &str,
+    killed_group: Option<u32>,
+    others: &[u32],
+    deadline: Instant,
+) -> (usize, usize) {
     let needle = format!("{MARK_VAR}={mark}\0").into_bytes();
+    let ids = agent_ids();
     let unsure_until = Instant::now() + UNSURE_WAIT;
     let mut killed = 0;
     let mut empty_walks = 0;
     loop {
-        let (found, unsure) = marked(agent, &needle, killed_group, others);
+        let (found, unsure) = marked(agent, &needle, killed_group, others, ids);
         if found.is_empty() {
             // A `children` file read while that thread gains or loses a child (another task
             // starting or ending, a thread exiting) may skip an entry: done after two empty
@@ -60,7 +89,7 @@ pub fn kill_marked(agent: u32, mark: &str, killed_group: Option<u32>, others: &[
             // looked at again for a moment.
             empty_walks += 1;
             if empty_walks >= 2 && (unsure == 0 || Instant::now() >= unsure_until) {
-                return killed;
+                return (killed, 0);
             }
             if unsure > 0 {
                 std::thread::sleep(Duration::from_millis(2));
@@ -68,13 +97,17 @@ pub fn kill_marked(agent: u32, mark: &str, killed_group: Option<u32>, others: &[
             continue;
         }
         empty_walks = 0;
+        if Instant::now() >= deadline {
+            let left = found.len();
+            found.into_iter().for_each(|f| {
+                kill_if_same(f);
+            });
+            return (killed, left);
+        }
         for f in found {
             if kill_if_same(f) {
                 killed += 1;
             }
-        }
-        if Instant::now() >= deadline {
-            return killed;
         }
         // What was killed must leave /proc (be reaped) before the next look.
         std::thread::sleep(Duration::from_millis(5));
@@ -89,7 +122,7 @@ const UNSURE_WAIT: Duration = Duration::from_millis(100);
 /// holds `needle`, found by walking `/proc/<pid>/task/*/children` down from the agent (far
 /// cheaper than reading every process of the machine), not into the subtrees of `others`;
 /// and how many showed an empty environment.
-fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) -> (Vec<Found>, usize) {
+fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32], ids: (u32, u32)) -> (Vec<Found>, usize) {
     let mut out = Vec::new();
     let mut unsure = 0;
     let mut todo = children(agent);
@@ -100,9 +133,10 @@ fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) ->
             continue;
         }
         let Some(stat) = Stat::read(pid) else { continue };
-        let (Some(state), Some(pgrp), Some(start)) = (
+        let (Some(state), Some(pgrp), Some(session), Some(start)) = (
             stat.field(3),
             stat.field(5).and_then(|p| p.parse::<u32>().ok()),
+            stat.field(6).and_then(|p| p.parse::<u32>().ok()),
             stat.field(22).and_then(|s| s.parse::<u64>().ok()),
         ) else {
             continue;
@@ -112,7 +146,9 @@ fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32]) ->
             continue;
         }
         match std::fs::read(format!("/proc/{pid}/environ")) {
-            Ok(env) if holds(&env, needle) => out.push(Found { pid, start_ticks: start }),
+            Ok(env) if holds(&env, needle) => {
+                out.push(Found { pid, start_ticks: start, group: group_to_kill(pgrp, session, ids) })
+            }
             Ok(env) if env.is_empty() => unsure += 1,
             _ => {}
         }
@@ -136,17 +172,36 @@ fn holds(environ: &[u8], needle: &[u8]) -> bool {
     environ.split_inclusive(|b| *b == 0).any(|entry| entry == needle || (entry == &needle[..needle.len() - 1]))
 }
 
-/// SIGKILL through a pidfd, after checking the pid still names the process found.
+/// SIGKILL through a pidfd, after checking the pid still names the process found; and to
+/// its process group, if [`Found::group`] and it is still in it (the pidfd holds the pid, so
+/// the check and the kill name the same process; its group cannot have gone while it is in
+/// it).
 fn kill_if_same(f: Found) -> bool {
     let Some(pid) = i32::try_from(f.pid).ok().and_then(Pid::from_raw) else { return false };
     let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) else { return false };
-    let same = Stat::read(f.pid).and_then(|s| s.field(22)?.parse::<u64>().ok()) == Some(f.start_ticks);
-    same && pidfd_send_signal(&fd, Signal::KILL).is_ok()
+    let Some(stat) = Stat::read(f.pid) else { return false };
+    if stat.field(22).and_then(|s| s.parse::<u64>().ok()) != Some(f.start_ticks) {
+        return false;
+    }
+    let group = f.group.filter(|g| stat.field(5).and_then(|p| p.parse::<u32>().ok()) == Some(*g));
+    if let Some(g) = group.and_then(|g| i32::try_from(g).ok()).and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(g, Signal::KILL);
+    }
+    pidfd_send_signal(&fd, Signal::KILL).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_groups_of_other_sessions_are_killed_whole() {
+        let agent = (100, 90);
+        assert_eq!(group_to_kill(200, 200, agent), Some(200), "a session a task made");
+        assert_eq!(group_to_kill(200, 90, agent), None, "the agent's session");
+        assert_eq!(group_to_kill(100, 7, agent), None, "the agent's group");
+        assert_eq!(group_to_kill(200, 200, (100, 0)), None, "the agent's session unknown");
+    }
 
     #[test]
     fn the_mark_is_matched_whole() {
@@ -166,7 +221,7 @@ mod tests {
         let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
         // Killed but not reaped here: a zombie counts as gone.
-        assert_eq!(kill_marked(me, &m, None, &[], deadline), 1);
+        assert_eq!(kill_marked(me, &m, None, &[], deadline), (1, 0));
         assert!(child.wait().is_ok());
         assert!(other.try_wait().unwrap().is_none(), "an unmarked process is left alone");
         let _ = other.kill();

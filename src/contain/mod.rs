@@ -172,15 +172,21 @@ impl Isolation {
 
     /// Prepares task `id`'s containment: creates its group (or picks its mark).
     pub fn contain(&self, id: u64, limits: TaskLimits) -> io::Result<Contained> {
-        let how = match &self.tree {
+        let (how, oom) = match &self.tree {
             Some(tree) => {
                 let group = TaskGroup::plan(tree, id, limits);
                 group.create()?;
-                How::Group(group)
+                // Before the spawn: an OOM before the registration would not be signalled.
+                let oom = group
+                    .oom_eventfd()
+                    .inspect_err(|e| log::warn!("task {id}: cannot watch its memory group for OOM: {e}"))
+                    .ok()
+                    .flatten();
+                (How::Group(group), oom)
             }
-            None => How::Marked { agent: self.agent_pid, mark: fallback::mark(self.agent_pid, id) },
+            None => (How::Marked { agent: self.agent_pid, mark: fallback::mark(self.agent_pid, id) }, None),
         };
-        Ok(Contained { how, reset_oom_score: self.reset_oom_score, done: false })
+        Ok(Contained { how, oom, reset_oom_score: self.reset_oom_score, done: false })
     }
 
     /// At start, after the recovery of the history: kills and removes the task groups a
@@ -250,6 +256,8 @@ enum How {
 /// [`Contained::finish`] (a task abandoned half-way), it still kills and removes the group.
 pub struct Contained {
     how: How,
+    /// The group's OOM signal (see [`Contained::oom_watch`]), registered at its creation.
+    oom: Option<OwnedFd>,
     reset_oom_score: bool,
     done: bool,
 }
@@ -280,14 +288,19 @@ impl Contained {
     }
 
     /// What the task's waiter watches besides the exit: on v1 with a memory limit, the
-    /// group's OOM signal (see [`TaskGroup::oom_eventfd`]); `None` elsewhere, or if it cannot
-    /// be set up (logged: the task then runs with the kernel's v1 behaviour).
-    pub fn oom_watch(&self, id: u64) -> Option<OwnedFd> {
-        let How::Group(g) = &self.how else { return None };
-        g.oom_eventfd()
-            .inspect_err(|e| log::warn!("task {id}: cannot watch its memory group for OOM: {e}"))
-            .ok()
-            .flatten()
+    /// group's OOM signal (see [`TaskGroup::oom_eventfd`]), registered when the group was
+    /// made, before the spawn (so an OOM at once is not missed); `None` elsewhere, or if it
+    /// could not be set up (logged: the task then runs with the kernel's v1 behaviour).
+    pub fn oom_watch(&mut self) -> Option<OwnedFd> {
+        self.oom.take()
+    }
+
+    /// The task's control group, if it has one (for the final SIGKILL of a stop).
+    pub fn group(&self) -> Option<TaskGroup> {
+        match &self.how {
+            How::Group(g) => Some(g.clone()),
+            How::Marked { .. } => None,
+        }
     }
 
     /// Whether the end of the task walks the agent's descendants (the fallback).
@@ -331,8 +344,15 @@ impl Contained {
                 (usage, note)
             }
             How::Marked { agent, mark } => {
-                let killed = fallback::kill_marked(*agent, mark, group, others, deadline);
-                let note = (killed > 0).then(|| format!("{killed} process(es) that had left its process group killed"));
+                let (killed, left) = fallback::kill_marked(*agent, mark, group, others, deadline);
+                let note = match (killed, left) {
+                    (0, 0) => None,
+                    (k, 0) => Some(format!("{k} process(es) that had left its process group killed")),
+                    (k, l) => Some(format!(
+                        "{k} process(es) that had left its process group killed; {l} still found after {} s (killed again, not waited for)",
+                        EMPTY_WAIT.as_secs()
+                    )),
+                };
                 (rusage.unwrap_or_default(), note)
             }
         }
@@ -382,6 +402,40 @@ mod tests {
         let v1 = Isolation { limits: vec!["memoryBytes", "pids"], ..Isolation::process_only() };
         assert_eq!(v1.check(&TaskLimits { memory_bytes: Some(1 << 20), pids: Some(3), cpus: None }), Ok(()));
         assert_eq!(v1.check(&TaskLimits { cpus: Some(1.0), ..TaskLimits::default() }), Err("cpus"));
+    }
+
+    /// v1 memory limit: a task that goes over it before its waiter looks (at once, as
+    /// here, where the waiter looks only after the exit) is still signalled, so the whole
+    /// task is killed: the watch is registered with the group, before the spawn. Needs root
+    /// and a v1 memory hierarchy (CI); skipped elsewhere with `CODARA_TEST_ALLOW_SKIP=1`.
+    #[test]
+    fn an_oom_at_once_is_signalled() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = std::env::temp_dir().join(format!("codara-oom-at-once-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let iso =
+            Isolation::setup(Choice::Cgroup, &dir).ok().filter(|i| matches!(i.mode(), Mode::Hybrid | Mode::CgroupV1));
+        let Some(iso) = iso else {
+            let _ = std::fs::remove_dir_all(&dir);
+            assert_eq!(std::env::var("CODARA_TEST_ALLOW_SKIP").as_deref(), Ok("1"), "needs root and v1 memory");
+            return;
+        };
+        let limits = TaskLimits { memory_bytes: Some(32 << 20), ..TaskLimits::default() };
+        let mut c = iso.contain(1, limits).unwrap();
+        let mut cmd = Command::new("perl");
+        cmd.args(["-e", "$x = 'a' x 300e6"]).stderr(std::process::Stdio::null());
+        c.configure(&mut cmd).unwrap();
+        let status = cmd.status().unwrap();
+        let oom = c.oom_watch();
+        let signalled = oom.as_ref().map(|fd| {
+            let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            crate::eintr::poll(&mut fds, Some(Duration::ZERO)).unwrap()
+        });
+        drop(c);
+        iso.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(status.signal(), Some(9), "killed for memory: {status:?}");
+        assert_eq!(signalled, Some(1), "the OOM was signalled to the watch");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     };
     let pid = child.id();
     let pgid = i32::try_from(pid).ok().and_then(Pid::from_raw);
-    let stop_now = task.running_as(pid, pgid);
+    let stop_now = task.running_as(pid, pgid, contained.group());
     drop(gate);
     if stop_now {
         task.signal_group(Signal::TERM);
@@ -207,7 +207,7 @@ fn spawn_process(
 /// group or marked processes), reaps it, waits for the readers, and ends the task.
 fn supervise(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, mut contained: Contained) {
     let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
-    let oom_killed = contained.oom_watch(task.id).is_some_and(|oom| watch_oom(task, pid, &oom, &contained));
+    let oom_killed = contained.oom_watch().is_some_and(|oom| watch_oom(task, pid, &oom, &contained));
     // Wait for the exit without reaping: the zombie keeps the group id ours while we kill
     // whatever the task left running in it.
     loop {

@@ -120,6 +120,10 @@ struct State {
     /// The process group, while it is safe to signal: cleared before the leader is reaped,
     /// so a signal can never reach a group that reused the id.
     pgid: Option<Pid>,
+    /// The task's control group, while its main process runs: the final SIGKILL of a stop
+    /// (timeout, cancel, shutdown) goes to it too, so a main process that left its process
+    /// group (`setpgid` into another group of the agent's session) is still stopped.
+    group: Option<crate::contain::group::TaskGroup>,
     /// The main process has exited: the task is only being wound up, and a cancel now would
     /// mislabel a clean run.
     exited: bool,
@@ -265,6 +269,7 @@ impl Task {
                 cancelled: false,
                 killed_because: None,
                 pgid: None,
+                group: None,
                 exited: false,
                 started_sent: closed,
                 output: Output {
@@ -413,18 +418,29 @@ impl Task {
     /// see [`send_to_group`]).
     pub fn signal_group(&self, sig: Signal) -> bool {
         let st = self.lock();
-        match st.pgid {
-            Some(pgid) if st.record.status == TaskStatus::Running => send_to_group(pgid, sig),
-            _ => false,
+        if st.record.status != TaskStatus::Running || st.exited {
+            return false;
+        }
+        let sent = st.pgid.is_some_and(|pgid| send_to_group(pgid, sig));
+        let group = st.group.clone().filter(|_| sig == Signal::KILL);
+        drop(st);
+        // Outside the lock: a v1 kill freezes the group first, which may take a moment.
+        match group {
+            Some(g) => {
+                g.kill();
+                true
+            }
+            None => sent,
         }
     }
 
     /// The process runs as `pid`, leading group `pgid`. True when a stop was asked for while
     /// it was being spawned: the caller acts on it now (there was no group to signal then).
-    pub fn running_as(&self, pid: u32, pgid: Option<Pid>) -> bool {
+    pub fn running_as(&self, pid: u32, pgid: Option<Pid>, group: Option<crate::contain::group::TaskGroup>) -> bool {
         let mut st = self.lock();
         st.record.pid = Some(pid);
         st.pgid = pgid;
+        st.group = group;
         st.cancelled || st.killed_because.is_some()
     }
 
@@ -445,6 +461,7 @@ impl Task {
     pub fn leader_exited(&self) {
         let mut st = self.lock();
         st.exited = true;
+        st.group = None;
         if let Some(pgid) = st.pgid.take() {
             let _ = kill_process_group(pgid, Signal::KILL);
         }
