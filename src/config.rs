@@ -103,6 +103,9 @@ impl fmt::Debug for Config {
     }
 }
 
+/// The default of `REDACT_VARS`: names whose values are secrets (as Buildkite's).
+pub const DEFAULT_REDACT_VARS: &str = "*_PASSWORD,*_SECRET,*_TOKEN,*_ACCESS_KEY,*_SECRET_KEY";
+
 /// A configuration error: one clear line, naming the variable and the value (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
@@ -412,7 +415,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "REDACT_VARS",
-        default: crate::tasks::mask::DEFAULT_REDACT_VARS,
+        default: DEFAULT_REDACT_VARS,
         help: "env names (globs, comma-separated, any case) whose values are secret: masked in output, never kept",
         load: |v, c| parse_redact_vars(v).map(|x| c.redact_vars = x),
         show: Some(|c| c.redact_vars.join(",")),

@@ -57,9 +57,6 @@ pub fn check_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The default of `REDACT_VARS`: names whose values are secrets (as Buildkite's).
-pub const DEFAULT_REDACT_VARS: &str = "*_PASSWORD,*_SECRET,*_TOKEN,*_ACCESS_KEY,*_SECRET_KEY";
-
 /// Whether `name` matches the glob `pattern` (`*` any run of characters, `?` one), ignoring
 /// ASCII case (`api_token` is as secret as `API_TOKEN`).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -543,7 +540,7 @@ mod tests {
 
     #[test]
     fn redacted_env_is_split_off() {
-        let patterns: Vec<String> = DEFAULT_REDACT_VARS.split(',').map(String::from).collect();
+        let patterns: Vec<String> = crate::config::DEFAULT_REDACT_VARS.split(',').map(String::from).collect();
         let mut env: BTreeMap<String, String> =
             [("API_TOKEN", "tok-123456"), ("CI", "1"), ("DB_PASSWORD", "")].map(|(k, v)| (k.into(), v.into())).into();
         let secret = split_env(&mut env, &patterns).unwrap();
