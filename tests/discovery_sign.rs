@@ -87,12 +87,9 @@ fn entries(out: &common::RunOutput) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
-fn find<'a>(list: &'a [Value], host: &str, sig: &str) -> Option<&'a Value> {
-    list.iter().find(|e| e["hostname"] == host && e["signature"] == sig)
-}
-
-#[test]
-fn signed_packets_verify_and_discover_tells_forged_and_replayed_ones() {
+/// An agent that signs its packets, announcing on loopback to a port of its own; the socket
+/// holding that port (bound shared, so the test hears the agent's broadcasts on it).
+fn signing_agent() -> (UdpSocket, u16, common::Agent) {
     let reserve = bind_shared(0);
     let disc_port = reserve.local_addr().unwrap().port();
     let a = common::agent()
@@ -103,6 +100,16 @@ fn signed_packets_verify_and_discover_tells_forged_and_replayed_ones() {
         .env("ANNOUNCE_INTERVAL", "200")
         .env("STATS_INTERVAL", "300")
         .start();
+    (reserve, disc_port, a)
+}
+
+fn find<'a>(list: &'a [Value], host: &str, sig: &str) -> Option<&'a Value> {
+    list.iter().find(|e| e["hostname"] == host && e["signature"] == sig)
+}
+
+#[test]
+fn signed_packets_verify_and_discover_tells_forged_and_replayed_ones() {
+    let (reserve, disc_port, a) = signing_agent();
     // The agent's own packets, as sent: every one signed, verifiable, compat fields kept.
     reserve.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut buf = vec![0u8; 65536];
@@ -210,16 +217,7 @@ fn packets_are_unsigned_by_default() {
 /// server would send builds and the secret to); it shows on a row of its own beside it.
 #[test]
 fn a_fresh_packet_replayed_from_another_address_does_not_take_over_the_agents_row() {
-    let reserve = bind_shared(0);
-    let disc_port = reserve.local_addr().unwrap().port();
-    let a = common::agent()
-        .env("DISCOVERY_ENABLED", "true")
-        .env("DISCOVERY_SIGN", "true")
-        .env("DISCOVERY_PORT", &disc_port.to_string())
-        .env("DISCOVERY_ADDRESSES", "127.255.255.255")
-        .env("ANNOUNCE_INTERVAL", "200")
-        .env("STATS_INTERVAL", "300")
-        .start();
+    let (reserve, disc_port, a) = signing_agent();
     let stop = Arc::new(AtomicBool::new(false));
     // The attacker: takes each fresh packet of the agent and sends it again from 127.0.0.2.
     let relay = {
