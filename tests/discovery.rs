@@ -19,7 +19,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use socket2::{Domain, Protocol, Socket, Type};
 
 const BIN: &str = env!("CARGO_BIN_EXE_codara-agent");
 
@@ -63,15 +62,7 @@ fn free_udp_port() -> u16 {
     UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap().local_addr().unwrap().port()
 }
 
-/// A socket bound like the agent's: `0.0.0.0:port` with SO_REUSEADDR + SO_REUSEPORT.
-fn bind_shared(port: u16) -> UdpSocket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_reuse_port(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into()).unwrap();
-    s.into()
-}
+use common::bind_shared;
 
 /// An ephemeral socket that may send to broadcast addresses (a prober).
 fn prober() -> UdpSocket {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
 use serde_json::{json, Value};
-use socket2::{Domain, Protocol, Socket, Type};
 
 const BIN: &str = env!("CARGO_BIN_EXE_codara-agent");
 
@@ -24,14 +23,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-fn bind_shared(port: u16) -> UdpSocket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_reuse_port(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into()).unwrap();
-    s.into()
-}
+use common::bind_shared;
 
 /// The README's format: K = HMAC-SHA256(secret, "codara-discovery-v1"); the packet is the
 /// unsigned JSON with its `}` replaced by `,"sig":"<hex HMAC-SHA256(K, unsigned)>"}`.

@@ -665,3 +665,16 @@ pub fn thread_names(pid: u32) -> Vec<(String, usize)> {
     }
     names.into_iter().collect()
 }
+
+/// A UDP socket bound like the agent's discovery socket: `0.0.0.0:port` with SO_REUSEADDR +
+/// SO_REUSEPORT and broadcast allowed (so a test hears what the agent hears on its port).
+pub fn bind_shared(port: u16) -> std::net::UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into()).unwrap();
+    s.into()
+}
