@@ -74,7 +74,7 @@ pub fn start(
 ) -> io::Result<()> {
     let (hub, threads) = (hub_handle.ctl.clone(), &hub_handle.threads);
     let silence = ping_interval * SILENT_INTERVALS;
-    stream.set_nodelay();
+    // TCP_NODELAY is on already: tiny_http sets it on every connection it accepts.
     stream.set_read_timeout(Some(silence))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let write_half = stream.try_clone()?;

@@ -57,7 +57,7 @@ pub(crate) enum Connection {
 /// Calls `f` until it returns anything but `Interrupted`. A socket call with a timeout is
 /// never restarted by the kernel (whatever `SA_RESTART` says): a signal to the process, or a
 /// SIGSTOP/SIGCONT, makes it return EINTR, which is not the end of the connection.
-fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+pub(crate) fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
     loop {
         match f() {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -196,10 +196,6 @@ impl NetStream {
     pub fn set_write_timeout(&self, dur: Option<std::time::Duration>) -> io::Result<()> {
         self.0.set_write_timeout(dur)
     }
-    /// `TCP_NODELAY` on.
-    pub fn set_nodelay(&self) {
-        self.0.set_nodelay()
-    }
     /// Shuts the socket down; over TLS, a close_notify goes out first when the write side
     /// is closed (unless another thread is busy writing).
     pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection};
 
+use crate::connection::retry_eintr;
+
 /// Where a TLS server gets its configuration: asked once per accepted connection, on that
 /// connection's thread, so an implementation may reload certificates that changed.
 pub trait TlsConfigSource: Send + Sync {
@@ -80,15 +82,6 @@ impl std::fmt::Debug for TlsStream {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -368,7 +361,6 @@ impl TlsStream {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut net = [0u8; READ_CHUNK];
         let mut stretch = Stretch {
             sock: &self.sock,
             entered: Instant::now(),
@@ -387,6 +379,9 @@ impl TlsStream {
                 }
             }
             stretch.before_read()?;
+            // Zeroed only when a socket read follows (most reads are answered from rustls's
+            // buffer: a record holds up to 16 KiB, callers read 4-8 KiB at a time).
+            let mut net = [0u8; READ_CHUNK];
             let n = retry_eintr(|| (&*self.sock).read(&mut net))?;
             let fed = lock(&self.shared.state).feed(&net[..n]);
             // rustls may have something to send now (an alert, a key update's answer)
