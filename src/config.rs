@@ -389,21 +389,21 @@ pub const SETTINGS: &[Setting] = &[
         name: "TLS_CERT",
         default: "",
         help: "PEM certificate chain: with TLS_KEY, HTTPS and wss:// on CLUSTER_PORT (reloaded when changed)",
-        load: |v, c| v.opt_path().map(|x| c.tls_cert = x),
+        load: |v, c| v.optional(Value::path).map(|x| c.tls_cert = x),
         show: Some(|c| show_path(&c.tls_cert)),
     },
     Setting {
         name: "TLS_KEY",
         default: "",
         help: "PEM private key of TLS_CERT (both or neither)",
-        load: |v, c| v.opt_path().map(|x| c.tls_key = x),
+        load: |v, c| v.optional(Value::path).map(|x| c.tls_key = x),
         show: Some(|c| show_path(&c.tls_key)),
     },
     Setting {
         name: "TLS_CLIENT_CA",
         default: "",
         help: "PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS)",
-        load: |v, c| v.opt_path().map(|x| c.tls_client_ca = x),
+        load: |v, c| v.optional(Value::path).map(|x| c.tls_client_ca = x),
         show: Some(|c| show_path(&c.tls_client_ca)),
     },
     Setting {
@@ -496,14 +496,6 @@ impl Value<'_> {
             "0" | "false" | "no" | "off" => Ok(false),
             _ => Err(self.invalid("true or false")),
         }
-    }
-
-    /// A path, or `None` when empty.
-    fn opt_path(&self) -> Result<Option<PathBuf>, ConfigError> {
-        if self.raw.trim().is_empty() {
-            return Ok(None);
-        }
-        self.path().map(Some)
     }
 
     fn path(&self) -> Result<PathBuf, ConfigError> {

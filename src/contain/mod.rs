@@ -333,8 +333,10 @@ impl Contained {
         let deadline = Instant::now() + EMPTY_WAIT;
         match &self.how {
             How::Group(g) => {
-                let left = if g.populated() { g.procs().len() } else { 0 };
-                let emptied = g.end(deadline);
+                // One look at the group: an empty task group cannot gain a process.
+                let populated = g.populated();
+                let left = if populated { g.procs().len() } else { 0 };
+                let emptied = !populated || g.end(deadline);
                 let usage = g.usage().with_rusage(rusage);
                 let note = if !emptied {
                     Some(format!("{} process(es) in its control group would not die", g.procs().len()))

@@ -14,17 +14,11 @@ pub fn reap(pid: u32) -> io::Result<(ExitStatus, TaskUsage)> {
     // SAFETY: `rusage` is plain data, valid when zeroed; `wait4` writes into the two
     // pointers, which live for the call.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: see above; `pid` is our child, reaped here once.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r != -1 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: see above; `pid` is our child, reaped here once.
+    crate::eintr::retry(|| match unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } {
+        -1 => Err(io::Error::last_os_error()),
+        r => Ok(r),
+    })?;
     let ms = |tv: libc::timeval| (tv.tv_sec as u64).saturating_mul(1000) + tv.tv_usec as u64 / 1000;
     let usage = TaskUsage {
         cpu_user_ms: ms(ru.ru_utime),

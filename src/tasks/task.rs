@@ -314,13 +314,21 @@ impl Task {
         let mut st = self.lock();
         let st = &mut *st;
         let pending = st.secret_env.get_or_insert_with(BTreeMap::new);
+        let mut added = false;
         for (k, v) in secret {
-            pending.entry(k).or_insert(v);
+            if let std::collections::btree_map::Entry::Vacant(e) = pending.entry(k) {
+                e.insert(v);
+                added = true;
+            }
         }
         for name in &st.record.secret_env {
             env.remove(name);
         }
-        let secrets = Secrets::with(base, pending.values());
+        // The automaton `Task::new` built already serves unless job.json added a value.
+        let secrets = match (&st.secrets, added) {
+            (Some(s), false) => Arc::clone(s),
+            _ => Secrets::with(base, pending.values()),
+        };
         if let Some(req) = st.request.as_mut() {
             Arc::make_mut(req).env = env;
             set_request(&mut st.record, req, &secrets);
@@ -422,7 +430,7 @@ impl Task {
             return false;
         }
         let sent = st.pgid.is_some_and(|pgid| send_to_group(pgid, sig));
-        let group = st.group.clone().filter(|_| sig == Signal::KILL);
+        let group = st.group.as_ref().filter(|_| sig == Signal::KILL).cloned();
         drop(st);
         // Outside the lock: a v1 kill freezes the group first, which may take a moment.
         match group {
