@@ -323,11 +323,10 @@ fn detach_from_terminal() {
         const TIOCNOTTY: rustix::ioctl::Opcode = 0x5422;
         // A session leader giving up its terminal would send SIGHUP to the foreground group,
         // itself included: leave that case alone.
-        // getsid(2) is read from /proc rather than called: in a PID namespace whose session
-        // leader lives outside it (a container, a CI runner) it answers 0, which rustix's
-        // `Pid` cannot hold. Unknown means "leave the terminal alone".
-        match own_session_id() {
-            Some(sid) if sid != rustix::process::getpid().as_raw_nonzero().get() => {}
+        // The session read from /proc, not getsid(2) (see `own_group_and_session`); unknown
+        // means "leave the terminal alone".
+        match crate::procfs::own_group_and_session() {
+            Some((_, sid)) if sid != rustix::process::getpid().as_raw_nonzero().get() as u32 => {}
             _ => return,
         }
         let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return };
@@ -337,16 +336,6 @@ fn detach_from_terminal() {
             Err(e) => log::warn!("cannot give up the controlling terminal: {e}; tasks may prompt on it"),
         }
     }
-}
-
-/// This process's session id as its own PID namespace sees it (0 when the session leader is
-/// outside the namespace). `None` when /proc is not this namespace's (its pid differs).
-fn own_session_id() -> Option<i32> {
-    let stat = crate::procfs::Stat::read("self")?;
-    if stat.pid()? != rustix::process::getpid().as_raw_nonzero().get() {
-        return None;
-    }
-    stat.field(6)?.parse().ok()
 }
 
 fn signal_text(sig: Option<i32>) -> &'static str {

@@ -53,6 +53,18 @@ impl Stat {
     }
 }
 
+/// This process's group and session as its own PID namespace sees them: 0 for one whose
+/// leader is outside the namespace (a container's, a CI runner's), where getpgrp(2) and
+/// getsid(2) answer 0, which rustix's `Pid` cannot hold. `None` when `/proc` is not this
+/// namespace's (the pid it shows differs).
+pub fn own_group_and_session() -> Option<(u32, u32)> {
+    let stat = Stat::read("self")?;
+    if stat.pid()? != rustix::process::getpid().as_raw_nonzero().get() {
+        return None;
+    }
+    Some((stat.field(5)?.parse().ok()?, stat.field(6)?.parse().ok()?))
+}
+
 /// Every process `/proc` lists (one that ends while the list is read is left out).
 pub fn processes() -> Vec<ProcInfo> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };

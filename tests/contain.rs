@@ -101,6 +101,37 @@ fn a_setsid_escapee_dies_with_its_task_in_the_process_fallback() {
     assert!(a.log_text().contains("a child subreaper"), "{}", a.log_text());
 }
 
+/// In a PID namespace whose session leader is outside it (a container started without an
+/// init, a CI sandbox) the agent's own session and group read as 0; getsid(2) returns 0 there,
+/// which once panicked the thread ending every task in the fallback.
+#[test]
+fn the_process_fallback_works_where_the_agents_session_is_outside_its_pid_namespace() {
+    let test = "the_process_fallback_works_where_the_agents_session_is_outside_its_pid_namespace";
+    if !common::unshare_works(test, &["--pid", "--fork", "--mount-proc", "true"]) {
+        return;
+    }
+    let dir = common::TempDir::new("nssession");
+    let data = dir.path().join("data");
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child", env!("CARGO_BIN_EXE_codara-agent")]);
+    let mut cmd = common::wrapped_command(unshare, dir.path(), &data);
+    cmd.env("TASK_ISOLATION", "process");
+    let a = common::spawn_agent(cmd, dir, data);
+    let _g = common::logs_on_panic(&a);
+    // NSpgid and NSsid: the ids as each PID namespace sees them, the agent's own last.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.agent_pid())).unwrap();
+    let inner = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().last());
+    assert_eq!((inner("NSpgid:"), inner("NSsid:")), (Some("0"), Some("0")), "{status}");
+    assert_eq!(a.get("/health").json()["isolation"], "process");
+    escapees_die_with_their_task(&a, "nssession");
+    let id = a.run("sh", &["-c", "setsid sleep 3377 & sleep 3378"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.post(&format!("/task/{id}/cancel"), &json!({})).status, 200);
+    assert_eq!(a.wait_task(id)["status"], "cancelled");
+    gone_within_a_second("sleep 337");
+    assert!(a.health_ok());
+}
+
 /// The fallback chosen by `auto` for an agent that cannot write any hierarchy: run as
 /// `nobody` (with `setpriv`, as root).
 #[test]

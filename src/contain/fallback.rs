@@ -52,16 +52,11 @@ struct Found {
 /// fork that races a group kill); killed one by one, a bomb refills every freed slot while
 /// the agent's walks starve for CPU. A group in the agent's own session is never killed so
 /// (a task may join the agent's group, or its parent shell's).
-fn group_to_kill(pgrp: u32, session: u32, agent: (u32, u32)) -> Option<u32> {
-    let (agent_pgrp, agent_session) = agent;
-    (agent_session > 0 && session != agent_session && pgrp != agent_pgrp && pgrp > 1).then_some(pgrp)
-}
-
-/// The agent's process group and session (0 if unknown: then no group is killed whole).
-fn agent_ids() -> (u32, u32) {
-    let pgrp = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
-    let session = rustix::process::getsid(None).map_or(0, |s| s.as_raw_nonzero().get() as u32);
-    (pgrp, session)
+fn group_to_kill(pgrp: u32, session: u32, agent: Option<(u32, u32)>) -> Option<u32> {
+    let (agent_pgrp, agent_session) = agent?;
+    // 0 is a session or group whose leader is outside the agent's PID namespace (a
+    // container's, or a CI sandbox's): never one a task made with `setsid`.
+    (session > 0 && session != agent_session && pgrp != agent_pgrp && pgrp > 1).then_some(pgrp)
 }
 
 /// Kills the descendants of `agent` that carry `mark` and are not in process group
@@ -76,7 +71,7 @@ pub fn kill_marked(
     deadline: Instant,
 ) -> (usize, usize) {
     let needle = format!("{MARK_VAR}={mark}\0").into_bytes();
-    let ids = agent_ids();
+    let ids = crate::procfs::own_group_and_session();
     let unsure_until = Instant::now() + UNSURE_WAIT;
     let mut killed = 0;
     let mut empty_walks = 0;
@@ -122,7 +117,13 @@ const UNSURE_WAIT: Duration = Duration::from_millis(100);
 /// holds `needle`, found by walking `/proc/<pid>/task/*/children` down from the agent (far
 /// cheaper than reading every process of the machine), not into the subtrees of `others`;
 /// and how many showed an empty environment.
-fn marked(agent: u32, needle: &[u8], skip_group: Option<u32>, others: &[u32], ids: (u32, u32)) -> (Vec<Found>, usize) {
+fn marked(
+    agent: u32,
+    needle: &[u8],
+    skip_group: Option<u32>,
+    others: &[u32],
+    ids: Option<(u32, u32)>,
+) -> (Vec<Found>, usize) {
     let mut out = Vec::new();
     let mut unsure = 0;
     let mut todo = children(agent);
@@ -196,11 +197,16 @@ mod tests {
 
     #[test]
     fn only_groups_of_other_sessions_are_killed_whole() {
-        let agent = (100, 90);
+        let agent = Some((100, 90));
         assert_eq!(group_to_kill(200, 200, agent), Some(200), "a session a task made");
         assert_eq!(group_to_kill(200, 90, agent), None, "the agent's session");
         assert_eq!(group_to_kill(100, 7, agent), None, "the agent's group");
-        assert_eq!(group_to_kill(200, 200, (100, 0)), None, "the agent's session unknown");
+        assert_eq!(group_to_kill(200, 200, None), None, "the agent's session unknown");
+        // In a PID namespace whose session leader is outside it (a container, a CI sandbox).
+        let inside = Some((0, 0));
+        assert_eq!(group_to_kill(200, 200, inside), Some(200), "a session a task made in it");
+        assert_eq!(group_to_kill(0, 0, inside), None, "the agent's own, seen as 0");
+        assert_eq!(group_to_kill(300, 0, inside), None, "a group in a session from outside");
     }
 
     #[test]
