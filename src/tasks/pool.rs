@@ -19,6 +19,8 @@ type Thunk = Box<dyn FnOnce() + Send>;
 pub struct Work {
     pub name: String,
     pub job: Thunk,
+    /// Run instead if `job` panics (a bug): to end what the job owned.
+    pub on_panic: Option<Thunk>,
 }
 
 /// Where a job is handed to one idle thread. A mutex and condition variable rather than a
@@ -44,7 +46,21 @@ impl Pool {
 
     /// Runs `job` on an idle thread, or on a new one.
     pub fn spawn(&self, name: String, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-        let work = Work { name, job: Box::new(job) };
+        self.hand_over(Work { name, job: Box::new(job), on_panic: None })
+    }
+
+    /// [`Pool::spawn`], and `on_panic` after `job` if it panics (a bug): what the job was to
+    /// end, such as a task, is ended by it rather than left waiting forever.
+    pub fn spawn_or_else(
+        &self,
+        name: String,
+        job: impl FnOnce() + Send + 'static,
+        on_panic: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.hand_over(Work { name, job: Box::new(job), on_panic: Some(Box::new(on_panic)) })
+    }
+
+    fn hand_over(&self, work: Work) -> std::io::Result<()> {
         // A thread leaves the idle list only under its lock, before it exits: a slot taken
         // from the list always has a thread waiting on it.
         // (A statement of its own: the list's lock must be released before the slot's is
@@ -76,6 +92,11 @@ fn worker(first: Work, idle: &Mutex<Vec<Arc<Slot>>>) {
         // A panic (a bug) ends its job, not the thread; the default hook has printed it.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work.job)).is_err() {
             log::error!("{} panicked (a bug; the panic message is above)", work.name);
+            if let Some(on_panic) = work.on_panic {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(on_panic)).is_err() {
+                    log::error!("{}: what ends it after a panic panicked too", work.name);
+                }
+            }
         }
         lock(idle).push(Arc::clone(&slot));
         let deadline = Instant::now() + IDLE_FOR;
@@ -137,6 +158,20 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 50);
         assert!(threads.len() <= 2, "{} threads for 50 sequential jobs", threads.len());
         assert!(pool.idle.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn what_a_panicking_job_owned_is_ended_by_its_fallback() {
+        let pool = Pool::new(256 * 1024);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx2, tx3) = (tx.clone(), tx.clone());
+        pool.spawn_or_else("boom".into(), || panic!("a bug in a job"), move || tx2.send("ended").unwrap()).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("ended"));
+        // A job that returns does not run it.
+        pool.spawn_or_else("fine".into(), move || tx.send("done").unwrap(), move || tx3.send("ended").unwrap())
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("done"));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
     }
 
     #[test]

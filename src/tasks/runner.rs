@@ -99,7 +99,19 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
         reg.timer.schedule(Instant::now() + timeout, task, Action::Timeout);
     }
     let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
-    let waiter = reg.pool.spawn(format!("task-{}", task.id), move || supervise(&reg2, &task2, child, contained));
+    let (reg3, task3) = (Arc::clone(reg), Arc::clone(task));
+    let waiter = reg.pool.spawn_or_else(
+        format!("task-{}", task.id),
+        move || supervise(&reg2, &task2, child, contained),
+        // A bug in the supervisor must not leave the task `running` and its slot taken for
+        // ever: what is left of its group is killed (its control group went with the
+        // unwinding), and it ends failed.
+        move || {
+            task3.signal_group(Signal::KILL);
+            let error = "the agent failed while supervising this task (a bug: see the agent's log)";
+            finish(&reg3, &task3, Outcome { error: Some(error.into()), ..Outcome::default() });
+        },
+    );
     if let Err(e) = waiter {
         // The child was dropped with the job (its control group killed and removed with it);
         // the process group is still ours to kill.
