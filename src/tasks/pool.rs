@@ -19,7 +19,7 @@ type Thunk = Box<dyn FnOnce() + Send>;
 pub struct Work {
     pub name: String,
     pub job: Thunk,
-    /// Run instead if `job` panics (a bug): to end what the job owned.
+    /// Run after `job` if it panics (a bug): to end what the job owned.
     pub on_panic: Option<Thunk>,
 }
 
