@@ -98,14 +98,20 @@ pub fn start(reg: &Arc<Registry>, task: &Arc<Task>) {
     if let Some(timeout) = timeout_of(reg, task) {
         reg.timer.schedule(Instant::now() + timeout, task, Action::Timeout);
     }
+    spawn_waiter(reg, task, child, contained, pgid);
+}
+
+/// Starts the `task-N` thread that sees the task to its end ([`supervise`]). Should that
+/// thread not start, or panic (a bug), the task is killed and ends failed all the same: it
+/// never stays `running` with its slot taken.
+fn spawn_waiter(reg: &Arc<Registry>, task: &Arc<Task>, child: Child, contained: Contained, pgid: Option<Pid>) {
     let (reg2, task2) = (Arc::clone(reg), Arc::clone(task));
     let (reg3, task3) = (Arc::clone(reg), Arc::clone(task));
     let waiter = reg.pool.spawn_or_else(
         format!("task-{}", task.id),
         move || supervise(&reg2, &task2, child, contained),
-        // A bug in the supervisor must not leave the task `running` and its slot taken for
-        // ever: what is left of its group is killed (its control group went with the
-        // unwinding), and it ends failed.
+        // After a panic: what is left of its group is killed (its control group went with
+        // the unwinding).
         move || {
             task3.signal_group(Signal::KILL);
             let error = "the agent failed while supervising this task (a bug: see the agent's log)";
