@@ -132,17 +132,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// The process exit code: every configuration error is a bad setting, 2 (as `--help` says).
     pub fn exit_code(&self) -> u8 {
-        match self {
-            ConfigError::Invalid { .. }
-            | ConfigError::NotUtf8 { .. }
-            | ConfigError::EnvFileUnreadable { .. }
-            | ConfigError::EnvFileSyntax { .. }
-            | ConfigError::Secret { .. }
-            | ConfigError::SecretFile { .. }
-            | ConfigError::DataDir { .. }
-            | ConfigError::Tls { .. }
-            | ConfigError::TaskUser { .. } => 2,
-        }
+        2
     }
 }
 
@@ -183,8 +173,12 @@ pub struct Setting {
     show: Option<fn(&Config) -> String>,
 }
 
-/// The smallest memory limit: less would kill a task before it could run anything.
+/// The bounds of a memory limit: less than 1 MiB would kill a task before it could run
+/// anything; the largest is far beyond any machine (and safe in the kernel's page arithmetic).
 pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+pub const MAX_MEMORY_LIMIT: u64 = u64::MAX >> 2;
+/// The largest pids limit: the kernel's own ceiling of `pid_max`.
+pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
 /// The bounds of a CPU limit: 1 ms of CPU per 100 ms period, and far beyond any machine.
 pub const MIN_CPUS: f64 = 0.01;
 pub const MAX_CPUS: f64 = 4096.0;
@@ -368,7 +362,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "TASK_MEMORY_LIMIT",
         default: "",
         help: "default memory limit of a task in bytes (empty = none); a task's limits.memoryBytes overrides it",
-        load: |v, c| v.optional(|v| v.int(MIN_MEMORY_LIMIT, u64::MAX >> 2)).map(|x| c.task_limits.memory_bytes = x),
+        load: |v, c| v.optional(|v| v.int(MIN_MEMORY_LIMIT, MAX_MEMORY_LIMIT)).map(|x| c.task_limits.memory_bytes = x),
         show: Some(|c| c.task_limits.memory_bytes.map_or(String::new(), |n| n.to_string())),
     },
     Setting {
@@ -382,7 +376,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "TASK_PIDS_LIMIT",
         default: "",
         help: "default limit of a task's processes and threads (empty = none); limits.pids overrides it",
-        load: |v, c| v.optional(|v| v.int(1, 1 << 22)).map(|x| c.task_limits.pids = x),
+        load: |v, c| v.optional(|v| v.int(1, MAX_PIDS_LIMIT)).map(|x| c.task_limits.pids = x),
         show: Some(|c| c.task_limits.pids.map_or(String::new(), |n| n.to_string())),
     },
     Setting {

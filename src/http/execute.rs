@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::{MAX_CPUS, MIN_CPUS, MIN_MEMORY_LIMIT};
+use crate::config::{MAX_CPUS, MAX_MEMORY_LIMIT, MAX_PIDS_LIMIT, MIN_CPUS, MIN_MEMORY_LIMIT};
 use crate::http::error::ApiError;
 use crate::protocol::TaskLimits;
 use crate::tasks::mask;
@@ -89,7 +89,7 @@ pub fn parse_limits(v: Option<&Value>) -> Result<TaskLimits, ApiError> {
         match (k.as_str(), v) {
             (_, Value::Null) => {}
             ("memoryBytes", v) => {
-                let n = v.as_u64().filter(|n| *n == 0 || (MIN_MEMORY_LIMIT..=u64::MAX >> 2).contains(n));
+                let n = v.as_u64().filter(|n| *n == 0 || (MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT).contains(n));
                 l.memory_bytes =
                     Some(n.ok_or_else(|| off(&format!("a whole number of bytes, at least {MIN_MEMORY_LIMIT}")))?);
             }
@@ -98,8 +98,8 @@ pub fn parse_limits(v: Option<&Value>) -> Result<TaskLimits, ApiError> {
                 l.cpus = Some(n.ok_or_else(|| off(&format!("a number of CPUs from {MIN_CPUS} to {MAX_CPUS}")))?);
             }
             ("pids", v) => {
-                let n = v.as_u64().filter(|n| *n <= 1 << 22);
-                l.pids = Some(n.ok_or_else(|| off("a whole number of processes up to 4194304"))?);
+                let n = v.as_u64().filter(|n| *n <= MAX_PIDS_LIMIT);
+                l.pids = Some(n.ok_or_else(|| off(&format!("a whole number of processes up to {MAX_PIDS_LIMIT}")))?);
             }
             _ => return Err(bad(format!("limits.{k} is not a limit (memoryBytes, cpus, pids)"))),
         }
