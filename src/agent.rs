@@ -42,7 +42,8 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Every start failure is a runtime failure, 1 (bad settings, 2, are caught before).
+    /// 1 for a runtime failure; 2 when the settings ask for what this machine cannot give (an
+    /// isolation it lacks), as for any other bad setting.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::WorkingDir { .. }
