@@ -200,6 +200,15 @@ do_uninstall() {
     say "uninstalled"
 }
 
+# The shell of a user that must not log in: nologin where it is, else /bin/false.
+nologin_shell() {
+    local nologin
+    nologin=$(command -v nologin || true)
+    [ -n "$nologin" ] || nologin=/usr/sbin/nologin
+    [ -x "$nologin" ] || nologin=/bin/false
+    echo "$nologin"
+}
+
 ensure_user() {
     if [ -n "$DESTDIR" ]; then
         say "skipping creation of user '$SERVICE_USER' (DESTDIR set); on the target host run:"
@@ -214,11 +223,7 @@ ensure_user() {
         say "skipping creation of user '$SERVICE_USER' (not root); create it as root before starting the service"
         return 0
     fi
-    local nologin
-    nologin=$(command -v nologin || true)
-    [ -n "$nologin" ] || nologin=/usr/sbin/nologin
-    [ -x "$nologin" ] || nologin=/bin/false
-    useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell "$nologin" \
+    useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell "$(nologin_shell)" \
         --comment "Codara cluster agent" "$SERVICE_USER"
     say "created system user '$SERVICE_USER' (home $STATE_DIR, no login shell)"
 }
@@ -235,11 +240,7 @@ ensure_task_user() {
         say "task user '$TASK_USER_NAME' already exists"
         return 0
     fi
-    local nologin
-    nologin=$(command -v nologin || true)
-    [ -n "$nologin" ] || nologin=/usr/sbin/nologin
-    [ -x "$nologin" ] || nologin=/bin/false
-    useradd --system --user-group --create-home --home-dir "$TASK_HOME" --shell "$nologin" \
+    useradd --system --user-group --create-home --home-dir "$TASK_HOME" --shell "$(nologin_shell)" \
         --comment "Codara build tasks" "$TASK_USER_NAME"
     chmod 0700 "$TASK_HOME"
     say "created system user '$TASK_USER_NAME' (home $TASK_HOME, mode 0700) for TASK_USER;"
