@@ -45,7 +45,7 @@ pub fn spawn(job: Replay, alive: GaugeGuard) -> std::io::Result<()> {
 /// (nothing written for twice the write timeout), is kicked, or unsubscribed.
 fn push(job: &Replay, json: String) -> bool {
     let queue = &job.queue;
-    let stop = || job.cancel.load(Ordering::Acquire) || queue.kicked.load(Ordering::Acquire);
+    let stop = || job.cancel.load(Ordering::SeqCst) || queue.kicked.load(Ordering::SeqCst);
     queue.budget.wait_for_room(json.len(), 2 * WRITE_TIMEOUT, stop) && queue.push(Out::Text(json.into()))
 }
 
