@@ -3,7 +3,7 @@
 //!
 //! The connection side (handshake, the split of one TLS connection between a reader and a
 //! writer thread) is in the patched tiny_http (`vendor/tiny_http/src/tls.rs`, PATCHES.md item
-//! 15). Here: the files. tiny_http asks [`Reloading::server_config`] at each new connection;
+//! 14). Here: the files. tiny_http asks [`Reloading::server_config`] at each new connection;
 //! at most once a second that looks at the files' modification time, size and inode, and a
 //! change is loaded. A file that does not load (a half-written renewal, a key that does not
 //! match the certificate) keeps the configuration in use, and is logged once per change.
