@@ -97,7 +97,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     let metrics: Arc<Metrics> = Arc::default();
     // Before the history is read or anything runs; held until the agent exits.
     let (_data_dir_lock, reg) = open_registry(&cfg, Arc::clone(&monitor), timer, events_tx, Arc::clone(&metrics))?;
-    if let Some(reaper) = Reaper::start_if_pid1(Arc::clone(&reg)).map_err(StartError::part("the reaper"))? {
+    if let Some(reaper) = Reaper::start_if_orphans_come(Arc::clone(&reg)).map_err(StartError::part("the reaper"))? {
         workers.push(reaper);
     }
 

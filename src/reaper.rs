@@ -1,8 +1,9 @@
-//! The `reaper` thread, started only when the agent is PID 1 (a container run without an init,
-//! such as `docker run` without `--init`). PID 1 inherits every orphan in its namespace: a
-//! daemon a task started with `setsid`, a grandchild killed with its group after the task's
-//! main process ended. Nobody else reaps them, so without this thread they would stay zombies
-//! for as long as the container lives.
+//! The `reaper` thread, started only when orphans come to the agent: when it is PID 1 (a
+//! container run without an init, such as `docker run` without `--init`), or a child
+//! subreaper (isolation `process`). Then it inherits the orphans of its tasks: a daemon a task
+//! started with `setsid`, a grandchild killed with its group after the task's main process
+//! ended. Nobody else reaps them, so without this thread they would stay zombies for as long
+//! as the agent lives.
 //!
 //! Every two seconds (every 200 ms while it keeps finding some) it lists the zombies whose parent is the agent and reaps those that are
 //! not a task's main process: those belong to their task's waiter ([`crate::tasks::runner`]),
@@ -17,7 +18,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustix::process::{waitpid, Pid, WaitOptions};
 
-use crate::contain::Mode;
 use crate::procfs::Stat;
 use crate::tasks::registry::Registry;
 use crate::worker::Worker;
@@ -26,17 +26,17 @@ const EVERY: Duration = Duration::from_secs(2);
 /// The next round after one that found orphans.
 const SOON: Duration = Duration::from_millis(200);
 
-/// The `reaper` thread (see [`Reaper::start_if_pid1`]).
+/// The `reaper` thread (see [`Reaper::start_if_orphans_come`]).
 pub struct Reaper;
 
 impl Reaper {
-    /// Starts the thread if this process is PID 1, or a child subreaper (isolation
-    /// `process`: orphans of tasks come to the agent); otherwise orphans go to the real init.
-    /// Stopping it reaps once more (orphans of the last tasks) and ends the thread.
-    pub fn start_if_pid1(reg: Arc<Registry>) -> std::io::Result<Option<Worker>> {
+    /// Starts the thread if this process is PID 1, or a child subreaper; otherwise orphans go
+    /// to the real init. Stopping it reaps once more (orphans of the last tasks) and ends the
+    /// thread.
+    pub fn start_if_orphans_come(reg: Arc<Registry>) -> std::io::Result<Option<Worker>> {
         let what = if rustix::process::getpid().is_init() {
             "running as PID 1"
-        } else if reg.isolation().mode() == Mode::Process {
+        } else if reg.isolation().is_subreaper() {
             "a child subreaper"
         } else {
             return Ok(None);

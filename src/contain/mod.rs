@@ -90,6 +90,9 @@ pub struct Isolation {
     /// theirs back to 0, or the OOM killer would pass them over as it does the agent.
     reset_oom_score: bool,
     agent_pid: u32,
+    /// The agent is a child subreaper (the `process` mode, when the kernel allowed it): the
+    /// orphans of tasks come to it, to be reaped by the `reaper` thread.
+    subreaper: bool,
 }
 
 impl Isolation {
@@ -120,15 +123,13 @@ impl Isolation {
             Some(t) if t.v2.is_some() => Mode::Hybrid,
             Some(_) => Mode::CgroupV1,
         };
-        if mode == Mode::Process {
-            fallback::become_subreaper();
-        }
+        let subreaper = mode == Mode::Process && fallback::become_subreaper();
         let limits = LIMITS
             .iter()
             .filter(|(_, ctl)| tree.as_ref().is_some_and(|t| t.can_limit(ctl)))
             .map(|(name, _)| *name)
             .collect();
-        Ok(Isolation { mode, tree, limits, reset_oom_score, agent_pid })
+        Ok(Isolation { mode, tree, limits, reset_oom_score, agent_pid, subreaper })
     }
 
     /// Process groups only (tests of the layers above).
@@ -139,11 +140,17 @@ impl Isolation {
             limits: Vec::new(),
             reset_oom_score: false,
             agent_pid: std::process::id(),
+            subreaper: false,
         }
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Whether the orphans of tasks come to the agent (see [`Isolation::setup`]).
+    pub fn is_subreaper(&self) -> bool {
+        self.subreaper
     }
 
     /// The limits a task may ask for.
